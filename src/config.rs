@@ -1,0 +1,339 @@
+//! Configuration: environment variables (each also a flag) → a validated [`Config`].
+//!
+//! clap only collects the raw strings (so `--help` lists every variable with its
+//! default); validation is ours, so that a bad value produces one line naming the
+//! variable, the value and what is accepted, and the process exits with code 2.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use clap::Parser;
+use log::LevelFilter;
+
+/// Descriptors kept free for the listener, the poll instance, signals, logging
+/// and the admin side, so that accepting never starves the process itself.
+pub const FD_RESERVE: u64 = 64;
+
+/// Raw settings as clap collects them from flags and environment variables.
+#[derive(Parser, Debug)]
+#[command(
+    name = "lifeline",
+    version,
+    about = "Keeps many long-lived TCP connections alive with application heartbeats, \
+             tracks who is online and pushes messages to them.",
+    after_help = "Every option can also be set with the environment variable shown beside it."
+)]
+pub struct RawConfig {
+    /// Address the client listener binds to.
+    #[arg(long, env = "LIFELINE_LISTEN", default_value = "0.0.0.0:7070")]
+    pub listen: String,
+
+    /// Heartbeat interval in milliseconds: a client silent this long gets a probe [10..=3600000].
+    #[arg(long, env = "LIFELINE_HEARTBEAT_MS", default_value = "5000")]
+    pub heartbeat_ms: String,
+
+    /// Silent intervals before the server closes the connection [1..=1000].
+    #[arg(long, env = "LIFELINE_MISSES", default_value = "5")]
+    pub misses: String,
+
+    /// Timer wheel resolution in milliseconds; closes happen at most one tick late [1..=1000, <= heartbeat].
+    #[arg(long, env = "LIFELINE_TICK_MS", default_value = "2")]
+    pub tick_ms: String,
+
+    /// Most concurrent connections; extra ones get <bye reason="overload"/> [1..=open-file limit minus 64; default: that].
+    #[arg(long, env = "LIFELINE_MAX_CONNECTIONS")]
+    pub max_connections: Option<String>,
+
+    /// Largest frame in bytes; longer ones get frame-too-large and are closed [64..=16777216].
+    #[arg(long, env = "LIFELINE_MAX_FRAME", default_value = "16384")]
+    pub max_frame: String,
+
+    /// Bytes queued for one client before it is cut off as slow-consumer [1024..=1073741824].
+    #[arg(long, env = "LIFELINE_MAX_OUTBOUND", default_value = "262144")]
+    pub max_outbound: String,
+
+    /// Secret for login tokens (lowercase hex HMAC-SHA256(secret, id)); unset or empty: no token check.
+    #[arg(long, env = "LIFELINE_AUTH_SECRET", hide_env_values = true)]
+    pub auth_secret: Option<String>,
+
+    /// Kernel TCP keepalive as an extra: "off" or "IDLE,INTERVAL,COUNT" in seconds, e.g. "60,10,5".
+    #[arg(long, env = "LIFELINE_TCP_KEEPALIVE", default_value = "off")]
+    pub tcp_keepalive: String,
+
+    /// Log level [off, error, warn, info, debug, trace].
+    #[arg(long, env = "LIFELINE_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Listen backlog for connection bursts [1..=65535].
+    #[arg(long, env = "LIFELINE_BACKLOG", default_value = "4096")]
+    pub backlog: String,
+
+    /// On SIGINT/SIGTERM, how long to keep flushing <bye reason="shutdown"/> before exiting, in ms [0..=60000].
+    #[arg(long, env = "LIFELINE_DRAIN_MS", default_value = "1000")]
+    pub drain_ms: String,
+}
+
+/// Kernel keepalive settings, applied to every accepted socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keepalive {
+    pub idle: Duration,
+    pub interval: Duration,
+    pub count: u32,
+}
+
+/// The validated configuration the server runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub heartbeat: Duration,
+    pub misses: u32,
+    pub tick: Duration,
+    /// `None`: derived from the open-file limit at start-up.
+    pub max_connections: Option<usize>,
+    pub max_frame: usize,
+    pub max_outbound: usize,
+    pub auth_secret: Option<Vec<u8>>,
+    pub tcp_keepalive: Option<Keepalive>,
+    pub log: LevelFilter,
+    pub backlog: i32,
+    pub drain: Duration,
+}
+
+/// A setting that could not be accepted.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("bad value {value:?} for {var} (--{flag}): expected {accepted}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub flag: &'static str,
+    pub value: String,
+    pub accepted: String,
+}
+
+impl Config {
+    /// Reads flags and environment; `--help` and `--version` print and exit 0,
+    /// anything else wrong prints one line and exits 2.
+    pub fn from_env_and_args() -> Config {
+        let raw = match RawConfig::try_parse() {
+            Ok(raw) => raw,
+            Err(e) => {
+                use clap::error::ErrorKind;
+                if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+                    let _ = e.print();
+                    std::process::exit(0);
+                }
+                let text = e.to_string();
+                let first = text.lines().next().unwrap_or("bad arguments");
+                eprintln!("lifeline: {first} (see lifeline --help)");
+                std::process::exit(2);
+            }
+        };
+        match Config::validate(&raw) {
+            Ok(config) => config,
+            Err(e) => {
+                eprintln!("lifeline: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
+
+    /// Checks every raw value; the first bad one is reported.
+    pub fn validate(raw: &RawConfig) -> Result<Config, ConfigError> {
+        let heartbeat_ms = int_in(
+            &raw.heartbeat_ms,
+            10,
+            3_600_000,
+            "LIFELINE_HEARTBEAT_MS",
+            "heartbeat-ms",
+        )?;
+        let tick_ms = int_in(&raw.tick_ms, 1, 1000, "LIFELINE_TICK_MS", "tick-ms")?;
+        if tick_ms > heartbeat_ms {
+            return Err(ConfigError {
+                var: "LIFELINE_TICK_MS",
+                flag: "tick-ms",
+                value: raw.tick_ms.clone(),
+                accepted: format!("at most the heartbeat interval ({heartbeat_ms} ms)"),
+            });
+        }
+        let max_connections = match &raw.max_connections {
+            None => None,
+            Some(v) => Some(int_in(
+                v,
+                1,
+                10_000_000,
+                "LIFELINE_MAX_CONNECTIONS",
+                "max-connections",
+            )? as usize),
+        };
+        Ok(Config {
+            listen: socket_addr(&raw.listen, "LIFELINE_LISTEN", "listen")?,
+            heartbeat: Duration::from_millis(heartbeat_ms),
+            misses: int_in(&raw.misses, 1, 1000, "LIFELINE_MISSES", "misses")? as u32,
+            tick: Duration::from_millis(tick_ms),
+            max_connections,
+            max_frame: int_in(
+                &raw.max_frame,
+                64,
+                16 << 20,
+                "LIFELINE_MAX_FRAME",
+                "max-frame",
+            )? as usize,
+            max_outbound: int_in(
+                &raw.max_outbound,
+                1024,
+                1 << 30,
+                "LIFELINE_MAX_OUTBOUND",
+                "max-outbound",
+            )? as usize,
+            auth_secret: raw
+                .auth_secret
+                .as_ref()
+                .filter(|s| !s.is_empty())
+                .map(|s| s.as_bytes().to_vec()),
+            tcp_keepalive: keepalive(&raw.tcp_keepalive)?,
+            log: log_level(&raw.log)?,
+            backlog: int_in(&raw.backlog, 1, 65_535, "LIFELINE_BACKLOG", "backlog")? as i32,
+            drain: Duration::from_millis(int_in(
+                &raw.drain_ms,
+                0,
+                60_000,
+                "LIFELINE_DRAIN_MS",
+                "drain-ms",
+            )?),
+        })
+    }
+
+    /// Silence after which a connection is closed: `heartbeat × misses`.
+    pub fn deadline(&self) -> Duration {
+        self.heartbeat * self.misses
+    }
+}
+
+fn int_in(
+    value: &str,
+    min: u64,
+    max: u64,
+    var: &'static str,
+    flag: &'static str,
+) -> Result<u64, ConfigError> {
+    match value.trim().parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(ConfigError {
+            var,
+            flag,
+            value: value.to_string(),
+            accepted: format!("a whole number from {min} to {max}"),
+        }),
+    }
+}
+
+fn socket_addr(
+    value: &str,
+    var: &'static str,
+    flag: &'static str,
+) -> Result<SocketAddr, ConfigError> {
+    let err = || ConfigError {
+        var,
+        flag,
+        value: value.to_string(),
+        accepted: "HOST:PORT, e.g. 0.0.0.0:7070, [::1]:7070 or localhost:7070".to_string(),
+    };
+    if let Ok(addr) = value.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    value
+        .to_socket_addrs()
+        .map_err(|_| err())?
+        .next()
+        .ok_or_else(err)
+}
+
+fn keepalive(value: &str) -> Result<Option<Keepalive>, ConfigError> {
+    let v = value.trim();
+    if v.eq_ignore_ascii_case("off") || v.is_empty() {
+        return Ok(None);
+    }
+    let err = || ConfigError {
+        var: "LIFELINE_TCP_KEEPALIVE",
+        flag: "tcp-keepalive",
+        value: value.to_string(),
+        accepted: "\"off\" or IDLE,INTERVAL,COUNT in seconds (each 1 to 32767), e.g. 60,10,5"
+            .to_string(),
+    };
+    let mut parts = v.split(',').map(|p| p.trim().parse::<u32>());
+    let (Some(Ok(idle)), Some(Ok(interval)), Some(Ok(count)), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(err());
+    };
+    if [idle, interval, count]
+        .iter()
+        .any(|n| !(1..=32_767).contains(n))
+    {
+        return Err(err());
+    }
+    Ok(Some(Keepalive {
+        idle: Duration::from_secs(idle.into()),
+        interval: Duration::from_secs(interval.into()),
+        count,
+    }))
+}
+
+fn log_level(value: &str) -> Result<LevelFilter, ConfigError> {
+    value.trim().parse::<LevelFilter>().map_err(|_| ConfigError {
+        var: "LIFELINE_LOG",
+        flag: "log",
+        value: value.to_string(),
+        accepted: "one of off, error, warn, info, debug, trace".to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(args: &[&str]) -> RawConfig {
+        let mut argv = vec!["lifeline"];
+        argv.extend_from_slice(args);
+        RawConfig::try_parse_from(argv).unwrap()
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = Config::validate(&raw(&[])).unwrap();
+        assert_eq!(c.heartbeat, Duration::from_millis(5000));
+        assert_eq!(c.misses, 5);
+        assert_eq!(c.deadline(), Duration::from_secs(25));
+        assert_eq!(c.max_frame, 16384);
+        assert_eq!(c.tcp_keepalive, None);
+        assert_eq!(c.backlog, 4096);
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let e = Config::validate(&raw(&["--heartbeat-ms", "abc"])).unwrap_err();
+        assert_eq!(e.var, "LIFELINE_HEARTBEAT_MS");
+        assert!(e.to_string().contains("\"abc\""));
+        assert!(e.to_string().contains("from 10 to 3600000"));
+        let e = Config::validate(&raw(&["--tick-ms", "100", "--heartbeat-ms", "50"])).unwrap_err();
+        assert_eq!(e.var, "LIFELINE_TICK_MS");
+        let e = Config::validate(&raw(&["--tcp-keepalive", "60,10"])).unwrap_err();
+        assert_eq!(e.var, "LIFELINE_TCP_KEEPALIVE");
+        let e = Config::validate(&raw(&["--listen", "nowhere"])).unwrap_err();
+        assert_eq!(e.var, "LIFELINE_LISTEN");
+        let e = Config::validate(&raw(&["--log", "loud"])).unwrap_err();
+        assert_eq!(e.var, "LIFELINE_LOG");
+    }
+
+    #[test]
+    fn keepalive_parses() {
+        let c = Config::validate(&raw(&["--tcp-keepalive", "60,10,5"])).unwrap();
+        assert_eq!(
+            c.tcp_keepalive,
+            Some(Keepalive {
+                idle: Duration::from_secs(60),
+                interval: Duration::from_secs(10),
+                count: 5
+            })
+        );
+    }
+}

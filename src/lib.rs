@@ -1,0 +1,19 @@
+//! Lifeline: one mio loop that keeps many long-lived TCP connections alive with
+//! application-level heartbeats, knows who is online, and pushes messages.
+//!
+//! Modules, one concern each: [`config`] (environment → validated settings),
+//! [`wire`] (frame codec), [`conn`] (one connection's state and buffers),
+//! [`timers`] (deadline wheel), [`registry`] (who is online), [`auth`] (login
+//! tokens), [`metrics`], and [`server`] (the event loop).
+
+#[cfg(not(target_pointer_width = "64"))]
+compile_error!("Lifeline packs slab key and generation into a 64-bit mio token");
+
+pub mod auth;
+pub mod config;
+pub mod conn;
+pub mod metrics;
+pub mod registry;
+pub mod server;
+pub mod timers;
+pub mod wire;

@@ -1,0 +1,812 @@
+//! The event loop: one `mio::Poll`, one thread, every socket.
+//!
+//! Each iteration: wait for readiness (no longer than the next timer tick),
+//! serve each ready socket (read everything, answer into one reply buffer,
+//! write once), flush the connections that were sent messages, then advance
+//! the timer wheel and act on the deadlines that came due.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use log::{debug, info, warn};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use slab::Slab;
+
+use crate::auth;
+use crate::config::{Config, FD_RESERVE};
+use crate::conn::{CloseReason, ConnRef, Connection, Flushed, Micros, Phase};
+use crate::metrics::Metrics;
+use crate::registry::{LocalRegistry, Registry};
+use crate::timers::TimerWheel;
+use crate::wire::{self, Decoded, ErrorCode, Frame, FrameReader};
+
+const LISTENER: Token = Token(1);
+const SIGNALS: Token = Token(2);
+
+/// One read takes at most this much; a shorter read means the socket is drained
+/// (edge-triggered), which saves the read that would only return WouldBlock.
+const READ_CHUNK: usize = 64 * 1024;
+const EVENTS_CAPACITY: usize = 1024;
+/// After the process runs out of descriptors, accepting is retried this often.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// Accept errors are logged at most this often (with a count of the rest).
+const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(1);
+/// Golden-ratio fraction: successive logins get heartbeat phases spread evenly.
+const PHASE_STEP: f64 = 0.618_033_988_749_895;
+
+/// Errors that stop the server (a client's errors never do).
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: io::Error },
+    #[error("cannot set up the event loop: {0}")]
+    Poll(io::Error),
+}
+
+/// What the reading of a connection decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    Keep,
+    Close(CloseReason),
+}
+
+pub struct Server {
+    config: Config,
+    poll: Poll,
+    listener: Option<TcpListener>,
+    local_addr: SocketAddr,
+    signals: Signals,
+    conns: Slab<Connection>,
+    registry: Box<dyn Registry>,
+    wheel: TimerWheel<ConnRef>,
+    epoch: Instant,
+    capacity: usize,
+    next_generation: u32,
+    logins_seen: u64,
+    /// Loop-wide read buffer: connections keep only a partial frame's tail.
+    read_buf: Vec<u8>,
+    /// Replies to the connection being read, written with one call at the end.
+    replies: Vec<u8>,
+    /// Encoding scratch for frames sent to other connections.
+    scratch: Vec<u8>,
+    expired: Vec<ConnRef>,
+    /// Connections that were sent messages during this iteration.
+    flush_list: Vec<ConnRef>,
+    /// Held so that, out of descriptors, one can be freed to refuse a client politely.
+    spare_fd: Option<File>,
+    accept_retry_at: Option<Instant>,
+    accept_errors_unlogged: u64,
+    accept_error_logged_at: Option<Instant>,
+    drain_deadline: Option<Instant>,
+    pub metrics: Metrics,
+}
+
+impl Server {
+    /// Raises the open-file limit, binds the listener and sets up the loop.
+    pub fn bind(config: Config) -> Result<Server, ServerError> {
+        let fd_limit = raise_open_file_limit();
+        let fd_capacity = usize::try_from(fd_limit.saturating_sub(FD_RESERVE)).unwrap_or(usize::MAX);
+        let capacity = match config.max_connections {
+            Some(n) if n > fd_capacity => {
+                warn!(
+                    "LIFELINE_MAX_CONNECTIONS={n} is more than the open-file limit ({fd_limit}) allows; using {fd_capacity}"
+                );
+                fd_capacity
+            }
+            Some(n) => n,
+            None => fd_capacity,
+        };
+        let poll = Poll::new().map_err(ServerError::Poll)?;
+        let mut listener = bind_listener(config.listen, config.backlog).map_err(|source| {
+            ServerError::Listen {
+                addr: config.listen,
+                source,
+            }
+        })?;
+        let local_addr = listener.local_addr().map_err(ServerError::Poll)?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)
+            .map_err(ServerError::Poll)?;
+        let mut signals = Signals::new([SIGINT, SIGTERM]).map_err(ServerError::Poll)?;
+        poll.registry()
+            .register(&mut signals, SIGNALS, Interest::READABLE)
+            .map_err(ServerError::Poll)?;
+        let epoch = Instant::now();
+        info!(
+            "listening on {local_addr}; capacity {capacity} connections (open-file limit {fd_limit}); \
+             heartbeat {} ms, misses {}, deadline {} ms, tick {} ms",
+            config.heartbeat.as_millis(),
+            config.misses,
+            config.deadline().as_millis(),
+            config.tick.as_millis()
+        );
+        Ok(Server {
+            wheel: TimerWheel::new(epoch, config.tick),
+            config,
+            poll,
+            listener: Some(listener),
+            local_addr,
+            signals,
+            conns: Slab::new(),
+            registry: Box::new(LocalRegistry::default()),
+            epoch,
+            capacity,
+            next_generation: 0,
+            logins_seen: 0,
+            read_buf: vec![0; READ_CHUNK],
+            replies: Vec::with_capacity(4096),
+            scratch: Vec::with_capacity(4096),
+            expired: Vec::new(),
+            flush_list: Vec::new(),
+            spare_fd: File::open("/dev/null").ok(),
+            accept_retry_at: None,
+            accept_errors_unlogged: 0,
+            accept_error_logged_at: None,
+            drain_deadline: None,
+            metrics: Metrics::default(),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Connections the server accepts before refusing with `overload`.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Runs until SIGINT/SIGTERM and the shutdown drain are done.
+    pub fn run(&mut self) -> Result<(), ServerError> {
+        let mut events = Events::with_capacity(EVENTS_CAPACITY);
+        loop {
+            let timeout = self.poll_timeout(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(ServerError::Poll(e));
+            }
+            let now = Instant::now();
+            for event in events.iter() {
+                match event.token() {
+                    LISTENER => self.accept(now),
+                    SIGNALS => self.on_signal(now),
+                    token => {
+                        if let Some(conn) = ConnRef::from_token(token) {
+                            self.on_ready(conn, event.is_writable(), now);
+                        }
+                    }
+                }
+            }
+            self.flush_queued();
+            let now = Instant::now();
+            if self.accept_retry_at.is_some_and(|at| now >= at) {
+                self.accept_retry_at = None;
+                self.accept(now);
+            }
+            self.on_deadlines(now);
+            if let Some(deadline) = self.drain_deadline {
+                if self.conns.is_empty() || now >= deadline {
+                    self.finish_shutdown(now);
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn poll_timeout(&self, now: Instant) -> Option<Duration> {
+        [
+            self.wheel.next_timeout(now),
+            self.accept_retry_at.map(|at| at.saturating_duration_since(now)),
+            self.drain_deadline.map(|at| at.saturating_duration_since(now)),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    fn micros(&self, at: Instant) -> Micros {
+        at.saturating_duration_since(self.epoch).as_micros() as Micros
+    }
+
+    // ---------------------------------------------------------------- accept
+
+    fn accept(&mut self, now: Instant) {
+        loop {
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, peer)) => self.admit(stream, peer, now),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_out_of_descriptors(&e) => {
+                    self.log_accept_error(&e, now);
+                    if !self.refuse_with_spare_fd() {
+                        // Nothing can be accepted until a descriptor frees up; the
+                        // listener stays registered and is retried by the timer, so
+                        // the loop sleeps instead of spinning on the pending backlog.
+                        self.accept_retry_at = Some(now + ACCEPT_RETRY);
+                        return;
+                    }
+                }
+                // ECONNABORTED and friends concern one client; carry on.
+                Err(e) => self.log_accept_error(&e, now),
+            }
+        }
+    }
+
+    /// Out of descriptors: release the spare, accept one client, tell it
+    /// `overload`, close it, take the spare back. Returns false when that
+    /// is not possible either.
+    fn refuse_with_spare_fd(&mut self) -> bool {
+        if self.spare_fd.take().is_none() {
+            return false;
+        }
+        let refused = match self.listener.as_ref().map(|l| l.accept()) {
+            Some(Ok((stream, _))) => {
+                self.refuse(stream);
+                true
+            }
+            _ => false,
+        };
+        self.spare_fd = File::open("/dev/null").ok();
+        refused && self.spare_fd.is_some()
+    }
+
+    fn refuse(&mut self, stream: TcpStream) {
+        self.metrics.refused_overload += 1;
+        self.metrics.closed(CloseReason::Overload);
+        self.scratch.clear();
+        wire::encode_bye(&mut self.scratch, wire::ByeReason::Overload, None);
+        // Best effort: a fresh socket's send buffer takes a few dozen bytes.
+        let _ = io::Write::write(&mut &stream, &self.scratch);
+    }
+
+    fn log_accept_error(&mut self, e: &io::Error, now: Instant) {
+        let due = self
+            .accept_error_logged_at
+            .is_none_or(|at| now.duration_since(at) >= ACCEPT_ERROR_LOG_EVERY);
+        if due {
+            warn!(
+                "accept failed: {e} ({} more since the last report)",
+                self.accept_errors_unlogged
+            );
+            self.accept_error_logged_at = Some(now);
+            self.accept_errors_unlogged = 0;
+        } else {
+            self.accept_errors_unlogged += 1;
+        }
+    }
+
+    fn admit(&mut self, stream: TcpStream, peer: SocketAddr, now: Instant) {
+        if self.conns.len() >= self.capacity || self.drain_deadline.is_some() {
+            debug!("refusing {peer}: at capacity ({})", self.capacity);
+            self.refuse(stream);
+            return;
+        }
+        if let Err(e) = self.configure_socket(&stream) {
+            debug!("dropping {peer}: cannot set socket options: {e}");
+            return;
+        }
+        self.next_generation = self.next_generation.wrapping_add(1).max(1);
+        let entry = self.conns.vacant_entry();
+        let conn = ConnRef {
+            key: entry.key() as u32,
+            generation: self.next_generation,
+        };
+        let mut stream = stream;
+        // Readable and writable once, edge-triggered: no re-registration per
+        // write, which would cost an epoll_ctl per round trip.
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            conn.token(),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            warn!("cannot register {peer}: {e}");
+            return;
+        }
+        let now_us = now.saturating_duration_since(self.epoch).as_micros() as Micros;
+        entry.insert(Connection::new(stream, conn.generation, peer, now_us));
+        self.metrics.accepted += 1;
+        self.wheel.schedule(conn, now + self.config.heartbeat);
+        debug!("accepted {peer} as connection {}", conn.generation);
+    }
+
+    fn configure_socket(&self, stream: &TcpStream) -> io::Result<()> {
+        stream.set_nodelay(true)?;
+        if let Some(k) = self.config.tcp_keepalive {
+            let keepalive = socket2::TcpKeepalive::new()
+                .with_time(k.idle)
+                .with_interval(k.interval)
+                .with_retries(k.count);
+            socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)?;
+        }
+        Ok(())
+    }
+
+    // ----------------------------------------------------------------- I/O
+
+    fn on_ready(&mut self, conn: ConnRef, writable: bool, now: Instant) {
+        if !self.is_live(conn) {
+            return; // a closed connection's leftover event, or a reused slot
+        }
+        // Always try to read: a hang-up or error shows as a read of 0 or an error.
+        self.on_readable(conn, now);
+        if writable && self.is_live(conn) {
+            let c = &mut self.conns[conn.key as usize];
+            match c.flush() {
+                Ok(Flushed::Done) if c.is_closing() => {
+                    self.close(conn, CloseReason::Shutdown, now)
+                }
+                Ok(_) => {}
+                Err(_) => self.close(conn, CloseReason::IoError, now),
+            }
+        }
+    }
+
+    fn is_live(&self, conn: ConnRef) -> bool {
+        self.conns
+            .get(conn.key as usize)
+            .is_some_and(|c| c.generation == conn.generation)
+    }
+
+    fn on_readable(&mut self, conn: ConnRef, now: Instant) {
+        let mut buf = std::mem::take(&mut self.read_buf);
+        self.replies.clear();
+        let mut fate = Fate::Keep;
+        loop {
+            let c = &mut self.conns[conn.key as usize];
+            match c.stream.read(&mut buf) {
+                Ok(0) => {
+                    fate = Fate::Close(CloseReason::PeerClosed);
+                    break;
+                }
+                Ok(n) => {
+                    self.metrics.bytes_in += n as u64;
+                    if !c.is_closing() {
+                        fate = self.consume(conn, &buf[..n], now);
+                    }
+                    if fate != Fate::Keep || n < buf.len() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    fate = Fate::Close(CloseReason::IoError);
+                    break;
+                }
+            }
+        }
+        self.read_buf = buf;
+        if !self.replies.is_empty() && self.is_live(conn) {
+            let c = &mut self.conns[conn.key as usize];
+            match c.send(&self.replies) {
+                Err(_) => fate = Fate::Close(CloseReason::IoError),
+                Ok(Flushed::Blocked) if c.queued() > self.config.max_outbound => {
+                    fate = Fate::Close(CloseReason::SlowConsumer)
+                }
+                Ok(_) => {}
+            }
+        }
+        if let Fate::Close(reason) = fate {
+            let reason = if reason == CloseReason::PeerClosed && self.conn_phase_is_closing(conn) {
+                CloseReason::Shutdown
+            } else {
+                reason
+            };
+            self.close(conn, reason, now);
+        }
+    }
+
+    fn conn_phase_is_closing(&self, conn: ConnRef) -> bool {
+        self.conns
+            .get(conn.key as usize)
+            .is_some_and(Connection::is_closing)
+    }
+
+    /// Parses `bytes` (appended to any partial frame kept from earlier reads)
+    /// and serves every complete frame; keeps the unparsed tail.
+    fn consume(&mut self, conn: ConnRef, bytes: &[u8], now: Instant) -> Fate {
+        let key = conn.key as usize;
+        let c = &mut self.conns[key];
+        if c.inbound.is_empty() {
+            // The common case: whole frames straight from the loop's buffer.
+            let (fate, consumed) = self.serve_frames(conn, bytes, now);
+            if fate == Fate::Keep {
+                self.conns[key].keep_tail(&bytes[consumed..]);
+            }
+            fate
+        } else {
+            c.inbound.extend_from_slice(bytes);
+            let mut inbound = std::mem::take(&mut c.inbound);
+            let (fate, consumed) = self.serve_frames(conn, &inbound, now);
+            if fate == Fate::Keep {
+                bytes::Buf::advance(&mut inbound, consumed);
+                let c = &mut self.conns[key];
+                if inbound.is_empty() {
+                    c.inbound = bytes::BytesMut::new();
+                } else {
+                    c.inbound = inbound;
+                }
+            }
+            fate
+        }
+    }
+
+    fn serve_frames(&mut self, conn: ConnRef, data: &[u8], now: Instant) -> (Fate, usize) {
+        let seen = self.conns[conn.key as usize].seen_frame;
+        let mut reader = FrameReader::new(data, self.config.max_frame, seen);
+        let fate = loop {
+            match reader.next_frame() {
+                Ok(Decoded::Frame(frame)) => {
+                    self.metrics.frames_in += 1;
+                    let fate = self.on_frame(conn, frame, now);
+                    if fate != Fate::Keep {
+                        break fate;
+                    }
+                }
+                Ok(Decoded::NeedMore) => break Fate::Keep,
+                Err(e) => {
+                    self.metrics.bad_frames += 1;
+                    let c = &self.conns[conn.key as usize];
+                    debug!("connection {} from {}: {e}", c.generation, c.peer);
+                    wire::encode_error(&mut self.replies, e.code(), None, &e.to_string());
+                    break Fate::Close(CloseReason::ProtocolError);
+                }
+            }
+        };
+        self.conns[conn.key as usize].seen_frame = reader.seen_frame();
+        (fate, reader.consumed())
+    }
+
+    // --------------------------------------------------------------- frames
+
+    fn on_frame(&mut self, conn: ConnRef, frame: Frame<'_>, now: Instant) -> Fate {
+        let now_us = self.micros(now);
+        let c = &mut self.conns[conn.key as usize];
+        // The whole of liveness bookkeeping per frame: no timer operation.
+        c.last_seen = now_us;
+        match frame {
+            Frame::Ping { seq } => {
+                self.metrics.heartbeats_received += 1;
+                wire::encode_pong(&mut self.replies, seq);
+                Fate::Keep
+            }
+            Frame::Pong { .. } => {
+                self.metrics.heartbeats_received += 1;
+                Fate::Keep
+            }
+            Frame::Login { id, token } => self.on_login(conn, id, token, now),
+            Frame::Msg { to, id, body } => {
+                let Some(from) = c.id().cloned() else {
+                    return self.refuse_not_logged_in();
+                };
+                self.route(conn, &from, to, id, body);
+                Fate::Keep
+            }
+            Frame::Ack { .. } => {
+                if c.id().is_none() {
+                    return self.refuse_not_logged_in();
+                }
+                self.metrics.acks += 1;
+                Fate::Keep
+            }
+            Frame::Bye => Fate::Close(CloseReason::Bye),
+            Frame::Unknown { name } => {
+                wire::encode_error(
+                    &mut self.replies,
+                    ErrorCode::UnknownFrame,
+                    Some(name),
+                    "this element is not part of protocol version 1",
+                );
+                Fate::Keep
+            }
+        }
+    }
+
+    fn refuse_not_logged_in(&mut self) -> Fate {
+        wire::encode_error(
+            &mut self.replies,
+            ErrorCode::NotLoggedIn,
+            None,
+            "log in before sending msg or ack",
+        );
+        Fate::Close(CloseReason::ProtocolError)
+    }
+
+    fn on_login(&mut self, conn: ConnRef, id: &str, token: Option<&str>, now: Instant) -> Fate {
+        let c = &mut self.conns[conn.key as usize];
+        if c.phase != Phase::Connected {
+            wire::encode_error(
+                &mut self.replies,
+                ErrorCode::AlreadyLoggedIn,
+                c.id().map(|id| &**id),
+                "this connection is already logged in",
+            );
+            return Fate::Keep;
+        }
+        if let Some(secret) = &self.config.auth_secret {
+            if !auth::verify(secret, id, token) {
+                info!("login refused for {id} from {}: bad token", c.peer);
+                wire::encode_error(
+                    &mut self.replies,
+                    ErrorCode::AuthFailed,
+                    Some(id),
+                    "token must be the lowercase hex HMAC-SHA256 of the id",
+                );
+                return Fate::Close(CloseReason::ProtocolError);
+            }
+        }
+        let id: Rc<str> = Rc::from(id);
+        c.phase = Phase::LoggedIn { id: id.clone() };
+        let peer = c.peer;
+        self.metrics.logins += 1;
+        let interval_ms = self.config.heartbeat.as_millis() as u64;
+        let phase_ms = ((self.logins_seen as f64 * PHASE_STEP).fract() * interval_ms as f64) as u64;
+        self.logins_seen += 1;
+        wire::encode_welcome(
+            &mut self.replies,
+            &id,
+            interval_ms,
+            self.config.misses,
+            phase_ms.min(interval_ms.saturating_sub(1)),
+        );
+        if let Some(previous) = self.registry.claim(id.clone(), conn) {
+            if previous != conn {
+                self.close(previous, CloseReason::Replaced, now);
+            }
+        }
+        info!("online id={id} peer={peer} conn={}", conn.generation);
+        Fate::Keep
+    }
+
+    fn route(&mut self, sender: ConnRef, from: &str, to: &str, id: Option<&str>, body: &str) {
+        match self.registry.lookup(to) {
+            Some(target) if target == sender => {
+                self.metrics.messages_routed += 1;
+                wire::encode_msg(&mut self.replies, from, id, body);
+            }
+            Some(target) if self.is_live(target) => {
+                self.metrics.messages_routed += 1;
+                self.scratch.clear();
+                wire::encode_msg(&mut self.scratch, from, id, body);
+                self.queue_for(target, Instant::now());
+            }
+            _ => {
+                self.metrics.messages_offline += 1;
+                wire::encode_error(
+                    &mut self.replies,
+                    ErrorCode::Offline,
+                    id,
+                    "the recipient is not online",
+                );
+            }
+        }
+    }
+
+    /// Appends `self.scratch` to `target`'s outbound queue, to be written once
+    /// at the end of this iteration; a queue over the limit ends the target.
+    fn queue_for(&mut self, target: ConnRef, now: Instant) {
+        let c = &mut self.conns[target.key as usize];
+        c.outbound.extend_from_slice(&self.scratch);
+        if c.queued() > self.config.max_outbound {
+            self.close(target, CloseReason::SlowConsumer, now);
+            return;
+        }
+        if !c.flush_queued {
+            c.flush_queued = true;
+            self.flush_list.push(target);
+        }
+    }
+
+    fn flush_queued(&mut self) {
+        let mut list = std::mem::take(&mut self.flush_list);
+        for conn in list.drain(..) {
+            if !self.is_live(conn) {
+                continue;
+            }
+            let c = &mut self.conns[conn.key as usize];
+            c.flush_queued = false;
+            if c.flush().is_err() {
+                self.close(conn, CloseReason::IoError, Instant::now());
+            }
+        }
+        self.flush_list = list;
+    }
+
+    // ------------------------------------------------------------ deadlines
+
+    /// Acts on the heartbeat entries that came due. This is the only place
+    /// deadlines are checked, and it costs O(entries expired): the wheel hands
+    /// back just the due slot, and nothing here walks the connection table.
+    /// Entries are re-armed lazily (Netty's IdleStateHandler): a frame only
+    /// writes `last_seen`; when an entry fires, the silence so far decides
+    /// between re-arming for the remainder, probing, and closing.
+    fn on_deadlines(&mut self, now: Instant) {
+        let mut expired = std::mem::take(&mut self.expired);
+        self.wheel.advance(now, &mut expired);
+        let now_us = self.micros(now);
+        let interval = self.config.heartbeat.as_micros() as Micros;
+        let deadline = self.config.deadline().as_micros() as Micros;
+        for conn in expired.drain(..) {
+            let Some(c) = self.conns.get_mut(conn.key as usize) else {
+                continue;
+            };
+            if c.generation != conn.generation || c.is_closing() {
+                continue; // stale: the connection this entry was for is gone
+            }
+            let silent = now_us.saturating_sub(c.last_seen);
+            if silent >= deadline {
+                self.close(conn, CloseReason::Timeout, now);
+                continue;
+            }
+            let intervals = silent / interval;
+            if intervals >= 1 {
+                self.scratch.clear();
+                wire::encode_probe(&mut self.scratch, intervals);
+                self.metrics.probes_sent += 1;
+                let c = &mut self.conns[conn.key as usize];
+                match c.send(&self.scratch) {
+                    Err(_) => {
+                        self.close(conn, CloseReason::IoError, now);
+                        continue;
+                    }
+                    Ok(Flushed::Blocked) if c.queued() > self.config.max_outbound => {
+                        self.close(conn, CloseReason::SlowConsumer, now);
+                        continue;
+                    }
+                    Ok(_) => {}
+                }
+            }
+            let c = &self.conns[conn.key as usize];
+            let next = c.last_seen + ((intervals + 1) * interval).min(deadline);
+            self.wheel
+                .schedule(conn, self.epoch + Duration::from_micros(next));
+        }
+        self.expired = expired;
+    }
+
+    // --------------------------------------------------------------- closing
+
+    /// Ends a connection: best-effort `<bye>`, free its slot and buffers,
+    /// take it out of the registry, log the offline event. The one place a
+    /// connection leaves the server.
+    fn close(&mut self, conn: ConnRef, reason: CloseReason, now: Instant) {
+        if !self.is_live(conn) {
+            return;
+        }
+        let now_us = self.micros(now);
+        let mut c = self.conns.remove(conn.key as usize);
+        if let Some(bye) = reason.bye() {
+            if !c.is_closing() {
+                self.scratch.clear();
+                wire::encode_bye(&mut self.scratch, bye, None);
+                let _ = c.send(&self.scratch);
+            }
+        }
+        self.metrics.closed(reason);
+        let lived = Duration::from_micros(now_us.saturating_sub(c.connected_at));
+        match c.id() {
+            Some(id) => {
+                let was_holder = self.registry.release(id, conn);
+                if was_holder || reason == CloseReason::Replaced {
+                    info!(
+                        "offline id={id} reason={} lived={:.3}s conn={}",
+                        reason.as_str(),
+                        lived.as_secs_f64(),
+                        conn.generation
+                    );
+                }
+            }
+            None => debug!(
+                "closed connection {} from {} ({}) after {:.3}s",
+                conn.generation,
+                c.peer,
+                reason.as_str(),
+                lived.as_secs_f64()
+            ),
+        }
+        // Dropping the stream closes the descriptor, which also removes it
+        // from the epoll set; a deregister call would be one more syscall.
+        drop(c);
+    }
+
+    // -------------------------------------------------------------- shutdown
+
+    fn on_signal(&mut self, now: Instant) {
+        let mut stop = false;
+        for signal in self.signals.pending() {
+            stop |= signal == SIGINT || signal == SIGTERM;
+        }
+        if stop && self.drain_deadline.is_none() {
+            self.begin_shutdown(now);
+        }
+    }
+
+    /// Stops accepting, says `<bye reason="shutdown"/>` to everyone, and
+    /// gives the goodbyes `drain` to leave the sockets.
+    fn begin_shutdown(&mut self, now: Instant) {
+        info!(
+            "shutting down: {} connections, {} online",
+            self.conns.len(),
+            self.registry.len()
+        );
+        if let Some(mut listener) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
+        self.drain_deadline = Some(now + self.config.drain);
+        self.scratch.clear();
+        wire::encode_bye(&mut self.scratch, wire::ByeReason::Shutdown, None);
+        let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            let c = &mut self.conns[key];
+            let conn = ConnRef {
+                key: key as u32,
+                generation: c.generation,
+            };
+            let sent = c.send(&self.scratch);
+            c.begin_closing();
+            if matches!(sent, Ok(Flushed::Done) | Err(_)) {
+                self.close(conn, CloseReason::Shutdown, now);
+            }
+        }
+    }
+
+    fn finish_shutdown(&mut self, now: Instant) {
+        let remaining: Vec<ConnRef> = self
+            .conns
+            .iter()
+            .map(|(key, c)| ConnRef {
+                key: key as u32,
+                generation: c.generation,
+            })
+            .collect();
+        for conn in remaining {
+            self.close(conn, CloseReason::Shutdown, now);
+        }
+        info!("stopped");
+    }
+}
+
+fn bind_listener(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    Ok(TcpListener::from_std(socket.into()))
+}
+
+fn is_out_of_descriptors(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
+        || matches!(e.raw_os_error(), Some(libc::ENOBUFS) | Some(libc::ENOMEM))
+}
+
+/// Raises the soft open-file limit to the hard limit; returns the limit in force.
+fn raise_open_file_limit() -> u64 {
+    use rlimit::Resource;
+    match Resource::NOFILE.get() {
+        Ok((soft, hard)) if soft < hard => match Resource::NOFILE.set(hard, hard) {
+            Ok(()) => hard,
+            Err(e) => {
+                warn!("cannot raise the open-file limit from {soft} to {hard}: {e}");
+                soft
+            }
+        },
+        Ok((soft, _)) => soft,
+        Err(e) => {
+            warn!("cannot read the open-file limit: {e}");
+            1024
+        }
+    }
+}

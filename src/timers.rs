@@ -1,0 +1,174 @@
+//! Heartbeat deadlines in a hashed hierarchical timer wheel
+//! (`hierarchical_hash_wheel_timer`), one wheel unit per configured tick.
+//!
+//! Insertion is O(1) and a tick touches only the slot that comes due (plus,
+//! every 256 ticks, the cascade of one slot of the next level), so the work of
+//! [`TimerWheel::advance`] is proportional to the ticks elapsed and the entries
+//! that expire — never to the number of connections. Entries are never
+//! cancelled: the owner tags them (slab key + generation) and ignores stale
+//! ones, and re-arms lazily when an entry fires (see `server::on_deadline`).
+
+use std::fmt::Debug;
+use std::time::{Duration, Instant};
+
+use hierarchical_hash_wheel_timer::wheels::quad_wheel::{no_prune, QuadWheelWithOverflow};
+use hierarchical_hash_wheel_timer::wheels::Skip;
+
+/// A timer wheel whose time is `origin + ticks × tick`.
+pub struct TimerWheel<T: Debug> {
+    wheel: QuadWheelWithOverflow<T>,
+    origin: Instant,
+    tick: Duration,
+    /// Wheel time, in ticks since `origin`; never ahead of real time.
+    ticks: u64,
+    len: usize,
+}
+
+impl<T: Debug> TimerWheel<T> {
+    pub fn new(origin: Instant, tick: Duration) -> TimerWheel<T> {
+        TimerWheel {
+            wheel: QuadWheelWithOverflow::new(no_prune::<T>),
+            origin,
+            tick: tick.max(Duration::from_millis(1)),
+            ticks: 0,
+            len: 0,
+        }
+    }
+
+    /// Entries waiting in the wheel (stale ones included until they fire).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The wheel's resolution: an entry fires at most this late (plus loop latency).
+    pub fn tick(&self) -> Duration {
+        self.tick
+    }
+
+    /// Schedules `entry` to fire no earlier than `at`: the delay is rounded up
+    /// to whole ticks, so an entry never fires before its time.
+    pub fn schedule(&mut self, entry: T, at: Instant) {
+        let due_tick = ceil_div(at.saturating_duration_since(self.origin), self.tick);
+        let delay = due_tick.saturating_sub(self.ticks).max(1);
+        // A delay that does not fit the wheel's 2^32 units goes to its overflow
+        // list; Duration carries it either way.
+        match self
+            .wheel
+            .insert_with_delay(entry, Duration::from_millis(delay))
+        {
+            Ok(()) => self.len += 1,
+            // Unreachable with delay >= 1, but never lose a deadline.
+            Err(hierarchical_hash_wheel_timer::TimerError::Expired(e)) => {
+                let _ = self.wheel.insert_with_delay(e, Duration::from_millis(1));
+                self.len += 1;
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Moves wheel time up to `now` and appends every entry due by then to
+    /// `expired`. Empty stretches are skipped without touching a slot.
+    pub fn advance(&mut self, now: Instant, expired: &mut Vec<T>) {
+        let target = now.saturating_duration_since(self.origin).as_nanos() / self.tick.as_nanos();
+        let target = u64::try_from(target).unwrap_or(u64::MAX);
+        while self.ticks < target {
+            match self.wheel.can_skip() {
+                Skip::Empty => self.ticks = target,
+                Skip::Millis(n) => {
+                    let step = u64::from(n).min(target - self.ticks);
+                    // step <= n fits u32.
+                    self.wheel.skip(step as u32);
+                    self.ticks += step;
+                }
+                Skip::None => {
+                    let due = self.wheel.tick();
+                    self.ticks += 1;
+                    self.len -= due.len();
+                    expired.extend(due);
+                }
+            }
+        }
+    }
+
+    /// How long the loop may sleep before the next tick that can expire something;
+    /// `None` when the wheel is empty.
+    pub fn next_timeout(&self, now: Instant) -> Option<Duration> {
+        let ticks_ahead = match self.wheel.can_skip() {
+            Skip::Empty => return None,
+            Skip::None => 1,
+            Skip::Millis(n) => u64::from(n) + 1,
+        };
+        let due = self.origin + self.tick * u32::try_from(self.ticks + ticks_ahead).ok()?;
+        Some(due.saturating_duration_since(now))
+    }
+}
+
+fn ceil_div(d: Duration, unit: Duration) -> u64 {
+    let (d, unit) = (d.as_nanos(), unit.as_nanos());
+    u64::try_from(d.div_ceil(unit)).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn never_fires_early_and_at_most_one_tick_late() {
+        let origin = Instant::now();
+        let tick = ms(5);
+        let mut wheel = TimerWheel::new(origin, tick);
+        // Deadlines at every ms offset over several wheel levels.
+        let deadlines: Vec<u64> = (1..3000).step_by(7).chain([70_000, 1_300_000]).collect();
+        for &d in &deadlines {
+            wheel.schedule(d, origin + ms(d));
+        }
+        assert_eq!(wheel.len(), deadlines.len());
+        let mut fired_at = std::collections::HashMap::new();
+        let mut expired = Vec::new();
+        let mut now_ms = 0;
+        while now_ms <= 1_400_000 {
+            wheel.advance(origin + ms(now_ms), &mut expired);
+            for d in expired.drain(..) {
+                fired_at.insert(d, now_ms);
+            }
+            now_ms += 1;
+        }
+        for &d in &deadlines {
+            let at = fired_at[&d];
+            assert!(at >= d, "deadline {d} fired early at {at}");
+            assert!(at <= d + 5, "deadline {d} fired late at {at}");
+        }
+        assert!(wheel.is_empty());
+    }
+
+    #[test]
+    fn advancing_in_one_jump_returns_everything_due() {
+        let origin = Instant::now();
+        let mut wheel = TimerWheel::new(origin, ms(1));
+        for d in 1..=1000u64 {
+            wheel.schedule(d, origin + ms(d * 3));
+        }
+        let mut expired = Vec::new();
+        wheel.advance(origin + ms(1500), &mut expired);
+        assert_eq!(expired.len(), 500);
+        assert!(expired.iter().all(|&d| d * 3 <= 1500));
+    }
+
+    #[test]
+    fn next_timeout_points_at_the_next_tick_or_nothing() {
+        let origin = Instant::now();
+        let mut wheel: TimerWheel<u32> = TimerWheel::new(origin, ms(10));
+        assert_eq!(wheel.next_timeout(origin), None);
+        wheel.schedule(1, origin + ms(25));
+        let t = wheel.next_timeout(origin).unwrap();
+        assert!(t <= ms(30) && t >= ms(10), "{t:?}");
+    }
+}

@@ -1,0 +1,748 @@
+//! The frame codec: bytes ↔ [`Frame`], and nothing else (no I/O, no policy).
+//!
+//! A [`FrameReader`] walks one buffer with a single `quick-xml` reader and
+//! yields frames that borrow from that buffer; when the buffer ends inside a
+//! frame it reports how many bytes were consumed, so the caller keeps only the
+//! unparsed tail. The result is the same for every way of cutting the stream,
+//! because a truncated frame is never mistaken for a malformed one: the only
+//! errors that mean "need more bytes" are the ones quick-xml raises at the end
+//! of its input, plus a UTF-8 sequence cut at the end of the buffer.
+//!
+//! Parsing a ping and encoding the pong allocate nothing: the reader borrows
+//! the buffer, attributes are read without quick-xml's duplicate check (which
+//! allocates) and checked against a fixed-size array instead, and numbers are
+//! formatted on the stack.
+
+use std::io::Write as _;
+
+use quick_xml::errors::{Error as XmlError, IllFormedError, SyntaxError};
+use quick_xml::events::attributes::Attributes;
+use quick_xml::events::Event;
+use quick_xml::Reader;
+
+/// Longest client id, in bytes.
+pub const MAX_ID_LEN: usize = 64;
+/// Longest message id, in bytes.
+pub const MAX_MESSAGE_ID_LEN: usize = 128;
+/// More attributes than this on one element is refused: it bounds the
+/// duplicate check, and no frame of the protocol has more than three.
+pub const MAX_ATTRIBUTES: usize = 16;
+
+/// One decoded client frame; strings and bodies borrow from the read buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame<'a> {
+    Login {
+        id: &'a str,
+        token: Option<&'a str>,
+    },
+    /// A client-initiated heartbeat (`mode="ping"`): answered with a pong.
+    Ping {
+        seq: Option<u64>,
+    },
+    /// The answer to a server probe (`mode="pong"`).
+    Pong {
+        seq: Option<u64>,
+    },
+    Msg {
+        to: &'a str,
+        id: Option<&'a str>,
+        /// The element's content exactly as it was on the wire.
+        body: &'a str,
+    },
+    Ack {
+        id: &'a str,
+    },
+    Bye,
+    /// A well-formed element this version does not know.
+    Unknown {
+        name: &'a str,
+    },
+}
+
+/// Why a frame was refused. Every variant closes the connection.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("frame longer than {max} bytes")]
+    FrameTooLarge { max: usize },
+    #[error("login id must be 1 to 64 characters of A-Z a-z 0-9 _ . : @ -")]
+    BadId,
+    #[error("malformed XML: {0}")]
+    Xml(#[from] XmlError),
+    #[error("malformed attribute: {0}")]
+    Attribute(#[from] quick_xml::events::attributes::AttrError),
+    #[error("a character XML does not allow (invalid UTF-8 or a control character)")]
+    InvalidCharacter,
+    #[error("DOCTYPE and entity declarations are not accepted")]
+    Doctype,
+    #[error("reference to an undeclared entity (only lt, gt, amp, apos, quot and character references)")]
+    UnknownEntity,
+    #[error("'<' inside an attribute value")]
+    LtInAttribute,
+    #[error("text outside a frame")]
+    TextOutsideFrame,
+    #[error("XML declaration after the first frame")]
+    MisplacedDeclaration,
+    #[error("processing instructions are not accepted")]
+    ProcessingInstruction,
+    #[error("duplicate attribute")]
+    DuplicateAttribute,
+    #[error("more than {MAX_ATTRIBUTES} attributes on one element")]
+    TooManyAttributes,
+    #[error("<{frame}> needs the attribute {attr}")]
+    MissingAttribute {
+        frame: &'static str,
+        attr: &'static str,
+    },
+    #[error("<{frame}> has an invalid {attr}")]
+    InvalidAttribute {
+        frame: &'static str,
+        attr: &'static str,
+    },
+}
+
+impl WireError {
+    /// The protocol's error code for this refusal.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            WireError::FrameTooLarge { .. } => ErrorCode::FrameTooLarge,
+            WireError::BadId => ErrorCode::BadId,
+            _ => ErrorCode::BadFrame,
+        }
+    }
+}
+
+/// The codes of `<error code="..."/>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorCode {
+    BadFrame,
+    FrameTooLarge,
+    UnknownFrame,
+    BadId,
+    AuthFailed,
+    NotLoggedIn,
+    AlreadyLoggedIn,
+    Offline,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadFrame => "bad-frame",
+            ErrorCode::FrameTooLarge => "frame-too-large",
+            ErrorCode::UnknownFrame => "unknown-frame",
+            ErrorCode::BadId => "bad-id",
+            ErrorCode::AuthFailed => "auth-failed",
+            ErrorCode::NotLoggedIn => "not-logged-in",
+            ErrorCode::AlreadyLoggedIn => "already-logged-in",
+            ErrorCode::Offline => "offline",
+        }
+    }
+}
+
+/// Why the server says goodbye (`<bye reason="..."/>`), also the offline reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByeReason {
+    Timeout,
+    Replaced,
+    Shutdown,
+    Kicked,
+    Overload,
+    SlowConsumer,
+}
+
+impl ByeReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ByeReason::Timeout => "timeout",
+            ByeReason::Replaced => "replaced",
+            ByeReason::Shutdown => "shutdown",
+            ByeReason::Kicked => "kicked",
+            ByeReason::Overload => "overload",
+            ByeReason::SlowConsumer => "slow-consumer",
+        }
+    }
+}
+
+/// True for a valid client id: 1–64 of `[A-Za-z0-9_.:@-]`.
+pub fn is_valid_id(id: &str) -> bool {
+    (1..=MAX_ID_LEN).contains(&id.len()) && id.bytes().all(is_id_byte)
+}
+
+/// True for a valid message id: the id alphabet, up to 128 bytes.
+pub fn is_valid_message_id(id: &str) -> bool {
+    (1..=MAX_MESSAGE_ID_LEN).contains(&id.len()) && id.bytes().all(is_id_byte)
+}
+
+fn is_id_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'@' | b'-')
+}
+
+/// Walks the frames of one buffer.
+pub struct FrameReader<'a> {
+    text: &'a str,
+    reader: Reader<&'a [u8]>,
+    /// The buffer holds a character XML does not allow right after `text`.
+    invalid_after_text: bool,
+    /// Everything before this offset is parsed and may be dropped.
+    consumed: usize,
+    buf_len: usize,
+    max_frame: usize,
+    seen_frame: bool,
+}
+
+/// What [`FrameReader::next_frame`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded<'a> {
+    Frame(Frame<'a>),
+    /// The rest of the buffer (from [`FrameReader::consumed`]) is the start of
+    /// a frame, or empty: read more.
+    NeedMore,
+}
+
+impl<'a> FrameReader<'a> {
+    /// `seen_frame`: a frame already came on this connection, so an XML
+    /// declaration is no longer acceptable.
+    pub fn new(buf: &'a [u8], max_frame: usize, seen_frame: bool) -> FrameReader<'a> {
+        // Parse only up to the first character XML forbids, so the frames
+        // before it are still delivered whatever the cut of the stream; a UTF-8
+        // sequence cut by the end of the buffer is not an error yet.
+        let control = buf
+            .iter()
+            .position(|&b| b < 0x20 && !is_xml_whitespace(b))
+            .unwrap_or(buf.len());
+        let (text, invalid_after_text) = match std::str::from_utf8(&buf[..control]) {
+            Ok(text) => (text, control < buf.len()),
+            Err(e) => {
+                let valid = &buf[..e.valid_up_to()];
+                let text = std::str::from_utf8(valid).unwrap_or_default();
+                (text, e.error_len().is_some() || control < buf.len())
+            }
+        };
+        let mut reader = Reader::from_str(text);
+        let config = reader.config_mut();
+        config.check_end_names = true;
+        config.check_comments = true;
+        config.expand_empty_elements = false;
+        config.trim_text(false);
+        FrameReader {
+            text,
+            reader,
+            invalid_after_text,
+            consumed: 0,
+            buf_len: buf.len(),
+            max_frame,
+            seen_frame,
+        }
+    }
+
+    /// Bytes of the buffer fully parsed; the caller keeps the rest for the next read.
+    pub fn consumed(&self) -> usize {
+        self.consumed
+    }
+
+    /// Whether a frame has been seen on this connection (to carry over to the next buffer).
+    pub fn seen_frame(&self) -> bool {
+        self.seen_frame
+    }
+
+    /// The next complete frame, [`Decoded::NeedMore`], or the reason the stream is refused.
+    pub fn next_frame(&mut self) -> Result<Decoded<'a>, WireError> {
+        let mut depth = 0usize;
+        let mut frame_start = 0usize;
+        let mut top: Option<(&'a str, &'a str, usize)> = None; // (name, tag, body start)
+        loop {
+            let before = self.position();
+            let event = match self.reader.read_event() {
+                Ok(event) => event,
+                Err(e) if self.is_truncation(&e) => return self.need_more(),
+                Err(e) => return Err(e.into()),
+            };
+            let after = self.position();
+            if top.is_some() && after - frame_start > self.max_frame {
+                return Err(WireError::FrameTooLarge {
+                    max: self.max_frame,
+                });
+            }
+            match event {
+                Event::Eof => return self.need_more(),
+                Event::Text(t) if depth == 0 => {
+                    if !t.as_ref().bytes().all(is_xml_whitespace) {
+                        return Err(WireError::TextOutsideFrame);
+                    }
+                    self.consumed = after;
+                }
+                Event::Decl(_) => {
+                    if self.seen_frame || depth > 0 {
+                        return Err(WireError::MisplacedDeclaration);
+                    }
+                    self.consumed = after;
+                }
+                Event::Comment(_) if depth == 0 => self.consumed = after,
+                Event::DocType(_) => return Err(WireError::Doctype),
+                Event::PI(_) => return Err(WireError::ProcessingInstruction),
+                Event::CData(_) if depth == 0 => return Err(WireError::TextOutsideFrame),
+                Event::GeneralRef(r) => {
+                    if depth == 0 {
+                        return Err(WireError::TextOutsideFrame);
+                    }
+                    if !is_predefined_entity(&r) && !matches!(r.resolve_char_ref(), Ok(Some(_))) {
+                        return Err(WireError::UnknownEntity);
+                    }
+                }
+                Event::Start(e) => {
+                    let tag = &self.text[before + 1..after - 1];
+                    let name = &tag[..e.name().as_ref().len()];
+                    check_attributes(tag, name.len())?;
+                    if depth == 0 {
+                        frame_start = before;
+                        top = Some((name, tag, after));
+                    }
+                    depth += 1;
+                }
+                Event::Empty(e) => {
+                    let tag = &self.text[before + 1..after - 2];
+                    let name = &tag[..e.name().as_ref().len()];
+                    check_attributes(tag, name.len())?;
+                    if depth == 0 {
+                        if after - before > self.max_frame {
+                            return Err(WireError::FrameTooLarge {
+                                max: self.max_frame,
+                            });
+                        }
+                        return self.complete(name, tag, "", after);
+                    }
+                }
+                Event::End(_) => {
+                    depth -= 1;
+                    if depth == 0 {
+                        if let Some((name, tag, body_start)) = top {
+                            return self.complete(name, tag, &self.text[body_start..before], after);
+                        }
+                    }
+                }
+                Event::Text(_) | Event::CData(_) | Event::Comment(_) => {}
+            }
+        }
+    }
+
+    fn position(&self) -> usize {
+        self.reader.buffer_position() as usize
+    }
+
+    fn complete(
+        &mut self,
+        name: &'a str,
+        tag: &'a str,
+        body: &'a str,
+        end: usize,
+    ) -> Result<Decoded<'a>, WireError> {
+        self.consumed = end;
+        self.seen_frame = true;
+        Ok(Decoded::Frame(frame_from(name, tag, body)?))
+    }
+
+    fn need_more(&self) -> Result<Decoded<'a>, WireError> {
+        if self.invalid_after_text {
+            return Err(WireError::InvalidCharacter);
+        }
+        if self.buf_len - self.consumed > self.max_frame {
+            return Err(WireError::FrameTooLarge {
+                max: self.max_frame,
+            });
+        }
+        Ok(Decoded::NeedMore)
+    }
+
+    /// Errors quick-xml raises only because its input ended: more bytes may
+    /// turn them into a frame.
+    fn is_truncation(&self, e: &XmlError) -> bool {
+        let rest = &self.text[(self.reader.error_position() as usize).min(self.text.len())..];
+        match e {
+            XmlError::Syntax(SyntaxError::InvalidBangMarkup) => rest == "<!",
+            XmlError::Syntax(_) => true,
+            XmlError::IllFormed(IllFormedError::UnclosedReference) => {
+                rest.starts_with('&') && !rest[1..].bytes().any(|b| !is_name_byte(b))
+            }
+            _ => false,
+        }
+    }
+}
+
+fn is_xml_whitespace(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\r' | b'\n')
+}
+
+fn is_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'#' | b'_' | b'-' | b'.' | b':') || b >= 0x80
+}
+
+fn is_predefined_entity(r: &quick_xml::events::BytesRef<'_>) -> bool {
+    matches!(r.as_ref(), "lt" | "gt" | "amp" | "apos" | "quot")
+}
+
+/// Rejects duplicate keys, '<' in values and undeclared entity references,
+/// without allocating.
+fn check_attributes(tag: &str, name_len: usize) -> Result<(), WireError> {
+    let mut keys: [&str; MAX_ATTRIBUTES] = [""; MAX_ATTRIBUTES];
+    let mut count = 0;
+    let mut attributes = Attributes::new(tag, name_len);
+    attributes.with_checks(false);
+    for attribute in attributes {
+        let attribute = attribute?;
+        let key: &str = attribute.key.0;
+        if count == MAX_ATTRIBUTES {
+            return Err(WireError::TooManyAttributes);
+        }
+        if keys[..count].contains(&key) {
+            return Err(WireError::DuplicateAttribute);
+        }
+        keys[count] = key;
+        count += 1;
+        check_attribute_value(&attribute.value)?;
+    }
+    Ok(())
+}
+
+fn check_attribute_value(value: &str) -> Result<(), WireError> {
+    if value.contains('<') {
+        return Err(WireError::LtInAttribute);
+    }
+    // Unescaping allocates, but only for values that hold a reference at all.
+    if value.contains('&') && quick_xml::escape::unescape(value).is_err() {
+        return Err(WireError::UnknownEntity);
+    }
+    Ok(())
+}
+
+/// The attributes of a frame, looked up by name. Values are raw (not unescaped):
+/// every attribute the protocol defines is restricted to characters that need
+/// no escaping, so a value with an entity reference in it fails validation.
+struct Attrs<'a> {
+    tag: &'a str,
+    name_len: usize,
+}
+
+impl<'a> Attrs<'a> {
+    fn get(&self, key: &str) -> Option<&'a str> {
+        let mut attributes = Attributes::new(self.tag, self.name_len);
+        attributes.with_checks(false);
+        for attribute in attributes.flatten() {
+            if attribute.key.as_ref() == key {
+                // Attributes over a borrowed &str always hand out borrowed values.
+                if let std::borrow::Cow::Borrowed(v) = attribute.value {
+                    return Some(v);
+                }
+            }
+        }
+        None
+    }
+}
+
+fn frame_from<'a>(name: &'a str, tag: &'a str, body: &'a str) -> Result<Frame<'a>, WireError> {
+    let attrs = Attrs {
+        tag,
+        name_len: name.len(),
+    };
+    let required = |frame: &'static str, attr: &'static str| {
+        attrs
+            .get(attr)
+            .ok_or(WireError::MissingAttribute { frame, attr })
+    };
+    let message_id = |frame: &'static str, attr: &'static str, v: &'a str| {
+        if is_valid_message_id(v) {
+            Ok(v)
+        } else {
+            Err(WireError::InvalidAttribute { frame, attr })
+        }
+    };
+    Ok(match name {
+        "login" => {
+            let id = attrs.get("id").ok_or(WireError::BadId)?;
+            if !is_valid_id(id) {
+                return Err(WireError::BadId);
+            }
+            Frame::Login {
+                id,
+                token: attrs.get("token"),
+            }
+        }
+        "heartbeat" => {
+            let seq = match attrs.get("seq") {
+                None => None,
+                Some(s) => Some(s.parse::<u64>().map_err(|_| WireError::InvalidAttribute {
+                    frame: "heartbeat",
+                    attr: "seq",
+                })?),
+            };
+            match required("heartbeat", "mode")? {
+                "ping" => Frame::Ping { seq },
+                "pong" => Frame::Pong { seq },
+                _ => {
+                    return Err(WireError::InvalidAttribute {
+                        frame: "heartbeat",
+                        attr: "mode",
+                    })
+                }
+            }
+        }
+        "msg" => {
+            let to = required("msg", "to")?;
+            if !is_valid_id(to) {
+                return Err(WireError::InvalidAttribute {
+                    frame: "msg",
+                    attr: "to",
+                });
+            }
+            let id = match attrs.get("id") {
+                None => None,
+                Some(v) => Some(message_id("msg", "id", v)?),
+            };
+            Frame::Msg { to, id, body }
+        }
+        "ack" => Frame::Ack {
+            id: message_id("ack", "id", required("ack", "id")?)?,
+        },
+        "bye" => Frame::Bye,
+        _ => Frame::Unknown { name },
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Encoding. Writes into a caller-owned Vec; nothing here allocates beyond the
+// Vec's own growth (numbers are formatted on the stack by `write!`).
+
+/// `<heartbeat mode="pong" seq="N"/>` (seq only when the ping had one).
+pub fn encode_pong(out: &mut Vec<u8>, seq: Option<u64>) {
+    encode_heartbeat(out, "pong", seq);
+}
+
+/// `<heartbeat mode="ping" seq="N"/>`, the server's probe.
+pub fn encode_probe(out: &mut Vec<u8>, seq: u64) {
+    encode_heartbeat(out, "ping", Some(seq));
+}
+
+fn encode_heartbeat(out: &mut Vec<u8>, mode: &str, seq: Option<u64>) {
+    out.extend_from_slice(b"<heartbeat mode=\"");
+    out.extend_from_slice(mode.as_bytes());
+    match seq {
+        Some(seq) => {
+            let _ = write!(out, "\" seq=\"{seq}\"/>");
+        }
+        None => out.extend_from_slice(b"\"/>"),
+    }
+}
+
+/// `<welcome id="ID" interval="MS" misses="N" phase-ms="P"/>`.
+pub fn encode_welcome(out: &mut Vec<u8>, id: &str, interval_ms: u64, misses: u32, phase_ms: u64) {
+    let _ = write!(
+        out,
+        "<welcome id=\"{id}\" interval=\"{interval_ms}\" misses=\"{misses}\" phase-ms=\"{phase_ms}\"/>"
+    );
+}
+
+/// `<error code="C" ref="R">text</error>`; `reference` is escaped, `text` must be plain.
+pub fn encode_error(out: &mut Vec<u8>, code: ErrorCode, reference: Option<&str>, text: &str) {
+    out.extend_from_slice(b"<error code=\"");
+    out.extend_from_slice(code.as_str().as_bytes());
+    out.push(b'"');
+    if let Some(r) = reference {
+        out.extend_from_slice(b" ref=\"");
+        out.extend_from_slice(quick_xml::escape::escape(r).as_bytes());
+        out.push(b'"');
+    }
+    if text.is_empty() {
+        out.extend_from_slice(b"/>");
+    } else {
+        out.push(b'>');
+        out.extend_from_slice(quick_xml::escape::escape(text).as_bytes());
+        out.extend_from_slice(b"</error>");
+    }
+}
+
+/// `<bye reason="R" retry-ms="D"/>`.
+pub fn encode_bye(out: &mut Vec<u8>, reason: ByeReason, retry_ms: Option<u64>) {
+    out.extend_from_slice(b"<bye reason=\"");
+    out.extend_from_slice(reason.as_str().as_bytes());
+    match retry_ms {
+        Some(ms) => {
+            let _ = write!(out, "\" retry-ms=\"{ms}\"/>");
+        }
+        None => out.extend_from_slice(b"\"/>"),
+    }
+}
+
+/// `<msg from="SENDER" id="MID">body</msg>`; `body` is already valid XML content.
+pub fn encode_msg(out: &mut Vec<u8>, from: &str, id: Option<&str>, body: &str) {
+    out.extend_from_slice(b"<msg from=\"");
+    out.extend_from_slice(from.as_bytes());
+    out.push(b'"');
+    if let Some(id) = id {
+        out.extend_from_slice(b" id=\"");
+        out.extend_from_slice(id.as_bytes());
+        out.push(b'"');
+    }
+    out.push(b'>');
+    out.extend_from_slice(body.as_bytes());
+    out.extend_from_slice(b"</msg>");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Decodes a whole stream fed in the given pieces, the way the server does:
+    /// keep the unparsed tail, append the next piece, parse again.
+    pub(crate) fn decode_pieces(pieces: &[&[u8]], max_frame: usize) -> Result<Vec<String>, String> {
+        let mut tail: Vec<u8> = Vec::new();
+        let mut seen = false;
+        let mut out = Vec::new();
+        for piece in pieces {
+            tail.extend_from_slice(piece);
+            let mut reader = FrameReader::new(&tail, max_frame, seen);
+            loop {
+                match reader.next_frame() {
+                    Ok(Decoded::Frame(f)) => out.push(format!("{f:?}")),
+                    Ok(Decoded::NeedMore) => break,
+                    Err(e) => return Err(e.code().as_str().to_string()),
+                }
+            }
+            seen = reader.seen_frame();
+            let consumed = reader.consumed();
+            tail.drain(..consumed);
+        }
+        Ok(out)
+    }
+
+    fn decode_all(stream: &str) -> Result<Vec<String>, String> {
+        decode_pieces(&[stream.as_bytes()], 16384)
+    }
+
+    const STREAM: &str = "<?xml version=\"1.0\"?>\n<login id=\"a.b@c\" token=\"ff\"/>\r\n\
+        <heartbeat mode=\"ping\" seq=\"7\"/><heartbeat mode='pong'/>\t\
+        <msg to=\"bob\" id=\"m1\">h\u{e9}llo &amp; &#x263A; <![CDATA[<x>]]><b>bold</b></msg>\
+        <!-- note --><ack id=\"m1\"/><future x=\"1\"><y/></future><bye/>";
+
+    #[test]
+    fn decodes_every_frame_kind() {
+        let frames = decode_all(STREAM).unwrap();
+        assert_eq!(
+            frames,
+            vec![
+                r#"Login { id: "a.b@c", token: Some("ff") }"#,
+                "Ping { seq: Some(7) }",
+                "Pong { seq: None }",
+                r#"Msg { to: "bob", id: Some("m1"), body: "héllo &amp; &#x263A; <![CDATA[<x>]]><b>bold</b>" }"#,
+                r#"Ack { id: "m1" }"#,
+                r#"Unknown { name: "future" }"#,
+                "Bye",
+            ]
+        );
+    }
+
+    #[test]
+    fn every_split_gives_the_same_frames() {
+        let whole = decode_all(STREAM).unwrap();
+        let bytes = STREAM.as_bytes();
+        for cut in 0..=bytes.len() {
+            let got = decode_pieces(&[&bytes[..cut], &bytes[cut..]], 16384).unwrap();
+            assert_eq!(got, whole, "cut at {cut}");
+        }
+        for a in (0..bytes.len()).step_by(7) {
+            for b in a..bytes.len() {
+                let got = decode_pieces(&[&bytes[..a], &bytes[a..b], &bytes[b..]], 16384).unwrap();
+                assert_eq!(got, whole, "cuts at {a} and {b}");
+            }
+        }
+        let one_by_one: Vec<&[u8]> = bytes.chunks(1).collect();
+        assert_eq!(decode_pieces(&one_by_one, 16384).unwrap(), whole);
+    }
+
+    #[test]
+    fn refuses_malformed_input() {
+        for (stream, code) in [
+            ("<a></b>", "bad-frame"),
+            ("</a>", "bad-frame"),
+            ("hello", "bad-frame"),
+            ("<heartbeat mode=\"ping\" mode=\"ping\"/>", "bad-frame"),
+            ("<!DOCTYPE lol [<!ENTITY lol \"lol\">]><lol>&lol;</lol>", "bad-frame"),
+            ("<msg to=\"b\">&lol;</msg>", "bad-frame"),
+            ("<future x=\"&lol;\"/>", "bad-frame"),
+            ("<heartbeat mode=\"ping\"/><?xml version=\"1.0\"?>", "bad-frame"),
+            ("<?php x?>", "bad-frame"),
+            ("<heartbeat mode=\"sing\"/>", "bad-frame"),
+            ("<heartbeat mode=\"ping\" seq=\"x\"/>", "bad-frame"),
+            ("<msg to=\"b c\">x</msg>", "bad-frame"),
+            ("<login id=\"\"/>", "bad-id"),
+            ("<login id=\"has space\"/>", "bad-id"),
+            ("<login/>", "bad-id"),
+            ("<a>\u{0}</a>", "bad-frame"),
+        ] {
+            assert_eq!(decode_all(stream).unwrap_err(), code, "{stream:?}");
+        }
+        assert_eq!(
+            decode_pieces(&[b"<msg to=\"b\">\xff</msg>"], 16384).unwrap_err(),
+            "bad-frame"
+        );
+    }
+
+    #[test]
+    fn frames_before_an_error_are_still_delivered() {
+        let mut reader = FrameReader::new(b"<bye/></oops>", 16384, false);
+        assert_eq!(reader.next_frame().unwrap(), Decoded::Frame(Frame::Bye));
+        assert!(reader.next_frame().is_err());
+    }
+
+    #[test]
+    fn enforces_max_frame_on_complete_and_partial_frames() {
+        let big = format!("<msg to=\"b\">{}</msg>", "x".repeat(200));
+        assert_eq!(decode_pieces(&[big.as_bytes()], 100).unwrap_err(), "frame-too-large");
+        assert_eq!(
+            decode_pieces(&[&big.as_bytes()[..150]], 100).unwrap_err(),
+            "frame-too-large"
+        );
+        let empty = format!("<heartbeat mode=\"ping\" pad=\"{}\"/>", "x".repeat(200));
+        assert_eq!(decode_pieces(&[empty.as_bytes()], 100).unwrap_err(), "frame-too-large");
+        // Exactly at the limit is fine.
+        let exact = format!("<msg to=\"b\">{}</msg>", "x".repeat(100 - 18));
+        assert_eq!(exact.len(), 100);
+        assert_eq!(decode_pieces(&[exact.as_bytes()], 100).unwrap().len(), 1);
+        // Whitespace between frames never accumulates.
+        let spaces = " ".repeat(1000);
+        assert!(decode_pieces(&[spaces.as_bytes()], 100).unwrap().is_empty());
+    }
+
+    #[test]
+    fn encodes_byte_exact() {
+        let mut out = Vec::new();
+        encode_pong(&mut out, Some(7));
+        encode_pong(&mut out, None);
+        encode_probe(&mut out, 2);
+        encode_welcome(&mut out, "a", 5000, 5, 120);
+        encode_error(&mut out, ErrorCode::UnknownFrame, Some("x\"y"), "");
+        encode_error(&mut out, ErrorCode::Offline, Some("m1"), "b is not online");
+        encode_bye(&mut out, ByeReason::SlowConsumer, None);
+        encode_bye(&mut out, ByeReason::Shutdown, Some(1500));
+        encode_msg(&mut out, "a", Some("m1"), "x &amp; y");
+        encode_msg(&mut out, "a", None, "");
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "<heartbeat mode=\"pong\" seq=\"7\"/><heartbeat mode=\"pong\"/>\
+             <heartbeat mode=\"ping\" seq=\"2\"/>\
+             <welcome id=\"a\" interval=\"5000\" misses=\"5\" phase-ms=\"120\"/>\
+             <error code=\"unknown-frame\" ref=\"x&quot;y\"/>\
+             <error code=\"offline\" ref=\"m1\">b is not online</error>\
+             <bye reason=\"slow-consumer\"/><bye reason=\"shutdown\" retry-ms=\"1500\"/>\
+             <msg from=\"a\" id=\"m1\">x &amp; y</msg><msg from=\"a\"></msg>"
+        );
+    }
+
+    #[test]
+    fn ids() {
+        assert!(is_valid_id("user-1_a.b:c@d"));
+        assert!(is_valid_id(&"a".repeat(64)));
+        assert!(!is_valid_id(&"a".repeat(65)));
+        assert!(!is_valid_id(""));
+        assert!(!is_valid_id("a/b"));
+        assert!(!is_valid_id("é"));
+    }
+}

@@ -1,0 +1,362 @@
+//! What one run measured: counters, the round-trip histogram, silent-close
+//! samples and the server's resource use. Results from workers are merged by
+//! the parent, so everything here knows how to serialize to one JSON line and
+//! back.
+
+use std::collections::HashMap;
+
+use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
+use hdrhistogram::Histogram;
+
+use crate::json::{self, Fields, Value};
+
+/// Highest round trip the histogram tracks exactly (larger ones saturate): 10 min.
+const RTT_MAX_US: u64 = 600_000_000;
+/// Significant digits of the round-trip histogram.
+const RTT_SIGFIG: u8 = 3;
+
+macro_rules! counters {
+    ($( $(#[$doc:meta])* $name:ident, )*) => {
+        /// Event counts; all of them add up across workers.
+        #[derive(Debug, Default, Clone)]
+        pub struct Counters {
+            $( $(#[$doc])* pub $name: u64, )*
+        }
+
+        impl Counters {
+            pub fn merge(&mut self, other: &Counters) {
+                $( self.$name += other.$name; )*
+            }
+
+            pub fn pairs(&self) -> Vec<(&'static str, u64)> {
+                vec![$( (stringify!($name), self.$name), )*]
+            }
+
+            fn read(map: &HashMap<String, Value>) -> Counters {
+                Counters {
+                    $( $name: map.uint(concat!("c.", stringify!($name))).unwrap_or(0), )*
+                }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Sockets we tried to connect.
+    connect_attempts,
+    /// Connects that completed.
+    connects_ok,
+    /// Connects that failed (refused, reset, unreachable, out of ports, ...).
+    connect_errors,
+    /// Logins accepted (welcome / CONNACK; every connect for redis).
+    logins,
+    /// Logins accepted inside the measurement window.
+    logins_in_window,
+    /// Logins refused (`<error/>` before welcome, CONNACK with a failure code).
+    login_errors,
+    /// Connections that got no welcome within the login timeout.
+    login_timeouts,
+    /// Closes by the server that we did not ask for (healthy connections).
+    unexpected_closes,
+    /// `<bye reason="timeout"/>` sent to a connection that was pinging.
+    wrong_timeouts,
+    /// `<bye/>` with another reason (replaced, shutdown, overload, ...).
+    other_byes,
+    /// `<error/>` frames after login.
+    server_errors,
+    /// Bytes the client could not frame; the connection was dropped.
+    protocol_errors,
+    /// Server probes answered with a pong.
+    probes_answered,
+    /// Server probes a silent connection deliberately left unanswered.
+    probes_ignored,
+    /// `<msg/>` frames received.
+    msgs_received,
+    /// Frames we did not need to understand.
+    other_frames,
+    /// Pings sent.
+    pings_sent,
+    /// Pings sent inside the measurement window.
+    pings_in_window,
+    /// Pongs matched to a ping.
+    round_trips,
+    /// Pongs matched inside the measurement window.
+    rt_in_window,
+    /// Pongs that matched no outstanding ping.
+    unmatched_pongs,
+    /// Pings still unanswered when their connection closed or the run ended.
+    pings_unanswered,
+    /// Connections that went silent.
+    silent_total,
+    /// Silent connections the server closed.
+    silent_closed,
+    /// ... of which received `<bye reason="timeout"/>` before the close.
+    silent_bye_first,
+    /// Silent connections closed before their deadline.
+    silent_early,
+    /// Silent connections still open when the run ended.
+    silent_not_closed,
+    /// Healthy (still pinging) connections closed by the server in silent mode.
+    healthy_closed,
+    /// Churn: leaves with a clean goodbye, closed by the server.
+    leaves_clean,
+    /// Churn: leaves by abrupt close (RST).
+    leaves_abrupt,
+    /// Churn: clean goodbyes the server did not close within the leave timeout.
+    leave_timeouts,
+}
+
+impl Counters {
+    /// Everything that counts as an error in the progress line.
+    pub fn errors(&self) -> u64 {
+        self.connect_errors
+            + self.login_errors
+            + self.login_timeouts
+            + self.unexpected_closes
+            + self.wrong_timeouts
+            + self.protocol_errors
+            + self.leave_timeouts
+    }
+}
+
+/// One silent connection closed by the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SilentClose {
+    /// From the last frame we sent to the close (EOF or RST).
+    pub delay_us: u64,
+    /// `delay - interval × misses`, when the deadline is known.
+    pub lateness_us: Option<i64>,
+}
+
+/// The server process's resource use over the measured window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServerUsage {
+    pub cpu_us: u64,
+    pub user_us: u64,
+    pub rss_kb: u64,
+    pub rss_anon_kb: Option<u64>,
+}
+
+/// Everything one process measured.
+#[derive(Debug, Clone)]
+pub struct Results {
+    pub counters: Counters,
+    /// Pong round trips of pings sent inside the window, in microseconds.
+    pub rtt_us: Histogram<u64>,
+    pub silent_closes: Vec<SilentClose>,
+    /// Length of the measured window.
+    pub window_us: u64,
+    /// Length of the whole run.
+    pub elapsed_us: u64,
+    /// When every connection of the share had logged in once, from the start.
+    pub ramp_done_us: Option<u64>,
+    /// `interval × misses` announced by the server (or `--deadline-ms`).
+    pub deadline_ms: Option<u64>,
+    pub server: Option<ServerUsage>,
+    /// The most recent connect error, to tell the user why.
+    pub last_error: Option<String>,
+}
+
+/// A worker line that could not be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error(transparent)]
+    Json(#[from] json::ParseError),
+    #[error("field {0} is missing or malformed")]
+    Field(&'static str),
+}
+
+fn empty_histogram() -> Histogram<u64> {
+    match Histogram::new_with_bounds(1, RTT_MAX_US, RTT_SIGFIG) {
+        Ok(histogram) => histogram,
+        // Only reachable if the constants above were edited into nonsense.
+        Err(e) => panic!("bad round-trip histogram bounds: {e}"),
+    }
+}
+
+impl Default for Results {
+    fn default() -> Self {
+        Results {
+            counters: Counters::default(),
+            rtt_us: empty_histogram(),
+            silent_closes: Vec::new(),
+            window_us: 0,
+            elapsed_us: 0,
+            ramp_done_us: None,
+            deadline_ms: None,
+            server: None,
+            last_error: None,
+        }
+    }
+}
+
+impl Results {
+    pub fn record_rtt(&mut self, micros: u64) {
+        self.rtt_us.saturating_record(micros.max(1));
+    }
+
+    /// Folds a worker's results into these.
+    pub fn merge(&mut self, other: &Results) {
+        self.counters.merge(&other.counters);
+        // Same bounds on both sides, so adding cannot fail; if it somehow did,
+        // losing one worker's latency samples is better than aborting.
+        let _ = self.rtt_us.add(&other.rtt_us);
+        self.silent_closes.extend_from_slice(&other.silent_closes);
+        self.window_us = self.window_us.max(other.window_us);
+        self.elapsed_us = self.elapsed_us.max(other.elapsed_us);
+        self.ramp_done_us = match (self.ramp_done_us, other.ramp_done_us) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        self.deadline_ms = self.deadline_ms.or(other.deadline_ms);
+        self.server = self.server.or(other.server);
+        if other.last_error.is_some() {
+            self.last_error.clone_from(&other.last_error);
+        }
+    }
+
+    /// One JSON line for the parent (see `decode`).
+    pub fn encode(&self, worker: u32) -> String {
+        let mut pairs: Vec<(String, Value)> = vec![("worker".into(), Value::Uint(worker.into()))];
+        for (name, value) in self.counters.pairs() {
+            pairs.push((format!("c.{name}"), Value::Uint(value)));
+        }
+        let mut hist = Vec::new();
+        let rtt = match V2Serializer::new().serialize(&self.rtt_us, &mut hist) {
+            Ok(_) => Value::Str(hex::encode(&hist)),
+            Err(_) => Value::Null,
+        };
+        pairs.push(("rtt_v2".into(), rtt));
+        let silent: Vec<String> = self
+            .silent_closes
+            .iter()
+            .map(|c| match c.lateness_us {
+                Some(late) => format!("{}:{late}", c.delay_us),
+                None => c.delay_us.to_string(),
+            })
+            .collect();
+        pairs.push(("silent".into(), Value::Str(silent.join(","))));
+        pairs.push(("window_us".into(), Value::Uint(self.window_us)));
+        pairs.push(("elapsed_us".into(), Value::Uint(self.elapsed_us)));
+        pairs.push(("ramp_done_us".into(), opt_uint(self.ramp_done_us)));
+        pairs.push(("deadline_ms".into(), opt_uint(self.deadline_ms)));
+        if let Some(server) = self.server {
+            pairs.push(("server_cpu_us".into(), Value::Uint(server.cpu_us)));
+            pairs.push(("server_user_us".into(), Value::Uint(server.user_us)));
+            pairs.push(("server_rss_kb".into(), Value::Uint(server.rss_kb)));
+            pairs.push(("server_rss_anon_kb".into(), opt_uint(server.rss_anon_kb)));
+        }
+        if let Some(error) = &self.last_error {
+            pairs.push(("last_error".into(), Value::Str(error.clone())));
+        }
+        json::to_object(&pairs)
+    }
+
+    /// Reads a line written by `encode`; returns the worker index and results.
+    pub fn decode(line: &str) -> Result<(u32, Results), DecodeError> {
+        let map = json::parse_object(line)?;
+        let worker = map
+            .uint("worker")
+            .and_then(|w| u32::try_from(w).ok())
+            .ok_or(DecodeError::Field("worker"))?;
+        let rtt_us = match map.text("rtt_v2") {
+            Some(text) => {
+                let bytes = hex::decode(text).map_err(|_| DecodeError::Field("rtt_v2"))?;
+                Deserializer::new()
+                    .deserialize(&mut bytes.as_slice())
+                    .map_err(|_| DecodeError::Field("rtt_v2"))?
+            }
+            None => empty_histogram(),
+        };
+        let silent_closes = parse_silent(map.text("silent").unwrap_or(""))
+            .ok_or(DecodeError::Field("silent"))?;
+        let server = map.uint("server_cpu_us").map(|cpu_us| ServerUsage {
+            cpu_us,
+            user_us: map.uint("server_user_us").unwrap_or(0),
+            rss_kb: map.uint("server_rss_kb").unwrap_or(0),
+            rss_anon_kb: map.uint("server_rss_anon_kb"),
+        });
+        let results = Results {
+            counters: Counters::read(&map),
+            rtt_us,
+            silent_closes,
+            window_us: map.uint("window_us").unwrap_or(0),
+            elapsed_us: map.uint("elapsed_us").unwrap_or(0),
+            ramp_done_us: map.uint("ramp_done_us"),
+            deadline_ms: map.uint("deadline_ms"),
+            server,
+            last_error: map.text("last_error").map(str::to_string),
+        };
+        Ok((worker, results))
+    }
+}
+
+fn opt_uint(value: Option<u64>) -> Value {
+    value.map_or(Value::Null, Value::Uint)
+}
+
+fn parse_silent(text: &str) -> Option<Vec<SilentClose>> {
+    if text.is_empty() {
+        return Some(Vec::new());
+    }
+    text.split(',')
+        .map(|item| {
+            let (delay, late) = match item.split_once(':') {
+                Some((delay, late)) => (delay, Some(late.parse().ok()?)),
+                None => (item, None),
+            };
+            Some(SilentClose {
+                delay_us: delay.parse().ok()?,
+                lateness_us: late,
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_survive_the_worker_line() {
+        let mut results = Results::default();
+        results.counters.pings_sent = 12;
+        results.counters.rt_in_window = 10;
+        for v in [5, 50, 500, 5000] {
+            results.record_rtt(v);
+        }
+        results.silent_closes = vec![
+            SilentClose { delay_us: 1_500_000, lateness_us: Some(-3) },
+            SilentClose { delay_us: 7, lateness_us: None },
+        ];
+        results.deadline_ms = Some(1500);
+        results.server = Some(ServerUsage { cpu_us: 10, user_us: 2, rss_kb: 3, rss_anon_kb: None });
+        results.last_error = Some("Connection refused \"x\"".into());
+
+        let (worker, back) = Results::decode(&results.encode(3)).unwrap();
+        assert_eq!(worker, 3);
+        assert_eq!(back.counters.pings_sent, 12);
+        assert_eq!(back.counters.rt_in_window, 10);
+        assert_eq!(back.rtt_us.len(), 4);
+        assert_eq!(back.rtt_us.max(), results.rtt_us.max());
+        assert_eq!(back.silent_closes, results.silent_closes);
+        assert_eq!(back.deadline_ms, Some(1500));
+        assert_eq!(back.server, results.server);
+        assert_eq!(back.last_error, results.last_error);
+    }
+
+    #[test]
+    fn merge_adds_counts_and_samples() {
+        let mut a = Results::default();
+        a.counters.logins = 2;
+        a.record_rtt(100);
+        let mut b = Results::default();
+        b.counters.logins = 3;
+        b.record_rtt(200);
+        b.window_us = 9;
+        a.merge(&b);
+        assert_eq!(a.counters.logins, 5);
+        assert_eq!(a.rtt_us.len(), 2);
+        assert_eq!(a.window_us, 9);
+    }
+}
