@@ -1,0 +1,287 @@
+//! Test harness: the real `lifeline` binary on a loopback port, and a plain
+//! blocking client that speaks the protocol through a real socket.
+//!
+//! Every wait polls for its condition with a deadline; nothing sleeps and hopes.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use quick_xml::events::Event;
+use quick_xml::Reader;
+
+/// A `lifeline` process started for one test; killed (by its PID) when dropped,
+/// so a failing test never leaves it behind.
+pub struct ServerProc {
+    child: Child,
+    pub addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl ServerProc {
+    /// Starts the binary on 127.0.0.1 with an OS-chosen port and the given
+    /// environment, and waits for its "listening on" line.
+    pub fn start(env: &[(&str, &str)]) -> ServerProc {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_lifeline"));
+        cmd.env_clear()
+            .env("LIFELINE_LISTEN", "127.0.0.1:0")
+            .env("LIFELINE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn lifeline");
+        let stderr = child.stderr.take().expect("stderr piped");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut server = ServerProc {
+            child,
+            addr: "127.0.0.1:0".parse().unwrap(),
+            log,
+        };
+        let line = server
+            .wait_log("listening on ", Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("server did not start; log: {:?}", server.log_lines()));
+        let addr = line
+            .split("listening on ")
+            .nth(1)
+            .and_then(|rest| rest.split(';').next())
+            .and_then(|a| a.trim().parse().ok())
+            .expect("address in the listening line");
+        server.addr = addr;
+        server
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits for a log line containing `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.log.lock().unwrap().iter().find(|l| l.contains(needle)) {
+                return Some(line.clone());
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits until `n` log lines contain `needle`; returns how many did.
+    pub fn wait_count(&self, needle: &str, n: usize, timeout: Duration) -> usize {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let count = self.count_log(needle);
+            if count >= n || Instant::now() >= deadline {
+                return count;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn count_log(&self, needle: &str) -> usize {
+        self.log.lock().unwrap().iter().filter(|l| l.contains(needle)).count()
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on the PID of a child this harness started.
+        unsafe {
+            libc::kill(self.child.id() as i32, signal);
+        }
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    pub fn connect(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    /// Connects and logs in as `id`; panics unless welcomed.
+    pub fn login(&self, id: &str) -> Client {
+        let mut c = self.connect();
+        c.send(&format!("<login id=\"{id}\"/>"));
+        let welcome = c.expect_frame();
+        assert!(
+            welcome.starts_with(&format!("<welcome id=\"{id}\"")),
+            "expected welcome, got {welcome}"
+        );
+        c
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How a wait for the server's close ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Closed {
+    /// The server closed (EOF or reset); frames received before, in order.
+    Yes(Vec<String>),
+    Timeout,
+}
+
+/// A blocking protocol client over a real socket.
+pub struct Client {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+pub const WAIT: Duration = Duration::from_secs(5);
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, text: &str) {
+        self.send_bytes(text.as_bytes());
+    }
+
+    /// Sends, reporting failure instead of panicking (for a peer the server may have closed).
+    pub fn try_send(&mut self, text: &str) -> bool {
+        self.stream.write_all(text.as_bytes()).is_ok()
+    }
+
+    pub fn send_bytes(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("send");
+    }
+
+    /// The next complete top-level frame within `WAIT`; panics otherwise.
+    pub fn expect_frame(&mut self) -> String {
+        self.frame_within(WAIT)
+            .unwrap_or_else(|| panic!("no frame within {WAIT:?}"))
+    }
+
+    /// The next complete top-level frame, or `None` if none came in `timeout`
+    /// (or the connection closed).
+    pub fn frame_within(&mut self, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(frame) = self.take_frame() {
+                return Some(frame);
+            }
+            match self.fill(deadline) {
+                Fill::Data => {}
+                Fill::Eof | Fill::Timeout => return None,
+            }
+        }
+    }
+
+    /// Reads until the server closes; returns the frames that came before.
+    pub fn wait_closed(&mut self, timeout: Duration) -> Closed {
+        let deadline = Instant::now() + timeout;
+        let mut frames = Vec::new();
+        loop {
+            while let Some(frame) = self.take_frame() {
+                frames.push(frame);
+            }
+            match self.fill(deadline) {
+                Fill::Data => {}
+                Fill::Eof => return Closed::Yes(frames),
+                Fill::Timeout => return Closed::Timeout,
+            }
+        }
+    }
+
+    fn fill(&mut self, deadline: Instant) -> Fill {
+        let now = Instant::now();
+        if now >= deadline {
+            return Fill::Timeout;
+        }
+        self.stream
+            .set_read_timeout(Some((deadline - now).max(Duration::from_millis(1))))
+            .unwrap();
+        let mut chunk = [0u8; 65536];
+        match self.stream.read(&mut chunk) {
+            Ok(0) => Fill::Eof,
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                Fill::Data
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                Fill::Timeout
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => Fill::Data,
+            Err(_) => Fill::Eof, // reset by the server counts as closed
+        }
+    }
+
+    /// Splits one complete top-level element off the front of the buffer.
+    fn take_frame(&mut self) -> Option<String> {
+        let text = std::str::from_utf8(&self.buf).ok()?;
+        let start = text.len() - text.trim_start().len();
+        let mut reader = Reader::from_str(&text[start..]);
+        let mut depth = 0usize;
+        loop {
+            match reader.read_event() {
+                Ok(Event::Start(_)) => depth += 1,
+                Ok(Event::End(_)) => {
+                    depth -= 1;
+                    if depth == 0 {
+                        break;
+                    }
+                }
+                Ok(Event::Empty(_)) if depth == 0 => break,
+                Ok(Event::Eof) | Err(_) => return None,
+                Ok(_) => {}
+            }
+        }
+        let end = start + reader.buffer_position() as usize;
+        let frame = text[start..end].to_string();
+        self.buf.drain(..end);
+        Some(frame)
+    }
+}
+
+enum Fill {
+    Data,
+    Eof,
+    Timeout,
+}
+
+/// The value of attribute `name` in a frame's start tag.
+pub fn attr(frame: &str, name: &str) -> Option<String> {
+    let needle = format!(" {name}=\"");
+    let start = frame.find(&needle)? + needle.len();
+    let len = frame[start..].find('"')?;
+    Some(frame[start..start + len].to_string())
+}
