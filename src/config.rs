@@ -279,12 +279,15 @@ fn keepalive(value: &str) -> Result<Option<Keepalive>, ConfigError> {
 }
 
 fn log_level(value: &str) -> Result<LevelFilter, ConfigError> {
-    value.trim().parse::<LevelFilter>().map_err(|_| ConfigError {
-        var: "LIFELINE_LOG",
-        flag: "log",
-        value: value.to_string(),
-        accepted: "one of off, error, warn, info, debug, trace".to_string(),
-    })
+    value
+        .trim()
+        .parse::<LevelFilter>()
+        .map_err(|_| ConfigError {
+            var: "LIFELINE_LOG",
+            flag: "log",
+            value: value.to_string(),
+            accepted: "one of off, error, warn, info, debug, trace".to_string(),
+        })
 }
 
 #[cfg(test)]

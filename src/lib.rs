@@ -6,6 +6,8 @@
 //! [`timers`] (deadline wheel), [`registry`] (who is online), [`auth`] (login
 //! tokens), [`metrics`], and [`server`] (the event loop).
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 #[cfg(not(target_pointer_width = "64"))]
 compile_error!("Lifeline packs slab key and generation into a 64-bit mio token");
 

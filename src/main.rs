@@ -1,4 +1,5 @@
 //! `lifeline`: parse configuration, set up logging, run the server.
+#![deny(clippy::unwrap_used, clippy::expect_used)]
 
 use lifeline::config::Config;
 use lifeline::server::Server;

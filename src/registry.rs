@@ -61,8 +61,14 @@ mod tests {
     #[test]
     fn a_replaced_connection_cannot_release_its_successor() {
         let mut r = LocalRegistry::default();
-        let old = ConnRef { key: 1, generation: 1 };
-        let new = ConnRef { key: 2, generation: 2 };
+        let old = ConnRef {
+            key: 1,
+            generation: 1,
+        };
+        let new = ConnRef {
+            key: 2,
+            generation: 2,
+        };
         assert_eq!(r.claim("a".into(), old), None);
         assert_eq!(r.claim("a".into(), new), Some(old));
         assert!(!r.release("a", old));

@@ -91,7 +91,8 @@ impl Server {
     /// Raises the open-file limit, binds the listener and sets up the loop.
     pub fn bind(config: Config) -> Result<Server, ServerError> {
         let fd_limit = raise_open_file_limit();
-        let fd_capacity = usize::try_from(fd_limit.saturating_sub(FD_RESERVE)).unwrap_or(usize::MAX);
+        let fd_capacity =
+            usize::try_from(fd_limit.saturating_sub(FD_RESERVE)).unwrap_or(usize::MAX);
         let capacity = match config.max_connections {
             Some(n) if n > fd_capacity => {
                 warn!(
@@ -103,12 +104,11 @@ impl Server {
             None => fd_capacity,
         };
         let poll = Poll::new().map_err(ServerError::Poll)?;
-        let mut listener = bind_listener(config.listen, config.backlog).map_err(|source| {
-            ServerError::Listen {
+        let mut listener =
+            bind_listener(config.listen, config.backlog).map_err(|source| ServerError::Listen {
                 addr: config.listen,
                 source,
-            }
-        })?;
+            })?;
         let local_addr = listener.local_addr().map_err(ServerError::Poll)?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)
@@ -204,8 +204,10 @@ impl Server {
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
         [
             self.wheel.next_timeout(now),
-            self.accept_retry_at.map(|at| at.saturating_duration_since(now)),
-            self.drain_deadline.map(|at| at.saturating_duration_since(now)),
+            self.accept_retry_at
+                .map(|at| at.saturating_duration_since(now)),
+            self.drain_deadline
+                .map(|at| at.saturating_duration_since(now)),
         ]
         .into_iter()
         .flatten()
@@ -343,9 +345,7 @@ impl Server {
         if writable && self.is_live(conn) {
             let c = &mut self.conns[conn.key as usize];
             match c.flush() {
-                Ok(Flushed::Done) if c.is_closing() => {
-                    self.close(conn, CloseReason::Shutdown, now)
-                }
+                Ok(Flushed::Done) if c.is_closing() => self.close(conn, CloseReason::Shutdown, now),
                 Ok(_) => {}
                 Err(_) => self.close(conn, CloseReason::IoError, now),
             }

@@ -74,7 +74,9 @@ pub enum WireError {
     InvalidCharacter,
     #[error("DOCTYPE and entity declarations are not accepted")]
     Doctype,
-    #[error("reference to an undeclared entity (only lt, gt, amp, apos, quot and character references)")]
+    #[error(
+        "reference to an undeclared entity (only lt, gt, amp, apos, quot and character references)"
+    )]
     UnknownEntity,
     #[error("'<' inside an attribute value")]
     LtInAttribute,
@@ -384,10 +386,9 @@ fn is_predefined_entity(r: &quick_xml::events::BytesRef<'_>) -> bool {
 /// without allocating.
 fn check_attributes(tag: &str, name_len: usize) -> Result<(), WireError> {
     let mut keys: [&str; MAX_ATTRIBUTES] = [""; MAX_ATTRIBUTES];
-    let mut count = 0;
     let mut attributes = Attributes::new(tag, name_len);
     attributes.with_checks(false);
-    for attribute in attributes {
+    for (count, attribute) in attributes.enumerate() {
         let attribute = attribute?;
         let key: &str = attribute.key.0;
         if count == MAX_ATTRIBUTES {
@@ -397,7 +398,6 @@ fn check_attributes(tag: &str, name_len: usize) -> Result<(), WireError> {
             return Err(WireError::DuplicateAttribute);
         }
         keys[count] = key;
-        count += 1;
         check_attribute_value(&attribute.value)?;
     }
     Ok(())
@@ -664,10 +664,16 @@ mod tests {
             ("</a>", "bad-frame"),
             ("hello", "bad-frame"),
             ("<heartbeat mode=\"ping\" mode=\"ping\"/>", "bad-frame"),
-            ("<!DOCTYPE lol [<!ENTITY lol \"lol\">]><lol>&lol;</lol>", "bad-frame"),
+            (
+                "<!DOCTYPE lol [<!ENTITY lol \"lol\">]><lol>&lol;</lol>",
+                "bad-frame",
+            ),
             ("<msg to=\"b\">&lol;</msg>", "bad-frame"),
             ("<future x=\"&lol;\"/>", "bad-frame"),
-            ("<heartbeat mode=\"ping\"/><?xml version=\"1.0\"?>", "bad-frame"),
+            (
+                "<heartbeat mode=\"ping\"/><?xml version=\"1.0\"?>",
+                "bad-frame",
+            ),
             ("<?php x?>", "bad-frame"),
             ("<heartbeat mode=\"sing\"/>", "bad-frame"),
             ("<heartbeat mode=\"ping\" seq=\"x\"/>", "bad-frame"),
@@ -695,13 +701,19 @@ mod tests {
     #[test]
     fn enforces_max_frame_on_complete_and_partial_frames() {
         let big = format!("<msg to=\"b\">{}</msg>", "x".repeat(200));
-        assert_eq!(decode_pieces(&[big.as_bytes()], 100).unwrap_err(), "frame-too-large");
+        assert_eq!(
+            decode_pieces(&[big.as_bytes()], 100).unwrap_err(),
+            "frame-too-large"
+        );
         assert_eq!(
             decode_pieces(&[&big.as_bytes()[..150]], 100).unwrap_err(),
             "frame-too-large"
         );
         let empty = format!("<heartbeat mode=\"ping\" pad=\"{}\"/>", "x".repeat(200));
-        assert_eq!(decode_pieces(&[empty.as_bytes()], 100).unwrap_err(), "frame-too-large");
+        assert_eq!(
+            decode_pieces(&[empty.as_bytes()], 100).unwrap_err(),
+            "frame-too-large"
+        );
         // Exactly at the limit is fine.
         let exact = format!("<msg to=\"b\">{}</msg>", "x".repeat(100 - 18));
         assert_eq!(exact.len(), 100);

@@ -58,8 +58,14 @@ fn a_silent_client_is_probed_then_closed_within_the_precision_window() {
     };
     let delay = sent.elapsed();
     // Deadline 3 × 200 ms; window: no earlier, no later than one tick (5 ms) + 50 ms.
-    assert!(delay >= Duration::from_millis(600), "closed early: {delay:?}");
-    assert!(delay <= Duration::from_millis(655), "closed late: {delay:?}");
+    assert!(
+        delay >= Duration::from_millis(600),
+        "closed early: {delay:?}"
+    );
+    assert!(
+        delay <= Duration::from_millis(655),
+        "closed late: {delay:?}"
+    );
     assert!(frames[0].starts_with("<welcome"));
     assert_eq!(
         &frames[1..],
@@ -86,7 +92,9 @@ fn any_frame_counts_as_liveness_and_whitespace_does_not() {
     let mut spacer_open = true;
     while start.elapsed() < Duration::from_millis(1800) {
         talker.send("<whatever/>");
-        assert!(talker.expect_frame().starts_with("<error code=\"unknown-frame\""));
+        assert!(talker
+            .expect_frame()
+            .starts_with("<error code=\"unknown-frame\""));
         if spacer_open {
             spacer_open = spacer.try_send("\n \t\r\n");
         }
@@ -94,12 +102,17 @@ fn any_frame_counts_as_liveness_and_whitespace_does_not() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(
-        server.wait_log("offline id=spacer reason=timeout", WAIT).is_some(),
+        server
+            .wait_log("offline id=spacer reason=timeout", WAIT)
+            .is_some(),
         "whitespace kept the spacer alive"
     );
     assert_eq!(server.count_log("offline id=talker"), 0);
     talker.send("<heartbeat mode=\"ping\" seq=\"1\"/>");
-    assert_eq!(talker.expect_frame(), "<heartbeat mode=\"pong\" seq=\"1\"/>");
+    assert_eq!(
+        talker.expect_frame(),
+        "<heartbeat mode=\"pong\" seq=\"1\"/>"
+    );
 }
 
 #[test]
@@ -168,10 +181,15 @@ fn a_second_login_of_the_same_id_replaces_the_first() {
         panic!("replaced connection not closed");
     };
     assert_eq!(frames, ["<bye reason=\"replaced\"/>"]);
-    assert!(server.wait_log("offline id=dup reason=replaced", WAIT).is_some());
+    assert!(server
+        .wait_log("offline id=dup reason=replaced", WAIT)
+        .is_some());
     let mut sender = server.login("sender");
     sender.send("<msg to=\"dup\">to the new one</msg>");
-    assert_eq!(new.expect_frame(), "<msg from=\"sender\">to the new one</msg>");
+    assert_eq!(
+        new.expect_frame(),
+        "<msg from=\"sender\">to the new one</msg>"
+    );
     // The replaced connection's close did not take the id offline.
     assert_eq!(server.count_log("offline id=dup"), 1);
 }
@@ -229,7 +247,9 @@ fn bad_frames_get_their_error_code_and_close() {
         let Closed::Yes(frames) = c.wait_closed(WAIT) else {
             panic!("not closed after {input:.60}");
         };
-        let error = frames.last().unwrap_or_else(|| panic!("no error for {input:.60}"));
+        let error = frames
+            .last()
+            .unwrap_or_else(|| panic!("no error for {input:.60}"));
         assert_eq!(attr(error, "code").as_deref(), Some(code), "{input:.60}");
     }
     // Invalid UTF-8 and NUL bytes.
@@ -261,7 +281,9 @@ fn bye_closes_and_logs_the_reason() {
     let mut c = server.login("leaver");
     c.send("<bye/>");
     assert_eq!(c.wait_closed(WAIT), Closed::Yes(vec![]));
-    assert!(server.wait_log("offline id=leaver reason=bye", WAIT).is_some());
+    assert!(server
+        .wait_log("offline id=leaver reason=bye", WAIT)
+        .is_some());
 }
 
 #[test]
@@ -300,10 +322,13 @@ fn a_client_that_never_reads_is_cut_off_and_others_are_unaffected() {
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut sent = 0u64;
     while server.count_log("offline id=stuck reason=slow-consumer") == 0 {
-        assert!(Instant::now() < deadline, "never cut off after {sent} messages");
+        assert!(
+            Instant::now() < deadline,
+            "never cut off after {sent} messages"
+        );
         pusher.send(&format!("<msg to=\"stuck\">{body}</msg>"));
         sent += 1;
-        if sent % 20 == 0 {
+        if sent.is_multiple_of(20) {
             bystander.send(&format!("<heartbeat mode=\"ping\" seq=\"{sent}\"/>"));
             assert_eq!(
                 bystander.expect_frame(),
@@ -372,7 +397,10 @@ fn a_bad_environment_value_exits_2_naming_the_variable() {
         assert_eq!(out.status.code(), Some(2), "{var}={value}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
-        assert!(stderr.contains(var) && stderr.contains(value) && stderr.contains(accepted), "{stderr}");
+        assert!(
+            stderr.contains(var) && stderr.contains(value) && stderr.contains(accepted),
+            "{stderr}"
+        );
     }
 }
 
