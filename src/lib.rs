@@ -12,6 +12,7 @@
 compile_error!("Lifeline packs slab key and generation into a 64-bit mio token");
 
 pub mod auth;
+pub mod client;
 pub mod config;
 pub mod conn;
 pub mod metrics;
