@@ -68,6 +68,14 @@ pub struct RawConfig {
     #[arg(long, env = "LIFELINE_BACKLOG", default_value = "4096")]
     pub backlog: String,
 
+    /// Admin HTTP API address (same loop as the clients); empty disables it.
+    #[arg(long, env = "LIFELINE_ADMIN_ADDR", default_value = "127.0.0.1:9090")]
+    pub admin_addr: String,
+
+    /// Bearer token every admin endpoint but /healthz requires; required for a non-loopback admin address.
+    #[arg(long, env = "LIFELINE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
     /// On SIGINT/SIGTERM, how long to keep flushing <bye reason="shutdown"/> before exiting, in ms [0..=60000].
     #[arg(long, env = "LIFELINE_DRAIN_MS", default_value = "1000")]
     pub drain_ms: String,
@@ -97,6 +105,9 @@ pub struct Config {
     pub log: LevelFilter,
     pub backlog: i32,
     pub drain: Duration,
+    /// `None`: the admin API is disabled.
+    pub admin_addr: Option<SocketAddr>,
+    pub admin_token: Option<Vec<u8>>,
 }
 
 /// A setting that could not be accepted.
@@ -164,7 +175,30 @@ impl Config {
                 "max-connections",
             )? as usize),
         };
+        let admin_addr = match raw.admin_addr.trim() {
+            "" => None,
+            addr => Some(socket_addr(addr, "LIFELINE_ADMIN_ADDR", "admin-addr")?),
+        };
+        let admin_token = raw
+            .admin_token
+            .as_ref()
+            .filter(|t| !t.is_empty())
+            .map(|t| t.as_bytes().to_vec());
+        if let Some(addr) = admin_addr {
+            if !addr.ip().is_loopback() && admin_token.is_none() {
+                return Err(ConfigError {
+                    var: "LIFELINE_ADMIN_ADDR",
+                    flag: "admin-addr",
+                    value: raw.admin_addr.clone(),
+                    accepted: "a loopback address (127.0.0.0/8, ::1), or set LIFELINE_ADMIN_TOKEN \
+                               so the API is not open to the network"
+                        .to_string(),
+                });
+            }
+        }
         Ok(Config {
+            admin_addr,
+            admin_token,
             listen: socket_addr(&raw.listen, "LIFELINE_LISTEN", "listen")?,
             heartbeat: Duration::from_millis(heartbeat_ms),
             misses: int_in(&raw.misses, 1, 1000, "LIFELINE_MISSES", "misses")? as u32,
@@ -325,6 +359,17 @@ mod tests {
         assert_eq!(e.var, "LIFELINE_LISTEN");
         let e = Config::validate(&raw(&["--log", "loud"])).unwrap_err();
         assert_eq!(e.var, "LIFELINE_LOG");
+    }
+
+    #[test]
+    fn an_open_admin_address_needs_a_token() {
+        let e = Config::validate(&raw(&["--admin-addr", "0.0.0.0:9090"])).unwrap_err();
+        assert_eq!(e.var, "LIFELINE_ADMIN_ADDR");
+        assert!(e.to_string().contains("LIFELINE_ADMIN_TOKEN"));
+        let c = Config::validate(&raw(&["--admin-addr", "0.0.0.0:9090", "--admin-token", "t"]));
+        assert!(c.is_ok());
+        let c = Config::validate(&raw(&["--admin-addr", ""])).unwrap();
+        assert_eq!(c.admin_addr, None);
     }
 
     #[test]

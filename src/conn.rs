@@ -53,6 +53,24 @@ pub enum Phase {
     /// Saying goodbye during shutdown: input is discarded, outbound drained;
     /// `id` is still held in the registry until the close.
     Closing { id: Option<Rc<str>> },
+    /// A connection to the admin HTTP API, not a client.
+    Admin(AdminPhase),
+}
+
+/// The states of an admin API connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminPhase {
+    /// Serving requests, keep-alive.
+    Requests,
+    /// A push waits for the client's ack: the response goes out when the ack
+    /// comes or at `until`, whichever is first; later requests wait their turn.
+    AwaitingAck {
+        message: Rc<str>,
+        until: Micros,
+        keep_alive: bool,
+    },
+    /// Streaming presence events (Server-Sent Events); input is ignored.
+    Events,
 }
 
 /// Microseconds since the loop's start: 8 bytes instead of an `Instant`'s 16.
@@ -74,6 +92,8 @@ pub struct Connection {
     pub seen_frame: bool,
     /// Queued in the loop's flush list for this iteration.
     pub flush_queued: bool,
+    /// Admin pushes queued in `outbound` and not yet fully written.
+    pub pushes_queued: u16,
 }
 
 /// Where a flush left the connection.
@@ -98,6 +118,7 @@ impl Connection {
             outbound: BytesMut::new(),
             seen_frame: false,
             flush_queued: false,
+            pushes_queued: 0,
         }
     }
 
@@ -107,6 +128,10 @@ impl Connection {
             Phase::LoggedIn { id } | Phase::Closing { id: Some(id) } => Some(id),
             _ => None,
         }
+    }
+
+    pub fn is_admin(&self) -> bool {
+        matches!(self.phase, Phase::Admin(_))
     }
 
     pub fn is_closing(&self) -> bool {
@@ -123,8 +148,9 @@ impl Connection {
     }
 
     /// Writes `bytes` after whatever is already queued: straight to the socket
-    /// when nothing is, keeping only what the socket does not take.
-    pub fn send(&mut self, bytes: &[u8]) -> io::Result<Flushed> {
+    /// when nothing is, keeping only what the socket does not take. Adds the
+    /// bytes written to `written`.
+    pub fn send(&mut self, bytes: &[u8], written_total: &mut u64) -> io::Result<Flushed> {
         if bytes.is_empty() {
             return Ok(if self.outbound.is_empty() {
                 Flushed::Done
@@ -134,7 +160,7 @@ impl Connection {
         }
         if !self.outbound.is_empty() {
             self.outbound.extend_from_slice(bytes);
-            return self.flush();
+            return self.flush(written_total);
         }
         let mut written = 0;
         while written < bytes.len() {
@@ -146,6 +172,7 @@ impl Connection {
                 Err(e) => return Err(e),
             }
         }
+        *written_total += written as u64;
         if written == bytes.len() {
             Ok(Flushed::Done)
         } else {
@@ -154,12 +181,16 @@ impl Connection {
         }
     }
 
-    /// Writes queued bytes until the socket is full or the queue is empty.
-    pub fn flush(&mut self) -> io::Result<Flushed> {
+    /// Writes queued bytes until the socket is full or the queue is empty;
+    /// adds the bytes written to `written_total`.
+    pub fn flush(&mut self, written_total: &mut u64) -> io::Result<Flushed> {
         while !self.outbound.is_empty() {
             match self.stream.write(&self.outbound) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => self.outbound.advance(n),
+                Ok(n) => {
+                    self.outbound.advance(n);
+                    *written_total += n as u64;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Flushed::Blocked),
                 Err(e) => return Err(e),

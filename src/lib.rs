@@ -11,10 +11,12 @@
 #[cfg(not(target_pointer_width = "64"))]
 compile_error!("Lifeline packs slab key and generation into a 64-bit mio token");
 
+pub mod admin;
 pub mod auth;
 pub mod client;
 pub mod config;
 pub mod conn;
+pub mod http;
 pub mod metrics;
 pub mod registry;
 pub mod server;

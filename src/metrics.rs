@@ -1,22 +1,61 @@
-//! Counters the loop keeps about itself (exposed by the admin API later).
+//! Counters the loop keeps about itself, and their Prometheus text exposition.
+
+use std::fmt::Write as _;
+use std::time::Duration;
 
 use crate::conn::CloseReason;
+use crate::wire::ErrorCode;
+
+/// Upper bounds (seconds) of the loop iteration time histogram.
+const LOOP_BUCKETS: [f64; 10] = [
+    0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5,
+];
+
+/// Error codes counted per code.
+const ERROR_CODES: [ErrorCode; 8] = [
+    ErrorCode::BadFrame,
+    ErrorCode::FrameTooLarge,
+    ErrorCode::UnknownFrame,
+    ErrorCode::BadId,
+    ErrorCode::AuthFailed,
+    ErrorCode::NotLoggedIn,
+    ErrorCode::AlreadyLoggedIn,
+    ErrorCode::Offline,
+];
 
 /// Plain counters: the loop is single-threaded, so no atomics are needed.
 #[derive(Debug, Default, Clone)]
 pub struct Metrics {
     pub accepted: u64,
-    pub refused_overload: u64,
     pub logins: u64,
     pub closes: [u64; CloseReason::COUNT],
     pub heartbeats_received: u64,
     pub probes_sent: u64,
     pub frames_in: u64,
+    pub frames_out: u64,
     pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub errors_sent: [u64; ERROR_CODES.len()],
     pub messages_routed: u64,
-    pub messages_offline: u64,
     pub acks: u64,
-    pub bad_frames: u64,
+    pub pushes_accepted: u64,
+    pub pushes_delivered: u64,
+    pub pushes_acked: u64,
+    /// (status, count), a handful of distinct statuses.
+    pub admin_requests: Vec<(u16, u64)>,
+    loop_buckets: [u64; LOOP_BUCKETS.len()],
+    loop_count: u64,
+    loop_seconds: f64,
+}
+
+/// Values read at scrape time rather than counted.
+pub struct Gauges {
+    pub connections_open: usize,
+    pub clients_online: usize,
+    pub admin_connections: usize,
+    pub timer_wheel_entries: usize,
+    pub capacity: usize,
+    pub event_subscribers: usize,
 }
 
 impl Metrics {
@@ -26,5 +65,125 @@ impl Metrics {
 
     pub fn closes_for(&self, reason: CloseReason) -> u64 {
         self.closes[reason.index()]
+    }
+
+    pub fn error_sent(&mut self, code: ErrorCode) {
+        if let Some(i) = ERROR_CODES.iter().position(|&c| c == code) {
+            self.errors_sent[i] += 1;
+        }
+    }
+
+    pub fn admin_request(&mut self, status: u16) {
+        match self.admin_requests.iter_mut().find(|(s, _)| *s == status) {
+            Some((_, n)) => *n += 1,
+            None => self.admin_requests.push((status, 1)),
+        }
+    }
+
+    /// Records how long one loop iteration spent working (not waiting).
+    pub fn loop_iteration(&mut self, busy: Duration) {
+        let seconds = busy.as_secs_f64();
+        self.loop_count += 1;
+        self.loop_seconds += seconds;
+        if let Some(i) = LOOP_BUCKETS.iter().position(|&le| seconds <= le) {
+            self.loop_buckets[i] += 1;
+        }
+    }
+
+    /// The Prometheus text exposition format (version 0.0.4).
+    pub fn render(&self, g: &Gauges) -> String {
+        let mut out = String::with_capacity(8192);
+        let mut gauge = |name: &str, help: &str, value: u64| {
+            let _ = write!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}\n"
+            );
+        };
+        gauge(
+            "lifeline_connections_open",
+            "Client connections open (logged in or not).",
+            g.connections_open as u64,
+        );
+        gauge(
+            "lifeline_clients_online",
+            "Client ids online (logged in).",
+            g.clients_online as u64,
+        );
+        gauge(
+            "lifeline_connection_capacity",
+            "Client connections accepted before refusing with overload.",
+            g.capacity as u64,
+        );
+        gauge(
+            "lifeline_admin_connections",
+            "Admin API connections open.",
+            g.admin_connections as u64,
+        );
+        gauge(
+            "lifeline_timer_wheel_entries",
+            "Entries in the heartbeat timer wheel.",
+            g.timer_wheel_entries as u64,
+        );
+        gauge(
+            "lifeline_event_subscribers",
+            "Presence event stream subscribers.",
+            g.event_subscribers as u64,
+        );
+        let counters: [(&str, &str, u64); 14] = [
+            ("lifeline_accepted_total", "Client connections accepted.", self.accepted),
+            ("lifeline_logins_total", "Successful logins.", self.logins),
+            ("lifeline_heartbeats_received_total", "Heartbeat frames (ping or pong) received.", self.heartbeats_received),
+            ("lifeline_probes_sent_total", "Probe pings sent to silent clients.", self.probes_sent),
+            ("lifeline_frames_in_total", "Complete frames received.", self.frames_in),
+            ("lifeline_frames_out_total", "Frames sent.", self.frames_out),
+            ("lifeline_bytes_in_total", "Bytes read from client sockets.", self.bytes_in),
+            ("lifeline_bytes_out_total", "Bytes written to client sockets.", self.bytes_out),
+            ("lifeline_messages_routed_total", "Client-to-client messages delivered to the recipient's queue.", self.messages_routed),
+            ("lifeline_acks_total", "Ack frames received.", self.acks),
+            ("lifeline_pushes_accepted_total", "Pushes accepted by the admin API.", self.pushes_accepted),
+            ("lifeline_pushes_delivered_total", "Pushes fully written to the recipient's socket.", self.pushes_delivered),
+            ("lifeline_pushes_acked_total", "Pushes acked while the pusher waited.", self.pushes_acked),
+            ("lifeline_loop_iterations_total", "Event loop iterations.", self.loop_count),
+        ];
+        for (name, help, value) in counters {
+            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n");
+        }
+        out.push_str(
+            "# HELP lifeline_logouts_total Connections ended, by reason.\n# TYPE lifeline_logouts_total counter\n",
+        );
+        for reason in CloseReason::ALL {
+            let _ = writeln!(
+                out,
+                "lifeline_logouts_total{{reason=\"{}\"}} {}",
+                reason.as_str(),
+                self.closes_for(reason)
+            );
+        }
+        out.push_str(
+            "# HELP lifeline_errors_sent_total Error frames sent, by code.\n# TYPE lifeline_errors_sent_total counter\n",
+        );
+        for (code, n) in ERROR_CODES.iter().zip(self.errors_sent) {
+            let _ = writeln!(out, "lifeline_errors_sent_total{{code=\"{}\"}} {n}", code.as_str());
+        }
+        out.push_str(
+            "# HELP lifeline_admin_requests_total Admin API requests, by status.\n# TYPE lifeline_admin_requests_total counter\n",
+        );
+        for (status, n) in &self.admin_requests {
+            let _ = writeln!(out, "lifeline_admin_requests_total{{status=\"{status}\"}} {n}");
+        }
+        out.push_str(
+            "# HELP lifeline_loop_iteration_seconds Time one loop iteration spent working.\n# TYPE lifeline_loop_iteration_seconds histogram\n",
+        );
+        let mut cumulative = 0;
+        for (le, n) in LOOP_BUCKETS.iter().zip(self.loop_buckets) {
+            cumulative += n;
+            let _ = writeln!(out, "lifeline_loop_iteration_seconds_bucket{{le=\"{le}\"}} {cumulative}");
+        }
+        let _ = writeln!(
+            out,
+            "lifeline_loop_iteration_seconds_bucket{{le=\"+Inf\"}} {}\nlifeline_loop_iteration_seconds_sum {}\nlifeline_loop_iteration_seconds_count {}",
+            self.loop_count, self.loop_seconds, self.loop_count
+        );
+        out
     }
 }

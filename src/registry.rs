@@ -3,7 +3,8 @@
 //! Kept behind a small trait so that a cluster mode can put presence and
 //! routing in Redis without touching the event loop.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
+use std::ops::Bound;
 use std::rc::Rc;
 
 use crate::conn::ConnRef;
@@ -20,15 +21,21 @@ pub trait Registry {
     fn lookup(&self, id: &str) -> Option<ConnRef>;
     /// Number of online ids.
     fn len(&self) -> usize;
+    /// Up to `limit` online ids in id order, starting after `after` (a cursor).
+    fn page(&self, after: Option<&str>, limit: usize) -> Vec<(Rc<str>, ConnRef)>;
+    /// Every online connection (for a broadcast).
+    fn all(&self) -> Vec<ConnRef>;
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
 }
 
-/// The registry of a single process: one hash map on the loop's thread.
+/// The registry of a single process: one ordered map on the loop's thread
+/// (ordered so that `/clients` pages with a stable cursor; a B-tree also
+/// packs its entries more tightly than a hash map's sparse table).
 #[derive(Default)]
 pub struct LocalRegistry {
-    online: HashMap<Rc<str>, ConnRef>,
+    online: BTreeMap<Rc<str>, ConnRef>,
 }
 
 impl Registry for LocalRegistry {
@@ -51,6 +58,22 @@ impl Registry for LocalRegistry {
 
     fn len(&self) -> usize {
         self.online.len()
+    }
+
+    fn page(&self, after: Option<&str>, limit: usize) -> Vec<(Rc<str>, ConnRef)> {
+        let start = match after {
+            Some(a) => Bound::Excluded(a),
+            None => Bound::Unbounded,
+        };
+        self.online
+            .range::<str, _>((start, Bound::Unbounded))
+            .take(limit)
+            .map(|(id, conn)| (id.clone(), *conn))
+            .collect()
+    }
+
+    fn all(&self) -> Vec<ConnRef> {
+        self.online.values().copied().collect()
     }
 }
 
@@ -75,5 +98,18 @@ mod tests {
         assert_eq!(r.lookup("a"), Some(new));
         assert!(r.release("a", new));
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn pages_follow_the_cursor() {
+        let mut r = LocalRegistry::default();
+        for (i, id) in ["d", "a", "c", "b", "e"].iter().enumerate() {
+            r.claim((*id).into(), ConnRef { key: i as u32, generation: 1 });
+        }
+        let ids = |page: Vec<(Rc<str>, ConnRef)>| page.iter().map(|(id, _)| id.to_string()).collect::<Vec<_>>();
+        assert_eq!(ids(r.page(None, 2)), ["a", "b"]);
+        assert_eq!(ids(r.page(Some("b"), 2)), ["c", "d"]);
+        assert_eq!(ids(r.page(Some("d"), 2)), ["e"]);
+        assert_eq!(r.all().len(), 5);
     }
 }

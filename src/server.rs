@@ -5,6 +5,7 @@
 //! write once), flush the connections that were sent messages, then advance
 //! the timer wheel and act on the deadlines that came due.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read};
 use std::net::SocketAddr;
@@ -28,6 +29,7 @@ use crate::wire::{self, Decoded, ErrorCode, Frame, FrameReader};
 
 const LISTENER: Token = Token(1);
 const SIGNALS: Token = Token(2);
+const ADMIN_LISTENER: Token = Token(3);
 
 /// One read takes at most this much; a shorter read means the socket is drained
 /// (edge-triggered), which saves the read that would only return WouldBlock.
@@ -45,6 +47,8 @@ const PHASE_STEP: f64 = 0.618_033_988_749_895;
 pub enum ServerError {
     #[error("cannot listen on {addr}: {source}")]
     Listen { addr: SocketAddr, source: io::Error },
+    #[error("cannot listen for the admin API on {addr}: {source}")]
+    AdminListen { addr: SocketAddr, source: io::Error },
     #[error("cannot set up the event loop: {0}")]
     Poll(io::Error),
 }
@@ -57,33 +61,46 @@ enum Fate {
 }
 
 pub struct Server {
-    config: Config,
-    poll: Poll,
+    pub(crate) config: Config,
+    pub(crate) poll: Poll,
     listener: Option<TcpListener>,
     local_addr: SocketAddr,
+    pub(crate) admin_listener: Option<TcpListener>,
+    admin_addr: Option<SocketAddr>,
     signals: Signals,
-    conns: Slab<Connection>,
-    registry: Box<dyn Registry>,
-    wheel: TimerWheel<ConnRef>,
-    epoch: Instant,
-    capacity: usize,
+    pub(crate) conns: Slab<Connection>,
+    pub(crate) registry: Box<dyn Registry>,
+    pub(crate) wheel: TimerWheel<ConnRef>,
+    pub(crate) epoch: Instant,
+    /// Wall-clock time of `epoch`, in Unix milliseconds, for timestamps shown to people.
+    wall_epoch_ms: u64,
+    pub(crate) capacity: usize,
     next_generation: u32,
     logins_seen: u64,
     /// Loop-wide read buffer: connections keep only a partial frame's tail.
-    read_buf: Vec<u8>,
+    pub(crate) read_buf: Vec<u8>,
     /// Replies to the connection being read, written with one call at the end.
     replies: Vec<u8>,
-    /// Encoding scratch for frames sent to other connections.
-    scratch: Vec<u8>,
+    /// Encoding scratch for frames sent to other connections, and admin responses.
+    pub(crate) scratch: Vec<u8>,
+    /// A frame built once and queued to one or many connections (pushes, events).
+    pub(crate) frame: Vec<u8>,
     expired: Vec<ConnRef>,
     /// Connections that were sent messages during this iteration.
-    flush_list: Vec<ConnRef>,
+    pub(crate) flush_list: Vec<ConnRef>,
     /// Held so that, out of descriptors, one can be freed to refuse a client politely.
     spare_fd: Option<File>,
     accept_retry_at: Option<Instant>,
     accept_errors_unlogged: u64,
     accept_error_logged_at: Option<Instant>,
     drain_deadline: Option<Instant>,
+    pub(crate) admin_connections: usize,
+    /// Admin connections streaming presence events.
+    pub(crate) subscribers: Vec<ConnRef>,
+    pub(crate) presence_seq: u64,
+    /// Push id → the admin connection waiting for its ack.
+    pub(crate) waiting_acks: HashMap<Rc<str>, ConnRef>,
+    pub(crate) pushes_issued: u64,
     pub metrics: Metrics,
 }
 
@@ -113,11 +130,33 @@ impl Server {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)
             .map_err(ServerError::Poll)?;
+        let mut admin_listener = match config.admin_addr {
+            None => None,
+            Some(addr) => {
+                let mut l = bind_listener(addr, 128)
+                    .map_err(|source| ServerError::AdminListen { addr, source })?;
+                poll.registry()
+                    .register(&mut l, ADMIN_LISTENER, Interest::READABLE)
+                    .map_err(ServerError::Poll)?;
+                Some(l)
+            }
+        };
+        let admin_addr = match &mut admin_listener {
+            Some(l) => Some(l.local_addr().map_err(ServerError::Poll)?),
+            None => None,
+        };
+        if let Some(addr) = admin_addr {
+            info!("admin API on http://{addr}");
+        }
         let mut signals = Signals::new([SIGINT, SIGTERM]).map_err(ServerError::Poll)?;
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)
             .map_err(ServerError::Poll)?;
         let epoch = Instant::now();
+        let wall_epoch_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         info!(
             "listening on {local_addr}; capacity {capacity} connections (open-file limit {fd_limit}); \
              heartbeat {} ms, misses {}, deadline {} ms, tick {} ms",
@@ -132,16 +171,20 @@ impl Server {
             poll,
             listener: Some(listener),
             local_addr,
+            admin_listener,
+            admin_addr,
             signals,
             conns: Slab::new(),
             registry: Box::new(LocalRegistry::default()),
             epoch,
+            wall_epoch_ms,
             capacity,
             next_generation: 0,
             logins_seen: 0,
             read_buf: vec![0; READ_CHUNK],
             replies: Vec::with_capacity(4096),
             scratch: Vec::with_capacity(4096),
+            frame: Vec::new(),
             expired: Vec::new(),
             flush_list: Vec::new(),
             spare_fd: File::open("/dev/null").ok(),
@@ -149,12 +192,22 @@ impl Server {
             accept_errors_unlogged: 0,
             accept_error_logged_at: None,
             drain_deadline: None,
+            admin_connections: 0,
+            subscribers: Vec::new(),
+            presence_seq: 0,
+            waiting_acks: HashMap::new(),
+            pushes_issued: 0,
             metrics: Metrics::default(),
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where the admin API listens, when enabled.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
     }
 
     /// Connections the server accepts before refusing with `overload`.
@@ -177,6 +230,7 @@ impl Server {
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(now),
+                    ADMIN_LISTENER => self.accept_admin(now),
                     SIGNALS => self.on_signal(now),
                     token => {
                         if let Some(conn) = ConnRef::from_token(token) {
@@ -186,12 +240,14 @@ impl Server {
                 }
             }
             self.flush_queued();
+            let busy_from = now;
             let now = Instant::now();
             if self.accept_retry_at.is_some_and(|at| now >= at) {
                 self.accept_retry_at = None;
                 self.accept(now);
             }
             self.on_deadlines(now);
+            self.metrics.loop_iteration(busy_from.elapsed());
             if let Some(deadline) = self.drain_deadline {
                 if self.conns.is_empty() || now >= deadline {
                     self.finish_shutdown(now);
@@ -214,8 +270,19 @@ impl Server {
         .min()
     }
 
-    fn micros(&self, at: Instant) -> Micros {
+    pub(crate) fn micros(&self, at: Instant) -> Micros {
         at.saturating_duration_since(self.epoch).as_micros() as Micros
+    }
+
+    /// Unix milliseconds of a loop timestamp.
+    pub(crate) fn unix_ms(&self, at: Micros) -> u64 {
+        self.wall_epoch_ms + at / 1000
+    }
+
+    /// A fresh non-zero generation for a new occupant of a slab slot.
+    pub(crate) fn new_generation(&mut self) -> u32 {
+        self.next_generation = self.next_generation.wrapping_add(1).max(1);
+        self.next_generation
     }
 
     // ---------------------------------------------------------------- accept
@@ -264,7 +331,6 @@ impl Server {
     }
 
     fn refuse(&mut self, stream: TcpStream) {
-        self.metrics.refused_overload += 1;
         self.metrics.closed(CloseReason::Overload);
         self.scratch.clear();
         wire::encode_bye(&mut self.scratch, wire::ByeReason::Overload, None);
@@ -289,7 +355,9 @@ impl Server {
     }
 
     fn admit(&mut self, stream: TcpStream, peer: SocketAddr, now: Instant) {
-        if self.conns.len() >= self.capacity || self.drain_deadline.is_some() {
+        if self.conns.len() - self.admin_connections >= self.capacity
+            || self.drain_deadline.is_some()
+        {
             debug!("refusing {peer}: at capacity ({})", self.capacity);
             self.refuse(stream);
             return;
@@ -298,11 +366,11 @@ impl Server {
             debug!("dropping {peer}: cannot set socket options: {e}");
             return;
         }
-        self.next_generation = self.next_generation.wrapping_add(1).max(1);
+        let generation = self.new_generation();
         let entry = self.conns.vacant_entry();
         let conn = ConnRef {
             key: entry.key() as u32,
-            generation: self.next_generation,
+            generation,
         };
         let mut stream = stream;
         // Readable and writable once, edge-triggered: no re-registration per
@@ -340,11 +408,22 @@ impl Server {
         if !self.is_live(conn) {
             return; // a closed connection's leftover event, or a reused slot
         }
+        if self.conns[conn.key as usize].is_admin() {
+            self.on_admin_readable(conn, now);
+            if writable && self.is_live(conn) {
+                self.flush_admin(conn, now);
+            }
+            return;
+        }
         // Always try to read: a hang-up or error shows as a read of 0 or an error.
         self.on_readable(conn, now);
         if writable && self.is_live(conn) {
             let c = &mut self.conns[conn.key as usize];
-            match c.flush() {
+            let flushed = c.flush(&mut self.metrics.bytes_out);
+            if matches!(flushed, Ok(Flushed::Done)) {
+                self.metrics.pushes_delivered += u64::from(std::mem::take(&mut c.pushes_queued));
+            }
+            match flushed {
                 Ok(Flushed::Done) if c.is_closing() => self.close(conn, CloseReason::Shutdown, now),
                 Ok(_) => {}
                 Err(_) => self.close(conn, CloseReason::IoError, now),
@@ -352,7 +431,7 @@ impl Server {
         }
     }
 
-    fn is_live(&self, conn: ConnRef) -> bool {
+    pub(crate) fn is_live(&self, conn: ConnRef) -> bool {
         self.conns
             .get(conn.key as usize)
             .is_some_and(|c| c.generation == conn.generation)
@@ -389,7 +468,7 @@ impl Server {
         self.read_buf = buf;
         if !self.replies.is_empty() && self.is_live(conn) {
             let c = &mut self.conns[conn.key as usize];
-            match c.send(&self.replies) {
+            match c.send(&self.replies, &mut self.metrics.bytes_out) {
                 Err(_) => fate = Fate::Close(CloseReason::IoError),
                 Ok(Flushed::Blocked) if c.queued() > self.config.max_outbound => {
                     fate = Fate::Close(CloseReason::SlowConsumer)
@@ -456,10 +535,9 @@ impl Server {
                 }
                 Ok(Decoded::NeedMore) => break Fate::Keep,
                 Err(e) => {
-                    self.metrics.bad_frames += 1;
                     let c = &self.conns[conn.key as usize];
                     debug!("connection {} from {}: {e}", c.generation, c.peer);
-                    wire::encode_error(&mut self.replies, e.code(), None, &e.to_string());
+                    self.error_reply(e.code(), None, &e.to_string());
                     break Fate::Close(CloseReason::ProtocolError);
                 }
             }
@@ -478,6 +556,7 @@ impl Server {
         match frame {
             Frame::Ping { seq } => {
                 self.metrics.heartbeats_received += 1;
+                self.metrics.frames_out += 1;
                 wire::encode_pong(&mut self.replies, seq);
                 Fate::Keep
             }
@@ -493,17 +572,17 @@ impl Server {
                 self.route(conn, &from, to, id, body);
                 Fate::Keep
             }
-            Frame::Ack { .. } => {
+            Frame::Ack { id } => {
                 if c.id().is_none() {
                     return self.refuse_not_logged_in();
                 }
                 self.metrics.acks += 1;
+                self.on_push_acked(id, now);
                 Fate::Keep
             }
             Frame::Bye => Fate::Close(CloseReason::Bye),
             Frame::Unknown { name } => {
-                wire::encode_error(
-                    &mut self.replies,
+                self.error_reply(
                     ErrorCode::UnknownFrame,
                     Some(name),
                     "this element is not part of protocol version 1",
@@ -513,9 +592,15 @@ impl Server {
         }
     }
 
+    /// Appends `<error code ref>text</error>` to the replies.
+    fn error_reply(&mut self, code: ErrorCode, reference: Option<&str>, text: &str) {
+        self.metrics.error_sent(code);
+        self.metrics.frames_out += 1;
+        wire::encode_error(&mut self.replies, code, reference, text);
+    }
+
     fn refuse_not_logged_in(&mut self) -> Fate {
-        wire::encode_error(
-            &mut self.replies,
+        self.error_reply(
             ErrorCode::NotLoggedIn,
             None,
             "log in before sending msg or ack",
@@ -526,10 +611,10 @@ impl Server {
     fn on_login(&mut self, conn: ConnRef, id: &str, token: Option<&str>, now: Instant) -> Fate {
         let c = &mut self.conns[conn.key as usize];
         if c.phase != Phase::Connected {
-            wire::encode_error(
-                &mut self.replies,
+            let current = c.id().cloned();
+            self.error_reply(
                 ErrorCode::AlreadyLoggedIn,
-                c.id().map(|id| &**id),
+                current.as_deref(),
                 "this connection is already logged in",
             );
             return Fate::Keep;
@@ -537,8 +622,7 @@ impl Server {
         if let Some(secret) = &self.config.auth_secret {
             if !auth::verify(secret, id, token) {
                 info!("login refused for {id} from {}: bad token", c.peer);
-                wire::encode_error(
-                    &mut self.replies,
+                self.error_reply(
                     ErrorCode::AuthFailed,
                     Some(id),
                     "token must be the lowercase hex HMAC-SHA256 of the id",
@@ -553,6 +637,7 @@ impl Server {
         let interval_ms = self.config.heartbeat.as_millis() as u64;
         let phase_ms = ((self.logins_seen as f64 * PHASE_STEP).fract() * interval_ms as f64) as u64;
         self.logins_seen += 1;
+        self.metrics.frames_out += 1;
         wire::encode_welcome(
             &mut self.replies,
             &id,
@@ -566,6 +651,7 @@ impl Server {
             }
         }
         info!("online id={id} peer={peer} conn={}", conn.generation);
+        self.publish_presence("online", &id, conn, peer, None, now);
         Fate::Keep
     }
 
@@ -573,23 +659,17 @@ impl Server {
         match self.registry.lookup(to) {
             Some(target) if target == sender => {
                 self.metrics.messages_routed += 1;
+                self.metrics.frames_out += 1;
                 wire::encode_msg(&mut self.replies, from, id, body);
             }
             Some(target) if self.is_live(target) => {
                 self.metrics.messages_routed += 1;
+                self.metrics.frames_out += 1;
                 self.scratch.clear();
                 wire::encode_msg(&mut self.scratch, from, id, body);
                 self.queue_for(target, Instant::now());
             }
-            _ => {
-                self.metrics.messages_offline += 1;
-                wire::encode_error(
-                    &mut self.replies,
-                    ErrorCode::Offline,
-                    id,
-                    "the recipient is not online",
-                );
-            }
+            _ => self.error_reply(ErrorCode::Offline, id, "the recipient is not online"),
         }
     }
 
@@ -616,8 +696,13 @@ impl Server {
             }
             let c = &mut self.conns[conn.key as usize];
             c.flush_queued = false;
-            if c.flush().is_err() {
-                self.close(conn, CloseReason::IoError, Instant::now());
+            match c.flush(&mut self.metrics.bytes_out) {
+                Ok(Flushed::Done) => {
+                    self.metrics.pushes_delivered +=
+                        u64::from(std::mem::take(&mut c.pushes_queued));
+                }
+                Ok(Flushed::Blocked) => {}
+                Err(_) => self.close(conn, CloseReason::IoError, Instant::now()),
             }
         }
         self.flush_list = list;
@@ -644,6 +729,10 @@ impl Server {
             if c.generation != conn.generation || c.is_closing() {
                 continue; // stale: the connection this entry was for is gone
             }
+            if c.is_admin() {
+                self.on_admin_deadline(conn, now);
+                continue;
+            }
             let silent = now_us.saturating_sub(c.last_seen);
             if silent >= deadline {
                 self.close(conn, CloseReason::Timeout, now);
@@ -654,8 +743,9 @@ impl Server {
                 self.scratch.clear();
                 wire::encode_probe(&mut self.scratch, intervals);
                 self.metrics.probes_sent += 1;
+                self.metrics.frames_out += 1;
                 let c = &mut self.conns[conn.key as usize];
-                match c.send(&self.scratch) {
+                match c.send(&self.scratch, &mut self.metrics.bytes_out) {
                     Err(_) => {
                         self.close(conn, CloseReason::IoError, now);
                         continue;
@@ -680,24 +770,30 @@ impl Server {
     /// Ends a connection: best-effort `<bye>`, free its slot and buffers,
     /// take it out of the registry, log the offline event. The one place a
     /// connection leaves the server.
-    fn close(&mut self, conn: ConnRef, reason: CloseReason, now: Instant) {
+    pub(crate) fn close(&mut self, conn: ConnRef, reason: CloseReason, now: Instant) {
         if !self.is_live(conn) {
             return;
         }
         let now_us = self.micros(now);
         let mut c = self.conns.remove(conn.key as usize);
+        if c.is_admin() {
+            self.forget_admin(conn, &c.phase);
+            return;
+        }
         if let Some(bye) = reason.bye() {
             if !c.is_closing() {
                 self.scratch.clear();
                 wire::encode_bye(&mut self.scratch, bye, None);
-                let _ = c.send(&self.scratch);
+                self.metrics.frames_out += 1;
+                let _ = c.send(&self.scratch, &mut self.metrics.bytes_out);
             }
         }
         self.metrics.closed(reason);
         let lived = Duration::from_micros(now_us.saturating_sub(c.connected_at));
         match c.id() {
             Some(id) => {
-                let was_holder = self.registry.release(id, conn);
+                let id = id.clone();
+                let was_holder = self.registry.release(&id, conn);
                 if was_holder || reason == CloseReason::Replaced {
                     info!(
                         "offline id={id} reason={} lived={:.3}s conn={}",
@@ -706,6 +802,10 @@ impl Server {
                         conn.generation
                     );
                 }
+                // A replaced connection's id stays online (its successor holds
+                // it), so that is an event of its own, not an offline.
+                let kind = if was_holder { "offline" } else { "replaced" };
+                self.publish_presence(kind, &id, conn, c.peer, Some(reason.as_str()), now);
             }
             None => debug!(
                 "closed connection {} from {} ({}) after {:.3}s",
@@ -743,6 +843,9 @@ impl Server {
         if let Some(mut listener) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut listener);
         }
+        if let Some(mut listener) = self.admin_listener.take() {
+            let _ = self.poll.registry().deregister(&mut listener);
+        }
         self.drain_deadline = Some(now + self.config.drain);
         self.scratch.clear();
         wire::encode_bye(&mut self.scratch, wire::ByeReason::Shutdown, None);
@@ -753,7 +856,11 @@ impl Server {
                 key: key as u32,
                 generation: c.generation,
             };
-            let sent = c.send(&self.scratch);
+            if c.is_admin() {
+                self.close(conn, CloseReason::Shutdown, now);
+                continue;
+            }
+            let sent = c.send(&self.scratch, &mut self.metrics.bytes_out);
             c.begin_closing();
             if matches!(sent, Ok(Flushed::Done) | Err(_)) {
                 self.close(conn, CloseReason::Shutdown, now);

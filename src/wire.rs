@@ -82,6 +82,8 @@ pub enum WireError {
     LtInAttribute,
     #[error("text outside a frame")]
     TextOutsideFrame,
+    #[error("markup whose extent cannot be determined")]
+    Undelimited,
     #[error("XML declaration after the first frame")]
     MisplacedDeclaration,
     #[error("processing instructions are not accepted")]
@@ -185,6 +187,10 @@ pub struct FrameReader<'a> {
     reader: Reader<&'a [u8]>,
     /// The buffer holds a character XML does not allow right after `text`.
     invalid_after_text: bool,
+    /// Offset of the reader's input in the buffer (a stripped byte order mark).
+    base: usize,
+    /// A byte order mark after the first frame: text outside a frame.
+    stray_bom: bool,
     /// Everything before this offset is parsed and may be dropped.
     consumed: usize,
     buf_len: usize,
@@ -220,7 +226,13 @@ impl<'a> FrameReader<'a> {
                 (text, e.error_len().is_some() || control < buf.len())
             }
         };
-        let mut reader = Reader::from_str(text);
+        // quick-xml skips a byte order mark at the start of its input without
+        // counting it in positions; strip it here so positions stay those of
+        // `buf`. It may only open the stream: later, it is text outside a frame.
+        const BOM: &str = "\u{feff}";
+        let base = if text.starts_with(BOM) { BOM.len() } else { 0 };
+        let stray_bom = base > 0 && seen_frame;
+        let mut reader = Reader::from_str(&text[base..]);
         let config = reader.config_mut();
         config.check_end_names = true;
         config.check_comments = true;
@@ -230,7 +242,9 @@ impl<'a> FrameReader<'a> {
             text,
             reader,
             invalid_after_text,
-            consumed: 0,
+            stray_bom,
+            base,
+            consumed: base,
             buf_len: buf.len(),
             max_frame,
             seen_frame,
@@ -249,6 +263,9 @@ impl<'a> FrameReader<'a> {
 
     /// The next complete frame, [`Decoded::NeedMore`], or the reason the stream is refused.
     pub fn next_frame(&mut self) -> Result<Decoded<'a>, WireError> {
+        if self.stray_bom {
+            return Err(WireError::TextOutsideFrame);
+        }
         let mut depth = 0usize;
         let mut frame_start = 0usize;
         let mut top: Option<(&'a str, &'a str, usize)> = None; // (name, tag, body start)
@@ -277,9 +294,9 @@ impl<'a> FrameReader<'a> {
                     if self.seen_frame || depth > 0 {
                         return Err(WireError::MisplacedDeclaration);
                     }
-                    self.consumed = after;
+                    self.skip_markup(before, after)?;
                 }
-                Event::Comment(_) if depth == 0 => self.consumed = after,
+                Event::Comment(_) if depth == 0 => self.skip_markup(before, after)?,
                 Event::DocType(_) => return Err(WireError::Doctype),
                 Event::PI(_) => return Err(WireError::ProcessingInstruction),
                 Event::CData(_) if depth == 0 => return Err(WireError::TextOutsideFrame),
@@ -292,8 +309,7 @@ impl<'a> FrameReader<'a> {
                     }
                 }
                 Event::Start(e) => {
-                    let tag = &self.text[before + 1..after - 1];
-                    let name = &tag[..e.name().as_ref().len()];
+                    let (tag, name) = self.tag(before, after, 1, e.name().0.len())?;
                     check_attributes(tag, name.len())?;
                     if depth == 0 {
                         frame_start = before;
@@ -302,8 +318,7 @@ impl<'a> FrameReader<'a> {
                     depth += 1;
                 }
                 Event::Empty(e) => {
-                    let tag = &self.text[before + 1..after - 2];
-                    let name = &tag[..e.name().as_ref().len()];
+                    let (tag, name) = self.tag(before, after, 2, e.name().0.len())?;
                     check_attributes(tag, name.len())?;
                     if depth == 0 {
                         if after - before > self.max_frame {
@@ -318,7 +333,8 @@ impl<'a> FrameReader<'a> {
                     depth -= 1;
                     if depth == 0 {
                         if let Some((name, tag, body_start)) = top {
-                            return self.complete(name, tag, &self.text[body_start..before], after);
+                            let body = self.text.get(body_start..before).ok_or(WireError::Undelimited)?;
+                            return self.complete(name, tag, body, after);
                         }
                     }
                 }
@@ -328,7 +344,43 @@ impl<'a> FrameReader<'a> {
     }
 
     fn position(&self) -> usize {
-        self.reader.buffer_position() as usize
+        self.base + self.reader.buffer_position() as usize
+    }
+
+    /// Consumes a comment or declaration between frames. One longer than
+    /// `max_frame` is refused, as it would be while incomplete: the outcome
+    /// must not depend on where the stream was cut.
+    fn skip_markup(&mut self, before: usize, after: usize) -> Result<(), WireError> {
+        if after - before > self.max_frame {
+            return Err(WireError::FrameTooLarge {
+                max: self.max_frame,
+            });
+        }
+        self.consumed = after;
+        Ok(())
+    }
+
+    /// The text between `<` and `>` (less `trailer` bytes: `/` of an empty
+    /// element) of the tag that ended at `after`, and its name. The tag starts
+    /// at the first `<` from `before` (quick-xml skips a byte order mark
+    /// without reporting it). Slicing is checked: no input can panic here.
+    fn tag(
+        &self,
+        before: usize,
+        after: usize,
+        trailer: usize,
+        name_len: usize,
+    ) -> Result<(&'a str, &'a str), WireError> {
+        let text: &'a str = self.text;
+        let lt = text
+            .get(before..after)
+            .and_then(|s| s.find('<'))
+            .ok_or(WireError::Undelimited)?;
+        let tag = text
+            .get(before + lt + 1..after.saturating_sub(trailer))
+            .ok_or(WireError::Undelimited)?;
+        let name = tag.get(..name_len).ok_or(WireError::Undelimited)?;
+        Ok((tag, name))
     }
 
     fn complete(
@@ -358,12 +410,13 @@ impl<'a> FrameReader<'a> {
     /// Errors quick-xml raises only because its input ended: more bytes may
     /// turn them into a frame.
     fn is_truncation(&self, e: &XmlError) -> bool {
-        let rest = &self.text[(self.reader.error_position() as usize).min(self.text.len())..];
+        let at = (self.base + self.reader.error_position() as usize).min(self.text.len());
+        let rest = self.text.get(at..).unwrap_or_default();
         match e {
             XmlError::Syntax(SyntaxError::InvalidBangMarkup) => rest == "<!",
             XmlError::Syntax(_) => true,
             XmlError::IllFormed(IllFormedError::UnclosedReference) => {
-                rest.starts_with('&') && !rest[1..].bytes().any(|b| !is_name_byte(b))
+                rest.starts_with('&') && rest.bytes().skip(1).all(is_name_byte)
             }
             _ => false,
         }
@@ -689,6 +742,30 @@ mod tests {
             decode_pieces(&[b"<msg to=\"b\">\xff</msg>"], 16384).unwrap_err(),
             "bad-frame"
         );
+    }
+
+    #[test]
+    fn a_byte_order_mark_may_open_the_stream_only() {
+        let stream = "\u{feff}<heartbeat mode=\"ping\" seq=\"1\"/>";
+        for cut in 0..=stream.len() {
+            let (a, b) = stream.as_bytes().split_at(cut);
+            let got = decode_pieces(&[a, b], 16384).unwrap();
+            assert_eq!(got, ["Ping { seq: Some(1) }"], "cut at {cut}");
+        }
+        let late = "<bye/>\u{feff}<bye/>";
+        for cut in 0..=late.len() {
+            let (a, b) = late.as_bytes().split_at(cut);
+            assert_eq!(decode_pieces(&[a, b], 16384).unwrap_err(), "bad-frame", "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn a_comment_longer_than_max_frame_is_refused_however_it_is_cut() {
+        let stream = format!("<bye/><!--{}--><bye/>", "c".repeat(200));
+        for cut in 0..=stream.len() {
+            let got = decode_pieces(&[&stream.as_bytes()[..cut], &stream.as_bytes()[cut..]], 150);
+            assert_eq!(got.unwrap_err(), "frame-too-large", "cut at {cut}");
+        }
     }
 
     #[test]

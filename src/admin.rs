@@ -1,0 +1,624 @@
+//! The admin HTTP API, served by the same loop and slab as the clients.
+//!
+//! Requests are parsed from the connection's buffer ([`crate::http`]); every
+//! handler runs to completion on the loop except a push with `wait_ack_ms`,
+//! which parks the admin connection in `AdminPhase::AwaitingAck` until the
+//! client's ack arrives or the wheel entry for the wait fires.
+
+use std::io::{self, Read};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use log::{debug, warn};
+use mio::net::TcpStream;
+use mio::Interest;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use crate::conn::{AdminPhase, CloseReason, ConnRef, Connection, Flushed, Micros, Phase};
+use crate::http::{self, HttpError, Method, Parsed, Request};
+use crate::metrics::Gauges;
+use crate::server::Server;
+use crate::wire;
+
+/// An admin connection silent this long is closed (event streams excepted).
+pub const ADMIN_IDLE: Duration = Duration::from_secs(60);
+/// Event streams get a comment this often, so dead subscribers and idle
+/// proxies are found out.
+const EVENTS_KEEPALIVE: Duration = Duration::from_secs(15);
+/// Admin connections beyond this are refused: the API is for a few back ends.
+pub const MAX_ADMIN_CONNECTIONS: usize = 256;
+/// Largest push or broadcast body (before XML escaping), and largest request body.
+const MAX_BODY: usize = 1 << 20;
+const MAX_PAGE: usize = 1000;
+const DEFAULT_PAGE: usize = 100;
+/// Longest a pusher may wait for an ack.
+const MAX_WAIT_ACK_MS: u64 = 300_000;
+
+/// What handling a request left the admin connection to do.
+enum Next {
+    /// Keep reading requests (or stay in the phase the handler set).
+    Continue,
+    Close,
+}
+
+impl Server {
+    pub(crate) fn accept_admin(&mut self, now: Instant) {
+        loop {
+            let Some(listener) = &self.admin_listener else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, peer)) => {
+                    if self.admin_connections >= MAX_ADMIN_CONNECTIONS {
+                        debug!("refusing admin connection from {peer}: too many");
+                        continue;
+                    }
+                    self.admit_admin(stream, peer, now);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    warn!("admin accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    fn admit_admin(&mut self, mut stream: TcpStream, peer: std::net::SocketAddr, now: Instant) {
+        let _ = stream.set_nodelay(true);
+        let generation = self.new_generation();
+        let now_us = self.micros(now);
+        let entry = self.conns.vacant_entry();
+        let conn = ConnRef {
+            key: entry.key() as u32,
+            generation,
+        };
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            conn.token(),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            warn!("cannot register admin connection {peer}: {e}");
+            return;
+        }
+        let mut c = Connection::new(stream, generation, peer, now_us);
+        c.phase = Phase::Admin(AdminPhase::Requests);
+        entry.insert(c);
+        self.admin_connections += 1;
+        self.wheel.schedule(conn, now + ADMIN_IDLE);
+    }
+
+    pub(crate) fn on_admin_readable(&mut self, conn: ConnRef, now: Instant) {
+        let key = conn.key as usize;
+        let now_us = self.micros(now);
+        let mut buf = std::mem::take(&mut self.read_buf);
+        let mut closed = false;
+        loop {
+            let c = &mut self.conns[key];
+            match c.stream.read(&mut buf) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(n) => {
+                    c.last_seen = now_us;
+                    // An event stream's input is ignored; a request buffer is
+                    // bounded by the head and body limits checked in `serve_admin`.
+                    if !matches!(c.phase, Phase::Admin(AdminPhase::Events)) {
+                        c.inbound.extend_from_slice(&buf[..n]);
+                    }
+                    if c.inbound.len() > http::MAX_HEAD + MAX_BODY + 1024 {
+                        closed = true;
+                        break;
+                    }
+                    if n < buf.len() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    closed = true;
+                    break;
+                }
+            }
+        }
+        self.read_buf = buf;
+        if closed {
+            self.close(conn, CloseReason::PeerClosed, now);
+            return;
+        }
+        self.serve_admin(conn, now);
+    }
+
+    /// Serves the complete requests buffered on an admin connection, in order,
+    /// stopping while a push waits for its ack.
+    pub(crate) fn serve_admin(&mut self, conn: ConnRef, now: Instant) {
+        let key = conn.key as usize;
+        loop {
+            if !self.is_live(conn) {
+                return;
+            }
+            let c = &mut self.conns[key];
+            if !matches!(c.phase, Phase::Admin(AdminPhase::Requests)) || c.inbound.is_empty() {
+                break;
+            }
+            let inbound = std::mem::take(&mut c.inbound);
+            self.scratch.clear();
+            let (next, used) = match http::parse(&inbound, MAX_BODY + http::MAX_HEAD) {
+                Ok(Parsed::Partial) => {
+                    self.conns[key].inbound = inbound;
+                    break;
+                }
+                Ok(Parsed::Complete { request, len }) => (self.handle(conn, &request, now), len),
+                Err(e) => {
+                    self.respond_http_error(&e);
+                    (Next::Close, inbound.len())
+                }
+            };
+            let c = &mut self.conns[key];
+            let mut rest = inbound;
+            bytes::Buf::advance(&mut rest, used);
+            c.inbound = if rest.is_empty() {
+                bytes::BytesMut::new()
+            } else {
+                rest
+            };
+            let sent = c.send(&self.scratch, &mut self.metrics.bytes_out);
+            if sent.is_err() || matches!(next, Next::Close) {
+                self.close_admin_after_flush(conn, now);
+                return;
+            }
+        }
+    }
+
+    /// Closes an admin connection once its response is out (or could not be).
+    fn close_admin_after_flush(&mut self, conn: ConnRef, now: Instant) {
+        if let Some(c) = self.conns.get_mut(conn.key as usize) {
+            let _ = c.stream.shutdown(std::net::Shutdown::Write);
+        }
+        self.close(conn, CloseReason::PeerClosed, now);
+    }
+
+    fn respond_http_error(&mut self, e: &HttpError) {
+        let status = e.status();
+        self.metrics.admin_request(status);
+        let error = match status {
+            431 => "headers-too-large",
+            413 => "body-too-large",
+            411 => "length-required",
+            _ => "bad-request",
+        };
+        http::write_error(&mut self.scratch, status, error, &e.to_string(), false);
+    }
+
+    fn reply(&mut self, status: u16, body: serde_json::Value, keep_alive: bool) {
+        self.metrics.admin_request(status);
+        http::write_json(&mut self.scratch, status, &body, keep_alive);
+    }
+
+    fn reply_error(&mut self, status: u16, error: &str, detail: &str, keep_alive: bool) {
+        self.metrics.admin_request(status);
+        http::write_error(&mut self.scratch, status, error, detail, keep_alive);
+    }
+
+    fn authorized(&self, request: &Request<'_>) -> bool {
+        let Some(token) = &self.config.admin_token else {
+            return true;
+        };
+        let presented = request
+            .authorization
+            .and_then(|v| v.strip_prefix(b"Bearer "))
+            .unwrap_or_default();
+        presented.ct_eq(token.as_slice()).into()
+    }
+
+    /// Routes one request; the response goes into `self.scratch`.
+    fn handle(&mut self, conn: ConnRef, request: &Request<'_>, now: Instant) -> Next {
+        let keep = request.keep_alive;
+        let segments: Vec<String> = request
+            .path
+            .trim_matches('/')
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(http::decode)
+            .collect();
+        let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+        if segments != ["healthz"] && !self.authorized(request) {
+            self.reply_error(
+                401,
+                "unauthorized",
+                "send Authorization: Bearer <LIFELINE_ADMIN_TOKEN>",
+                keep,
+            );
+            return next(keep);
+        }
+        match (request.method, segments.as_slice()) {
+            (Method::Get, ["healthz"]) => self.reply(200, json!({"status": "ok"}), keep),
+            (Method::Get, ["metrics"]) => {
+                self.metrics.admin_request(200);
+                let text = self.metrics.render(&self.gauges());
+                http::write_response(
+                    &mut self.scratch,
+                    200,
+                    "text/plain; version=0.0.4",
+                    text.as_bytes(),
+                    keep,
+                );
+            }
+            (Method::Get, ["clients"]) => self.list_clients(request, now),
+            (Method::Get, ["clients", id]) => match self.client_json(id, now) {
+                Some(body) => self.reply(200, body, keep),
+                None => self.not_online(id, keep),
+            },
+            (Method::Post, ["clients", id, "push"]) => return self.push(conn, id, request, now),
+            (Method::Post, ["broadcast"]) => self.broadcast(request),
+            (Method::Delete, ["clients", id]) => match self.registry.lookup(id) {
+                Some(target) => {
+                    self.close(target, CloseReason::Kicked, now);
+                    self.metrics.admin_request(204);
+                    http::write_response(&mut self.scratch, 204, "application/json", b"", keep);
+                }
+                None => self.not_online(id, keep),
+            },
+            (Method::Get, ["events"]) => {
+                self.subscribe(conn);
+                return Next::Continue;
+            }
+            (_, ["healthz" | "metrics" | "clients" | "broadcast" | "events", ..]) => self
+                .reply_error(
+                    405,
+                    "method-not-allowed",
+                    "see the README for each endpoint's method",
+                    keep,
+                ),
+            _ => self.reply_error(404, "not-found", "no such endpoint", keep),
+        }
+        next(keep)
+    }
+
+    fn not_online(&mut self, id: &str, keep: bool) {
+        self.reply_error(404, "offline", &format!("client {id:?} is not online"), keep);
+    }
+
+    pub(crate) fn gauges(&self) -> Gauges {
+        Gauges {
+            connections_open: self.conns.len() - self.admin_connections,
+            clients_online: self.registry.len(),
+            admin_connections: self.admin_connections,
+            timer_wheel_entries: self.wheel.len(),
+            capacity: self.capacity,
+            event_subscribers: self.subscribers.len(),
+        }
+    }
+
+    fn client_json(&self, id: &str, now: Instant) -> Option<serde_json::Value> {
+        let conn = self.registry.lookup(id)?;
+        let c = self.conns.get(conn.key as usize)?;
+        let now_us = self.micros(now);
+        Some(json!({
+            "id": id,
+            "peer": c.peer.to_string(),
+            "connected_at": self.unix_ms(c.connected_at),
+            "last_seen_ms_ago": now_us.saturating_sub(c.last_seen) / 1000,
+            "conn": c.generation,
+        }))
+    }
+
+    fn list_clients(&mut self, request: &Request<'_>, now: Instant) {
+        let keep = request.keep_alive;
+        let limit = match http::query_param(request.query, "limit") {
+            None => DEFAULT_PAGE,
+            Some(v) => match v.parse::<usize>() {
+                Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
+                _ => {
+                    return self.reply_error(
+                        400,
+                        "bad-limit",
+                        &format!("limit must be a whole number from 1 to {MAX_PAGE}"),
+                        keep,
+                    )
+                }
+            },
+        };
+        let after = http::query_param(request.query, "after");
+        let page = self.registry.page(after.as_deref(), limit + 1);
+        let more = page.len() > limit;
+        let clients: Vec<serde_json::Value> = page
+            .iter()
+            .take(limit)
+            .filter_map(|(id, _)| self.client_json(id, now))
+            .collect();
+        let next = if more {
+            page.get(limit - 1).map(|(id, _)| id.to_string())
+        } else {
+            None
+        };
+        self.reply(
+            200,
+            json!({ "clients": clients, "next": next, "online": self.registry.len() }),
+            keep,
+        );
+    }
+
+    /// Builds `<msg from="admin" id="MID">escaped text</msg>` into `self.frame`.
+    fn encode_push(&mut self, message: &str, body: &[u8]) -> Result<(), (u16, &'static str, String)> {
+        let text = std::str::from_utf8(body)
+            .map_err(|_| (400, "bad-body", "the body must be UTF-8 text".to_string()))?;
+        self.frame.clear();
+        wire::encode_msg(&mut self.frame, "admin", Some(message), &quick_xml::escape::escape(text));
+        if self.frame.len() > self.config.max_frame {
+            return Err((
+                413,
+                "too-large",
+                format!(
+                    "the message frame would be {} bytes; max_frame is {}",
+                    self.frame.len(),
+                    self.config.max_frame
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn new_push_id(&mut self) -> Rc<str> {
+        self.pushes_issued += 1;
+        Rc::from(format!("push-{}", self.pushes_issued))
+    }
+
+    fn push(&mut self, admin: ConnRef, id: &str, request: &Request<'_>, now: Instant) -> Next {
+        let keep = request.keep_alive;
+        let wait_ms = match http::query_param(request.query, "wait_ack_ms") {
+            None => None,
+            Some(v) => match v.parse::<u64>() {
+                Ok(ms) if ms <= MAX_WAIT_ACK_MS => Some(ms),
+                _ => {
+                    self.reply_error(
+                        400,
+                        "bad-wait",
+                        &format!("wait_ack_ms must be a whole number from 0 to {MAX_WAIT_ACK_MS}"),
+                        keep,
+                    );
+                    return next(keep);
+                }
+            },
+        };
+        let Some(target) = self.registry.lookup(id) else {
+            self.not_online(id, keep);
+            return next(keep);
+        };
+        let message = self.new_push_id();
+        if let Err((status, error, detail)) = self.encode_push(&message, request.body) {
+            self.reply_error(status, error, &detail, keep);
+            return next(keep);
+        }
+        if !self.queue_push(target) {
+            self.reply_error(
+                503,
+                "client-busy",
+                &format!("client {id:?} has more than max_outbound bytes queued"),
+                keep,
+            );
+            return next(keep);
+        }
+        match wait_ms {
+            Some(ms) if ms > 0 => {
+                let until = now + Duration::from_millis(ms);
+                let until_us = self.micros(until);
+                self.conns[admin.key as usize].phase = Phase::Admin(AdminPhase::AwaitingAck {
+                    message: message.clone(),
+                    until: until_us,
+                    keep_alive: keep,
+                });
+                self.waiting_acks.insert(message, admin);
+                self.wheel.schedule(admin, until);
+                Next::Continue
+            }
+            _ => {
+                self.reply(202, json!({"id": &*message, "status": "sent"}), keep);
+                next(keep)
+            }
+        }
+    }
+
+    /// Appends `self.frame` to `target`'s queue; false (nothing queued) when
+    /// that would exceed `max_outbound`.
+    fn queue_push(&mut self, target: ConnRef) -> bool {
+        let max = self.config.max_outbound;
+        let Some(c) = self.conns.get_mut(target.key as usize) else {
+            return false;
+        };
+        if c.generation != target.generation || c.queued() + self.frame.len() > max {
+            return false;
+        }
+        c.outbound.extend_from_slice(&self.frame);
+        c.pushes_queued = c.pushes_queued.saturating_add(1);
+        self.metrics.pushes_accepted += 1;
+        self.metrics.frames_out += 1;
+        if !c.flush_queued {
+            c.flush_queued = true;
+            self.flush_list.push(target);
+        }
+        true
+    }
+
+    fn broadcast(&mut self, request: &Request<'_>) {
+        let keep = request.keep_alive;
+        let message = self.new_push_id();
+        if let Err((status, error, detail)) = self.encode_push(&message, request.body) {
+            return self.reply_error(status, error, &detail, keep);
+        }
+        let targets = self.registry.all();
+        let recipients = targets.into_iter().filter(|&t| self.queue_push(t)).count();
+        self.reply(202, json!({"id": &*message, "recipients": recipients}), keep);
+    }
+
+    /// A client acked `message`: answer the pusher waiting for it, if any.
+    pub(crate) fn on_push_acked(&mut self, message: &str, now: Instant) {
+        let Some(admin) = self.waiting_acks.remove(message) else {
+            return;
+        };
+        self.metrics.pushes_acked += 1;
+        self.finish_wait(admin, "acked", 200, now);
+    }
+
+    /// Ends a push's wait: writes the response and serves any requests that
+    /// queued up behind it.
+    fn finish_wait(&mut self, admin: ConnRef, status_text: &str, status: u16, now: Instant) {
+        if !self.is_live(admin) {
+            return;
+        }
+        let c = &mut self.conns[admin.key as usize];
+        let Phase::Admin(AdminPhase::AwaitingAck {
+            message, keep_alive, ..
+        }) = std::mem::replace(&mut c.phase, Phase::Admin(AdminPhase::Requests))
+        else {
+            return;
+        };
+        self.waiting_acks.remove(&*message);
+        self.scratch.clear();
+        self.reply(status, json!({"id": &*message, "status": status_text}), keep_alive);
+        let c = &mut self.conns[admin.key as usize];
+        let sent = c.send(&self.scratch, &mut self.metrics.bytes_out);
+        if sent.is_err() || !keep_alive {
+            self.close_admin_after_flush(admin, now);
+            return;
+        }
+        self.serve_admin(admin, now);
+    }
+
+    /// The wheel entry of an admin connection fired.
+    pub(crate) fn on_admin_deadline(&mut self, conn: ConnRef, now: Instant) {
+        let now_us = self.micros(now);
+        let c = &mut self.conns[conn.key as usize];
+        match &c.phase {
+            Phase::Admin(AdminPhase::AwaitingAck { until, .. }) => {
+                if now_us >= *until {
+                    self.finish_wait(conn, "sent", 202, now);
+                }
+                // Re-armed below for the idle timeout (the wait may have ended).
+            }
+            Phase::Admin(AdminPhase::Events) => {
+                let _ = c.send(b": keepalive\n\n", &mut self.metrics.bytes_out);
+                if c.queued() > self.config.max_outbound {
+                    self.close(conn, CloseReason::SlowConsumer, now);
+                    return;
+                }
+                self.wheel.schedule(conn, now + EVENTS_KEEPALIVE);
+                return;
+            }
+            _ => {
+                let idle = Duration::from_micros(now_us.saturating_sub(c.last_seen));
+                if idle >= ADMIN_IDLE {
+                    self.close(conn, CloseReason::Timeout, now);
+                    return;
+                }
+            }
+        }
+        if self.is_live(conn) {
+            let last_seen: Micros = self.conns[conn.key as usize].last_seen;
+            let at = self.epoch + Duration::from_micros(last_seen) + ADMIN_IDLE;
+            self.wheel.schedule(conn, at.max(now + Duration::from_millis(1)));
+        }
+    }
+
+    /// Turns an admin connection into a presence event stream.
+    fn subscribe(&mut self, conn: ConnRef) {
+        self.metrics.admin_request(200);
+        http::write_event_stream_head(&mut self.scratch);
+        let c = &mut self.conns[conn.key as usize];
+        c.phase = Phase::Admin(AdminPhase::Events);
+        c.inbound = bytes::BytesMut::new();
+        self.subscribers.push(conn);
+    }
+
+    /// Sends one presence event to every subscriber; a subscriber whose queue
+    /// is over `max_outbound` is dropped rather than allowed to slow the loop.
+    pub(crate) fn publish_presence(
+        &mut self,
+        kind: &str,
+        id: &str,
+        conn: ConnRef,
+        peer: std::net::SocketAddr,
+        reason: Option<&str>,
+        now: Instant,
+    ) {
+        self.presence_seq += 1;
+        if self.subscribers.is_empty() {
+            return;
+        }
+        let data = json!({
+            "seq": self.presence_seq,
+            "event": kind,
+            "id": id,
+            "conn": conn.generation,
+            "peer": peer.to_string(),
+            "reason": reason,
+            "at": self.unix_ms(self.micros(now)),
+        });
+        self.frame.clear();
+        let _ = std::io::Write::write_fmt(
+            &mut self.frame,
+            format_args!("id: {}\nevent: {kind}\ndata: {data}\n\n", self.presence_seq),
+        );
+        let max = self.config.max_outbound;
+        let mut slow = Vec::new();
+        let subscribers = std::mem::take(&mut self.subscribers);
+        for &sub in &subscribers {
+            let Some(c) = self.conns.get_mut(sub.key as usize) else {
+                continue;
+            };
+            if c.generation != sub.generation {
+                continue;
+            }
+            c.outbound.extend_from_slice(&self.frame);
+            if c.queued() > max {
+                slow.push(sub);
+            } else if !c.flush_queued {
+                c.flush_queued = true;
+                self.flush_list.push(sub);
+            }
+        }
+        self.subscribers = subscribers;
+        for sub in slow {
+            warn!("dropping a slow event subscriber ({} bytes queued)", max);
+            self.close(sub, CloseReason::SlowConsumer, now);
+        }
+    }
+
+    /// Bookkeeping when an admin connection leaves (called from `close`).
+    pub(crate) fn forget_admin(&mut self, conn: ConnRef, phase: &Phase) {
+        self.admin_connections -= 1;
+        match phase {
+            Phase::Admin(AdminPhase::AwaitingAck { message, .. }) => {
+                self.waiting_acks.remove(&**message);
+            }
+            Phase::Admin(AdminPhase::Events) => self.subscribers.retain(|&s| s != conn),
+            _ => {}
+        }
+    }
+
+    /// Flushes an admin connection on a writable edge.
+    pub(crate) fn flush_admin(&mut self, conn: ConnRef, now: Instant) {
+        let c = &mut self.conns[conn.key as usize];
+        if let Err(_) | Ok(Flushed::Blocked) = c.flush(&mut self.metrics.bytes_out).map(|f| {
+            if f == Flushed::Blocked && c.queued() > self.config.max_outbound {
+                Flushed::Blocked
+            } else {
+                Flushed::Done
+            }
+        }) {
+            self.close(conn, CloseReason::SlowConsumer, now);
+        }
+    }
+}
+
+fn next(keep_alive: bool) -> Next {
+    if keep_alive {
+        Next::Continue
+    } else {
+        Next::Close
+    }
+}

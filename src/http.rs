@@ -1,0 +1,268 @@
+//! HTTP/1.1 for the admin API: requests parsed incrementally with `httparse`
+//! from a connection's buffer, responses written into a caller's Vec. No I/O.
+
+use std::io::Write as _;
+
+/// Request line plus headers may not exceed this (431 beyond).
+pub const MAX_HEAD: usize = 8192;
+const MAX_HEADERS: usize = 32;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+    Delete,
+    Other,
+}
+
+/// One parsed request; everything borrows from the connection's buffer.
+#[derive(Debug)]
+pub struct Request<'a> {
+    pub method: Method,
+    /// Percent-encoded path, without the query.
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub body: &'a [u8],
+    pub authorization: Option<&'a [u8]>,
+    pub last_event_id: Option<&'a str>,
+    pub keep_alive: bool,
+}
+
+/// What [`parse`] found at the front of the buffer.
+#[derive(Debug)]
+pub enum Parsed<'a> {
+    /// A whole request, `len` bytes long.
+    Complete { request: Request<'a>, len: usize },
+    Partial,
+}
+
+/// A request that cannot be served; each maps to a status code.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HttpError {
+    #[error("request line and headers exceed {MAX_HEAD} bytes or {MAX_HEADERS} headers")]
+    HeadTooLarge,
+    #[error("body exceeds {max} bytes")]
+    BodyTooLarge { max: usize },
+    #[error("chunked bodies are not accepted; send Content-Length")]
+    LengthRequired,
+    #[error("malformed request: {0}")]
+    Malformed(&'static str),
+}
+
+impl HttpError {
+    pub fn status(&self) -> u16 {
+        match self {
+            HttpError::HeadTooLarge => 431,
+            HttpError::BodyTooLarge { .. } => 413,
+            HttpError::LengthRequired => 411,
+            HttpError::Malformed(_) => 400,
+        }
+    }
+}
+
+/// Parses the request at the front of `buf`. A body larger than `max_body`
+/// is refused as soon as its Content-Length is known.
+pub fn parse(buf: &[u8], max_body: usize) -> Result<Parsed<'_>, HttpError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD => {
+            return Err(HttpError::HeadTooLarge)
+        }
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Err(httparse::Error::TooManyHeaders) => return Err(HttpError::HeadTooLarge),
+        Err(e) => return Err(HttpError::Malformed(httparse_reason(e))),
+    };
+    if head_len > MAX_HEAD {
+        return Err(HttpError::HeadTooLarge);
+    }
+    let method = match req.method {
+        Some("GET") => Method::Get,
+        Some("POST") => Method::Post,
+        Some("DELETE") => Method::Delete,
+        _ => Method::Other,
+    };
+    let target = req.path.unwrap_or("/");
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    let http11 = req.version == Some(1);
+    let mut keep_alive = http11;
+    let mut content_length = 0usize;
+    let mut authorization = None;
+    let mut last_event_id = None;
+    for h in req.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("content-length") {
+            content_length = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or(HttpError::Malformed("Content-Length is not a number"))?;
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            return Err(HttpError::LengthRequired);
+        } else if name.eq_ignore_ascii_case("connection") {
+            let v = h.value;
+            if v.eq_ignore_ascii_case(b"close") {
+                keep_alive = false;
+            } else if v.eq_ignore_ascii_case(b"keep-alive") {
+                keep_alive = true;
+            }
+        } else if name.eq_ignore_ascii_case("authorization") {
+            authorization = Some(h.value);
+        } else if name.eq_ignore_ascii_case("last-event-id") {
+            last_event_id = std::str::from_utf8(h.value).ok().map(str::trim);
+        }
+    }
+    if content_length > max_body {
+        return Err(HttpError::BodyTooLarge { max: max_body });
+    }
+    let len = head_len + content_length;
+    if buf.len() < len {
+        return Ok(Parsed::Partial);
+    }
+    Ok(Parsed::Complete {
+        request: Request {
+            method,
+            path,
+            query,
+            body: &buf[head_len..len],
+            authorization,
+            last_event_id,
+            keep_alive,
+        },
+        len,
+    })
+}
+
+fn httparse_reason(e: httparse::Error) -> &'static str {
+    match e {
+        httparse::Error::HeaderName => "invalid header name",
+        httparse::Error::HeaderValue => "invalid header value",
+        httparse::Error::NewLine => "invalid line ending",
+        httparse::Error::Status => "invalid status",
+        httparse::Error::Token => "invalid token in the request line",
+        httparse::Error::TooManyHeaders => "too many headers",
+        httparse::Error::Version => "invalid HTTP version",
+    }
+}
+
+/// The value of `key` in a query string, percent-decoded.
+pub fn query_param(query: Option<&str>, key: &str) -> Option<String> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == key).then(|| decode(v))
+    })
+}
+
+/// Percent-decodes a path segment or query value ('+' is a space in queries
+/// only, and ids never contain one, so it is left alone).
+pub fn decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        202 => "Accepted",
+        204 => "No Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        507 => "Insufficient Storage",
+        _ => "Status",
+    }
+}
+
+/// Writes a whole response with a Content-Length.
+pub fn write_response(
+    out: &mut Vec<u8>,
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+    keep_alive: bool,
+) {
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: {}\r\n",
+        reason_phrase(status),
+        body.len(),
+        if keep_alive { "keep-alive" } else { "close" }
+    );
+    if status == 401 {
+        out.extend_from_slice(b"WWW-Authenticate: Bearer\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+}
+
+/// A JSON response.
+pub fn write_json(out: &mut Vec<u8>, status: u16, value: &serde_json::Value, keep_alive: bool) {
+    let body = value.to_string();
+    write_response(out, status, "application/json", body.as_bytes(), keep_alive);
+}
+
+/// `{"error": ..., "detail": ...}` with the given status.
+pub fn write_error(out: &mut Vec<u8>, status: u16, error: &str, detail: &str, keep_alive: bool) {
+    let value = serde_json::json!({ "error": error, "detail": detail });
+    write_json(out, status, &value, keep_alive);
+}
+
+/// The head of a Server-Sent Events stream (no length: it stays open).
+pub fn write_event_stream_head(out: &mut Vec<u8>) {
+    out.extend_from_slice(
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\
+          Connection: keep-alive\r\nX-Accel-Buffering: no\r\n\r\n",
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn complete(buf: &[u8]) -> (Request<'_>, usize) {
+        match parse(buf, 1024).unwrap() {
+            Parsed::Complete { request, len } => (request, len),
+            Parsed::Partial => panic!("partial"),
+        }
+    }
+
+    #[test]
+    fn parses_pipelined_requests_and_waits_for_bodies() {
+        let buf = b"POST /clients/a%40b/push?wait_ack_ms=50 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nAuthorization: Bearer t\r\n\r\nhelloGET /healthz HTTP/1.1\r\n\r\n";
+        let (req, len) = complete(buf);
+        assert_eq!(req.method, Method::Post);
+        assert_eq!(req.path, "/clients/a%40b/push");
+        assert_eq!(decode("a%40b"), "a@b");
+        assert_eq!(query_param(req.query, "wait_ack_ms").as_deref(), Some("50"));
+        assert_eq!(req.body, b"hello");
+        assert_eq!(req.authorization, Some(&b"Bearer t"[..]));
+        assert!(req.keep_alive);
+        let (req, _) = complete(&buf[len..]);
+        assert_eq!((req.method, req.path), (Method::Get, "/healthz"));
+        for cut in 0..len {
+            assert!(matches!(parse(&buf[..cut], 1024), Ok(Parsed::Partial)), "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_serve() {
+        let big_head = format!("GET / HTTP/1.1\r\nX: {}\r\n", "a".repeat(MAX_HEAD));
+        assert_eq!(parse(big_head.as_bytes(), 10).unwrap_err().status(), 431);
+        let big_body = b"POST / HTTP/1.1\r\nContent-Length: 11\r\n\r\n";
+        assert_eq!(parse(big_body, 10).unwrap_err().status(), 413);
+        let chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(parse(chunked, 10).unwrap_err().status(), 411);
+        assert_eq!(parse(b"GARBAGE\0\r\n\r\n", 10).unwrap_err().status(), 400);
+        let close = b"GET / HTTP/1.0\r\n\r\n";
+        assert!(!complete(close).0.keep_alive);
+    }
+}
