@@ -146,7 +146,7 @@ impl Server {
                 break;
             }
             let inbound = std::mem::take(&mut c.inbound);
-            self.scratch.clear();
+            self.response.clear();
             let (next, used) = match http::parse(&inbound, MAX_BODY + http::MAX_HEAD) {
                 Ok(Parsed::Partial) => {
                     self.conns[key].inbound = inbound;
@@ -166,7 +166,7 @@ impl Server {
             } else {
                 rest
             };
-            let sent = c.send(&self.scratch, &mut self.metrics.bytes_out);
+            let sent = c.send(&self.response, &mut self.metrics.bytes_out);
             if sent.is_err() || matches!(next, Next::Close) {
                 self.close_admin_after_flush(conn, now);
                 return;
@@ -191,17 +191,17 @@ impl Server {
             411 => "length-required",
             _ => "bad-request",
         };
-        http::write_error(&mut self.scratch, status, error, &e.to_string(), false);
+        http::write_error(&mut self.response, status, error, &e.to_string(), false);
     }
 
     fn reply(&mut self, status: u16, body: serde_json::Value, keep_alive: bool) {
         self.metrics.admin_request(status);
-        http::write_json(&mut self.scratch, status, &body, keep_alive);
+        http::write_json(&mut self.response, status, &body, keep_alive);
     }
 
     fn reply_error(&mut self, status: u16, error: &str, detail: &str, keep_alive: bool) {
         self.metrics.admin_request(status);
-        http::write_error(&mut self.scratch, status, error, detail, keep_alive);
+        http::write_error(&mut self.response, status, error, detail, keep_alive);
     }
 
     fn authorized(&self, request: &Request<'_>) -> bool {
@@ -215,7 +215,7 @@ impl Server {
         presented.ct_eq(token.as_slice()).into()
     }
 
-    /// Routes one request; the response goes into `self.scratch`.
+    /// Routes one request; the response goes into `self.response`.
     fn handle(&mut self, conn: ConnRef, request: &Request<'_>, now: Instant) -> Next {
         let keep = request.keep_alive;
         let segments: Vec<String> = request
@@ -241,7 +241,7 @@ impl Server {
                 self.metrics.admin_request(200);
                 let text = self.metrics.render(&self.gauges());
                 http::write_response(
-                    &mut self.scratch,
+                    &mut self.response,
                     200,
                     "text/plain; version=0.0.4",
                     text.as_bytes(),
@@ -259,7 +259,7 @@ impl Server {
                 Some(target) => {
                     self.close(target, CloseReason::Kicked, now);
                     self.metrics.admin_request(204);
-                    http::write_response(&mut self.scratch, 204, "application/json", b"", keep);
+                    http::write_response(&mut self.response, 204, "application/json", b"", keep);
                 }
                 None => self.not_online(id, keep),
             },
@@ -280,7 +280,12 @@ impl Server {
     }
 
     fn not_online(&mut self, id: &str, keep: bool) {
-        self.reply_error(404, "offline", &format!("client {id:?} is not online"), keep);
+        self.reply_error(
+            404,
+            "offline",
+            &format!("client {id:?} is not online"),
+            keep,
+        );
     }
 
     pub(crate) fn gauges(&self) -> Gauges {
@@ -344,11 +349,20 @@ impl Server {
     }
 
     /// Builds `<msg from="admin" id="MID">escaped text</msg>` into `self.frame`.
-    fn encode_push(&mut self, message: &str, body: &[u8]) -> Result<(), (u16, &'static str, String)> {
+    fn encode_push(
+        &mut self,
+        message: &str,
+        body: &[u8],
+    ) -> Result<(), (u16, &'static str, String)> {
         let text = std::str::from_utf8(body)
             .map_err(|_| (400, "bad-body", "the body must be UTF-8 text".to_string()))?;
         self.frame.clear();
-        wire::encode_msg(&mut self.frame, "admin", Some(message), &quick_xml::escape::escape(text));
+        wire::encode_msg(
+            &mut self.frame,
+            "admin",
+            Some(message),
+            &quick_xml::escape::escape(text),
+        );
         if self.frame.len() > self.config.max_frame {
             return Err((
                 413,
@@ -452,7 +466,11 @@ impl Server {
         }
         let targets = self.registry.all();
         let recipients = targets.into_iter().filter(|&t| self.queue_push(t)).count();
-        self.reply(202, json!({"id": &*message, "recipients": recipients}), keep);
+        self.reply(
+            202,
+            json!({"id": &*message, "recipients": recipients}),
+            keep,
+        );
     }
 
     /// A client acked `message`: answer the pusher waiting for it, if any.
@@ -472,16 +490,22 @@ impl Server {
         }
         let c = &mut self.conns[admin.key as usize];
         let Phase::Admin(AdminPhase::AwaitingAck {
-            message, keep_alive, ..
+            message,
+            keep_alive,
+            ..
         }) = std::mem::replace(&mut c.phase, Phase::Admin(AdminPhase::Requests))
         else {
             return;
         };
         self.waiting_acks.remove(&*message);
-        self.scratch.clear();
-        self.reply(status, json!({"id": &*message, "status": status_text}), keep_alive);
+        self.response.clear();
+        self.reply(
+            status,
+            json!({"id": &*message, "status": status_text}),
+            keep_alive,
+        );
         let c = &mut self.conns[admin.key as usize];
-        let sent = c.send(&self.scratch, &mut self.metrics.bytes_out);
+        let sent = c.send(&self.response, &mut self.metrics.bytes_out);
         if sent.is_err() || !keep_alive {
             self.close_admin_after_flush(admin, now);
             return;
@@ -520,14 +544,15 @@ impl Server {
         if self.is_live(conn) {
             let last_seen: Micros = self.conns[conn.key as usize].last_seen;
             let at = self.epoch + Duration::from_micros(last_seen) + ADMIN_IDLE;
-            self.wheel.schedule(conn, at.max(now + Duration::from_millis(1)));
+            self.wheel
+                .schedule(conn, at.max(now + Duration::from_millis(1)));
         }
     }
 
     /// Turns an admin connection into a presence event stream.
     fn subscribe(&mut self, conn: ConnRef) {
         self.metrics.admin_request(200);
-        http::write_event_stream_head(&mut self.scratch);
+        http::write_event_stream_head(&mut self.response);
         let c = &mut self.conns[conn.key as usize];
         c.phase = Phase::Admin(AdminPhase::Events);
         c.inbound = bytes::BytesMut::new();

@@ -366,7 +366,12 @@ mod tests {
         let e = Config::validate(&raw(&["--admin-addr", "0.0.0.0:9090"])).unwrap_err();
         assert_eq!(e.var, "LIFELINE_ADMIN_ADDR");
         assert!(e.to_string().contains("LIFELINE_ADMIN_TOKEN"));
-        let c = Config::validate(&raw(&["--admin-addr", "0.0.0.0:9090", "--admin-token", "t"]));
+        let c = Config::validate(&raw(&[
+            "--admin-addr",
+            "0.0.0.0:9090",
+            "--admin-token",
+            "t",
+        ]));
         assert!(c.is_ok());
         let c = Config::validate(&raw(&["--admin-addr", ""])).unwrap();
         assert_eq!(c.admin_addr, None);

@@ -32,7 +32,10 @@ pub struct Request<'a> {
 #[derive(Debug)]
 pub enum Parsed<'a> {
     /// A whole request, `len` bytes long.
-    Complete { request: Request<'a>, len: usize },
+    Complete {
+        request: Request<'a>,
+        len: usize,
+    },
     Partial,
 }
 
@@ -249,7 +252,10 @@ mod tests {
         let (req, _) = complete(&buf[len..]);
         assert_eq!((req.method, req.path), (Method::Get, "/healthz"));
         for cut in 0..len {
-            assert!(matches!(parse(&buf[..cut], 1024), Ok(Parsed::Partial)), "cut {cut}");
+            assert!(
+                matches!(parse(&buf[..cut], 1024), Ok(Parsed::Partial)),
+                "cut {cut}"
+            );
         }
     }
 

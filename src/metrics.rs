@@ -130,23 +130,70 @@ impl Metrics {
             g.event_subscribers as u64,
         );
         let counters: [(&str, &str, u64); 14] = [
-            ("lifeline_accepted_total", "Client connections accepted.", self.accepted),
+            (
+                "lifeline_accepted_total",
+                "Client connections accepted.",
+                self.accepted,
+            ),
             ("lifeline_logins_total", "Successful logins.", self.logins),
-            ("lifeline_heartbeats_received_total", "Heartbeat frames (ping or pong) received.", self.heartbeats_received),
-            ("lifeline_probes_sent_total", "Probe pings sent to silent clients.", self.probes_sent),
-            ("lifeline_frames_in_total", "Complete frames received.", self.frames_in),
+            (
+                "lifeline_heartbeats_received_total",
+                "Heartbeat frames (ping or pong) received.",
+                self.heartbeats_received,
+            ),
+            (
+                "lifeline_probes_sent_total",
+                "Probe pings sent to silent clients.",
+                self.probes_sent,
+            ),
+            (
+                "lifeline_frames_in_total",
+                "Complete frames received.",
+                self.frames_in,
+            ),
             ("lifeline_frames_out_total", "Frames sent.", self.frames_out),
-            ("lifeline_bytes_in_total", "Bytes read from client sockets.", self.bytes_in),
-            ("lifeline_bytes_out_total", "Bytes written to client sockets.", self.bytes_out),
-            ("lifeline_messages_routed_total", "Client-to-client messages delivered to the recipient's queue.", self.messages_routed),
+            (
+                "lifeline_bytes_in_total",
+                "Bytes read from client sockets.",
+                self.bytes_in,
+            ),
+            (
+                "lifeline_bytes_out_total",
+                "Bytes written to client sockets.",
+                self.bytes_out,
+            ),
+            (
+                "lifeline_messages_routed_total",
+                "Client-to-client messages delivered to the recipient's queue.",
+                self.messages_routed,
+            ),
             ("lifeline_acks_total", "Ack frames received.", self.acks),
-            ("lifeline_pushes_accepted_total", "Pushes accepted by the admin API.", self.pushes_accepted),
-            ("lifeline_pushes_delivered_total", "Pushes fully written to the recipient's socket.", self.pushes_delivered),
-            ("lifeline_pushes_acked_total", "Pushes acked while the pusher waited.", self.pushes_acked),
-            ("lifeline_loop_iterations_total", "Event loop iterations.", self.loop_count),
+            (
+                "lifeline_pushes_accepted_total",
+                "Pushes accepted by the admin API.",
+                self.pushes_accepted,
+            ),
+            (
+                "lifeline_pushes_delivered_total",
+                "Pushes fully written to the recipient's socket.",
+                self.pushes_delivered,
+            ),
+            (
+                "lifeline_pushes_acked_total",
+                "Pushes acked while the pusher waited.",
+                self.pushes_acked,
+            ),
+            (
+                "lifeline_loop_iterations_total",
+                "Event loop iterations.",
+                self.loop_count,
+            ),
         ];
         for (name, help, value) in counters {
-            let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n");
+            let _ = write!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {value}\n"
+            );
         }
         out.push_str(
             "# HELP lifeline_logouts_total Connections ended, by reason.\n# TYPE lifeline_logouts_total counter\n",
@@ -163,13 +210,20 @@ impl Metrics {
             "# HELP lifeline_errors_sent_total Error frames sent, by code.\n# TYPE lifeline_errors_sent_total counter\n",
         );
         for (code, n) in ERROR_CODES.iter().zip(self.errors_sent) {
-            let _ = writeln!(out, "lifeline_errors_sent_total{{code=\"{}\"}} {n}", code.as_str());
+            let _ = writeln!(
+                out,
+                "lifeline_errors_sent_total{{code=\"{}\"}} {n}",
+                code.as_str()
+            );
         }
         out.push_str(
             "# HELP lifeline_admin_requests_total Admin API requests, by status.\n# TYPE lifeline_admin_requests_total counter\n",
         );
         for (status, n) in &self.admin_requests {
-            let _ = writeln!(out, "lifeline_admin_requests_total{{status=\"{status}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "lifeline_admin_requests_total{{status=\"{status}\"}} {n}"
+            );
         }
         out.push_str(
             "# HELP lifeline_loop_iteration_seconds Time one loop iteration spent working.\n# TYPE lifeline_loop_iteration_seconds histogram\n",
@@ -177,7 +231,10 @@ impl Metrics {
         let mut cumulative = 0;
         for (le, n) in LOOP_BUCKETS.iter().zip(self.loop_buckets) {
             cumulative += n;
-            let _ = writeln!(out, "lifeline_loop_iteration_seconds_bucket{{le=\"{le}\"}} {cumulative}");
+            let _ = writeln!(
+                out,
+                "lifeline_loop_iteration_seconds_bucket{{le=\"{le}\"}} {cumulative}"
+            );
         }
         let _ = writeln!(
             out,

@@ -104,9 +104,19 @@ mod tests {
     fn pages_follow_the_cursor() {
         let mut r = LocalRegistry::default();
         for (i, id) in ["d", "a", "c", "b", "e"].iter().enumerate() {
-            r.claim((*id).into(), ConnRef { key: i as u32, generation: 1 });
+            r.claim(
+                (*id).into(),
+                ConnRef {
+                    key: i as u32,
+                    generation: 1,
+                },
+            );
         }
-        let ids = |page: Vec<(Rc<str>, ConnRef)>| page.iter().map(|(id, _)| id.to_string()).collect::<Vec<_>>();
+        let ids = |page: Vec<(Rc<str>, ConnRef)>| {
+            page.iter()
+                .map(|(id, _)| id.to_string())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(ids(r.page(None, 2)), ["a", "b"]);
         assert_eq!(ids(r.page(Some("b"), 2)), ["c", "d"]);
         assert_eq!(ids(r.page(Some("d"), 2)), ["e"]);

@@ -85,6 +85,8 @@ pub struct Server {
     pub(crate) scratch: Vec<u8>,
     /// A frame built once and queued to one or many connections (pushes, events).
     pub(crate) frame: Vec<u8>,
+    /// The admin response being built (handlers may close clients, which uses `scratch`).
+    pub(crate) response: Vec<u8>,
     expired: Vec<ConnRef>,
     /// Connections that were sent messages during this iteration.
     pub(crate) flush_list: Vec<ConnRef>,
@@ -185,6 +187,7 @@ impl Server {
             replies: Vec::with_capacity(4096),
             scratch: Vec::with_capacity(4096),
             frame: Vec::new(),
+            response: Vec::new(),
             expired: Vec::new(),
             flush_list: Vec::new(),
             spare_fd: File::open("/dev/null").ok(),

@@ -333,7 +333,10 @@ impl<'a> FrameReader<'a> {
                     depth -= 1;
                     if depth == 0 {
                         if let Some((name, tag, body_start)) = top {
-                            let body = self.text.get(body_start..before).ok_or(WireError::Undelimited)?;
+                            let body = self
+                                .text
+                                .get(body_start..before)
+                                .ok_or(WireError::Undelimited)?;
                             return self.complete(name, tag, body, after);
                         }
                     }
@@ -755,7 +758,11 @@ mod tests {
         let late = "<bye/>\u{feff}<bye/>";
         for cut in 0..=late.len() {
             let (a, b) = late.as_bytes().split_at(cut);
-            assert_eq!(decode_pieces(&[a, b], 16384).unwrap_err(), "bad-frame", "cut at {cut}");
+            assert_eq!(
+                decode_pieces(&[a, b], 16384).unwrap_err(),
+                "bad-frame",
+                "cut at {cut}"
+            );
         }
     }
 

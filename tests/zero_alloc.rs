@@ -55,7 +55,9 @@ fn read_pongs(stream: &mut TcpStream, n: usize) {
 
 #[test]
 fn ping_to_pong_allocates_nothing_on_the_server() {
-    let raw = RawConfig::try_parse_from(["lifeline", "--listen", "127.0.0.1:0"]).unwrap();
+    let raw =
+        RawConfig::try_parse_from(["lifeline", "--listen", "127.0.0.1:0", "--admin-addr", ""])
+            .unwrap();
     let config = Config::validate(&raw).unwrap();
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

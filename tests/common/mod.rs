@@ -18,6 +18,8 @@ use quick_xml::Reader;
 pub struct ServerProc {
     child: Child,
     pub addr: SocketAddr,
+    /// The admin API's address (None when a test disabled it).
+    pub admin: Option<SocketAddr>,
     log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -28,6 +30,7 @@ impl ServerProc {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_lifeline"));
         cmd.env_clear()
             .env("LIFELINE_LISTEN", "127.0.0.1:0")
+            .env("LIFELINE_ADMIN_ADDR", "127.0.0.1:0")
             .env("LIFELINE_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -48,6 +51,7 @@ impl ServerProc {
         let mut server = ServerProc {
             child,
             addr: "127.0.0.1:0".parse().unwrap(),
+            admin: None,
             log,
         };
         let line = server
@@ -60,6 +64,12 @@ impl ServerProc {
             .and_then(|a| a.trim().parse().ok())
             .expect("address in the listening line");
         server.addr = addr;
+        // The admin line comes before the listening line when the API is on.
+        server.admin = server
+            .log_lines()
+            .iter()
+            .find_map(|l| l.split("admin API on http://").nth(1).map(str::to_string))
+            .and_then(|a| a.trim().parse().ok());
         server
     }
 

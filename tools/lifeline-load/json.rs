@@ -94,16 +94,19 @@ pub struct ParseError {
 
 /// Parses one flat JSON object into a key → value map.
 pub fn parse_object(text: &str) -> Result<HashMap<String, Value>, ParseError> {
-    let mut reader = Reader { bytes: text.as_bytes(), at: 0 };
+    let mut reader = Reader {
+        bytes: text.as_bytes(),
+        at: 0,
+    };
     let mut map = HashMap::new();
-    reader.expect(b'{')?;
+    reader.eat(b'{')?;
     if reader.peek_after_ws() == Some(b'}') {
         reader.at += 1;
         return reader.end(map);
     }
     loop {
         let key = reader.string()?;
-        reader.expect(b':')?;
+        reader.eat(b':')?;
         let value = reader.scalar()?;
         map.insert(key, value);
         match reader.peek_after_ws() {
@@ -137,7 +140,7 @@ impl Reader<'_> {
         None
     }
 
-    fn expect(&mut self, byte: u8) -> Result<(), ParseError> {
+    fn eat(&mut self, byte: u8) -> Result<(), ParseError> {
         if self.peek_after_ws() == Some(byte) {
             self.at += 1;
             Ok(())
@@ -154,7 +157,7 @@ impl Reader<'_> {
     }
 
     fn string(&mut self) -> Result<String, ParseError> {
-        self.expect(b'"')?;
+        self.eat(b'"')?;
         let mut out = Vec::new();
         loop {
             let Some(&b) = self.bytes.get(self.at) else {
@@ -239,7 +242,6 @@ impl Reader<'_> {
 /// Typed accessors over a parsed object.
 pub trait Fields {
     fn uint(&self, key: &str) -> Option<u64>;
-    fn int(&self, key: &str) -> Option<i64>;
     fn text(&self, key: &str) -> Option<&str>;
 }
 
@@ -247,14 +249,6 @@ impl Fields for HashMap<String, Value> {
     fn uint(&self, key: &str) -> Option<u64> {
         match self.get(key)? {
             Value::Uint(n) => Some(*n),
-            _ => None,
-        }
-    }
-
-    fn int(&self, key: &str) -> Option<i64> {
-        match self.get(key)? {
-            Value::Uint(n) => i64::try_from(*n).ok(),
-            Value::Int(n) => Some(*n),
             _ => None,
         }
     }

@@ -186,11 +186,15 @@ fn scan_redis(buf: &[u8]) -> Scan<'_> {
     let Some(newline) = memchr_byte(b'\n', buf) else {
         return Scan::NeedMore(0);
     };
-    let line = buf[..newline].strip_suffix(b"\r").unwrap_or(&buf[..newline]);
+    let line = buf[..newline]
+        .strip_suffix(b"\r")
+        .unwrap_or(&buf[..newline]);
     let frame = if line == b"+PONG" {
         Inbound::Pong { seq: None }
     } else if let Some(rest) = line.strip_prefix(b"-") {
-        Inbound::Error { code: rest.split(|b| *b == b' ').next() }
+        Inbound::Error {
+            code: rest.split(|b| *b == b' ').next(),
+        }
     } else {
         Inbound::Other
     };
@@ -485,12 +489,34 @@ mod tests {
         assert_eq!(
             frames,
             vec![
-                format!("{:?}", Inbound::Welcome { interval_ms: Some(500), misses: Some(3), phase_ms: Some(17) }),
+                format!(
+                    "{:?}",
+                    Inbound::Welcome {
+                        interval_ms: Some(500),
+                        misses: Some(3),
+                        phase_ms: Some(17)
+                    }
+                ),
                 format!("{:?}", Inbound::Pong { seq: Some(7) }),
-                format!("{:?}", Inbound::Probe { seq: Some(&b"x>1"[..]) }),
+                format!(
+                    "{:?}",
+                    Inbound::Probe {
+                        seq: Some(&b"x>1"[..])
+                    }
+                ),
                 format!("{:?}", Inbound::Msg),
-                format!("{:?}", Inbound::Error { code: Some(&b"offline"[..]) }),
-                format!("{:?}", Inbound::Bye { reason: Some(&b"timeout"[..]) }),
+                format!(
+                    "{:?}",
+                    Inbound::Error {
+                        code: Some(&b"offline"[..])
+                    }
+                ),
+                format!(
+                    "{:?}",
+                    Inbound::Bye {
+                        reason: Some(&b"timeout"[..])
+                    }
+                ),
             ]
         );
     }
@@ -499,36 +525,68 @@ mod tests {
     fn every_split_gives_the_same_frames() {
         for proto_stream in [
             (Proto::Lifeline, STREAM.to_vec()),
-            (Proto::Redis, b"+PONG\r\n-ERR wrong\r\n+OK\r\n+PONG\r\n".to_vec()),
-            (Proto::Mqtt, vec![0x20, 0x02, 0x00, 0x00, 0xD0, 0x00, 0x30, 0x81, 0x01].into_iter().chain([0u8; 129]).chain([0xD0, 0x00]).collect()),
+            (
+                Proto::Redis,
+                b"+PONG\r\n-ERR wrong\r\n+OK\r\n+PONG\r\n".to_vec(),
+            ),
+            (
+                Proto::Mqtt,
+                vec![0x20, 0x02, 0x00, 0x00, 0xD0, 0x00, 0x30, 0x81, 0x01]
+                    .into_iter()
+                    .chain([0u8; 129])
+                    .chain([0xD0, 0x00])
+                    .collect(),
+            ),
         ] {
             let (proto, stream) = proto_stream;
             let whole = frames_split(proto, &stream, stream.len());
             for split in 1..stream.len() {
-                assert_eq!(frames_split(proto, &stream, split), whole, "{proto:?} split {split}");
+                assert_eq!(
+                    frames_split(proto, &stream, split),
+                    whole,
+                    "{proto:?} split {split}"
+                );
             }
         }
     }
 
     #[test]
     fn redis_and_mqtt_frames_are_classified() {
-        assert_eq!(scan(Proto::Redis, b"+PONG\r\n"), Ok(Scan::Frame(Inbound::Pong { seq: None }, 7)));
+        assert_eq!(
+            scan(Proto::Redis, b"+PONG\r\n"),
+            Ok(Scan::Frame(Inbound::Pong { seq: None }, 7))
+        );
         assert_eq!(scan(Proto::Redis, b"+PON"), Ok(Scan::NeedMore(0)));
-        assert_eq!(scan(Proto::Mqtt, &[0x20, 0x02, 0x00, 0x05]), Ok(Scan::Frame(Inbound::ConnAck { accepted: false }, 4)));
-        assert_eq!(scan(Proto::Mqtt, &[0xD0, 0x00]), Ok(Scan::Frame(Inbound::Pong { seq: None }, 2)));
-        assert_eq!(scan(Proto::Mqtt, &[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]), Err(ScanError::BadLength));
+        assert_eq!(
+            scan(Proto::Mqtt, &[0x20, 0x02, 0x00, 0x05]),
+            Ok(Scan::Frame(Inbound::ConnAck { accepted: false }, 4))
+        );
+        assert_eq!(
+            scan(Proto::Mqtt, &[0xD0, 0x00]),
+            Ok(Scan::Frame(Inbound::Pong { seq: None }, 2))
+        );
+        assert_eq!(
+            scan(Proto::Mqtt, &[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]),
+            Err(ScanError::BadLength)
+        );
     }
 
     #[test]
     fn text_between_frames_is_an_error() {
-        assert_eq!(scan(Proto::Lifeline, b"hello <bye/>"), Err(ScanError::TextOutsideFrame));
+        assert_eq!(
+            scan(Proto::Lifeline, b"hello <bye/>"),
+            Err(ScanError::TextOutsideFrame)
+        );
         assert_eq!(scan(Proto::Lifeline, b"</bye>"), Err(ScanError::Malformed));
     }
 
     #[test]
     fn whitespace_and_declarations_are_dropped_while_waiting() {
         assert_eq!(scan(Proto::Lifeline, b"\r\n  "), Ok(Scan::NeedMore(4)));
-        assert_eq!(scan(Proto::Lifeline, b"<?xml?> <heart"), Ok(Scan::NeedMore(8)));
+        assert_eq!(
+            scan(Proto::Lifeline, b"<?xml?> <heart"),
+            Ok(Scan::NeedMore(8))
+        );
         assert_eq!(scan(Proto::Lifeline, b"<!-"), Ok(Scan::NeedMore(0)));
     }
 
@@ -546,13 +604,19 @@ mod tests {
 
         let mut out = Vec::new();
         login(Proto::Mqtt, "c1", None, 60, &mut out);
-        assert_eq!(out, [0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 2, b'c', b'1']);
+        assert_eq!(
+            out,
+            [0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 2, b'c', b'1']
+        );
     }
 
     #[test]
     fn token_is_lowercase_hex_hmac_sha256() {
         // RFC 4231 test case 2.
         let token = auth_token(b"Jefe", "what do ya want for nothing?");
-        assert_eq!(token, "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+        assert_eq!(
+            token,
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
     }
 }

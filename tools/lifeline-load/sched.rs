@@ -95,11 +95,6 @@ impl Bucket {
         }
     }
 
-    /// Gives back a token taken for work that turned out not to exist.
-    pub fn give_back(&mut self) {
-        self.tokens = (self.tokens + 1.0).min(self.burst);
-    }
-
     /// When the next token will be available.
     pub fn next_token(&self) -> Instant {
         if self.tokens >= 1.0 || self.rate <= 0.0 {

@@ -268,8 +268,8 @@ impl Results {
             }
             None => empty_histogram(),
         };
-        let silent_closes = parse_silent(map.text("silent").unwrap_or(""))
-            .ok_or(DecodeError::Field("silent"))?;
+        let silent_closes =
+            parse_silent(map.text("silent").unwrap_or("")).ok_or(DecodeError::Field("silent"))?;
         let server = map.uint("server_cpu_us").map(|cpu_us| ServerUsage {
             cpu_us,
             user_us: map.uint("server_user_us").unwrap_or(0),
@@ -326,11 +326,22 @@ mod tests {
             results.record_rtt(v);
         }
         results.silent_closes = vec![
-            SilentClose { delay_us: 1_500_000, lateness_us: Some(-3) },
-            SilentClose { delay_us: 7, lateness_us: None },
+            SilentClose {
+                delay_us: 1_500_000,
+                lateness_us: Some(-3),
+            },
+            SilentClose {
+                delay_us: 7,
+                lateness_us: None,
+            },
         ];
         results.deadline_ms = Some(1500);
-        results.server = Some(ServerUsage { cpu_us: 10, user_us: 2, rss_kb: 3, rss_anon_kb: None });
+        results.server = Some(ServerUsage {
+            cpu_us: 10,
+            user_us: 2,
+            rss_kb: 3,
+            rss_anon_kb: None,
+        });
         results.last_error = Some("Connection refused \"x\"".into());
 
         let (worker, back) = Results::decode(&results.encode(3)).unwrap();

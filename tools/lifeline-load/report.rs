@@ -1,0 +1,468 @@
+//! Turning results into output: the per-second progress line, the human
+//! summary (stderr), and the final `RESULT key=value ...` line or JSON object
+//! (stdout).
+
+use std::fmt;
+use std::io::{self, Write};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+
+use crate::args::{Config, Mode};
+use crate::json::{self, Value};
+use crate::stats::Results;
+
+/// One second of progress, from one process or summed over workers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    pub elapsed: Duration,
+    pub connected: u64,
+    pub logged_in: u64,
+    pub rt_per_s: u64,
+    pub errors: u64,
+}
+
+impl Progress {
+    /// The worker → parent form: `PROGRESS elapsed_ms connected logged_in rt errors`.
+    pub fn encode(&self) -> String {
+        format!(
+            "PROGRESS {} {} {} {} {}",
+            self.elapsed.as_millis(),
+            self.connected,
+            self.logged_in,
+            self.rt_per_s,
+            self.errors
+        )
+    }
+
+    pub fn decode(line: &str) -> Option<Progress> {
+        let mut fields = line
+            .strip_prefix("PROGRESS ")?
+            .split(' ')
+            .map(|f| f.parse::<u64>().ok());
+        let mut next = || fields.next().flatten();
+        Some(Progress {
+            elapsed: Duration::from_millis(next()?),
+            connected: next()?,
+            logged_in: next()?,
+            rt_per_s: next()?,
+            errors: next()?,
+        })
+    }
+
+    /// Sums counts; the elapsed time is the latest of the two.
+    pub fn add(&mut self, other: &Progress) {
+        self.elapsed = self.elapsed.max(other.elapsed);
+        self.connected += other.connected;
+        self.logged_in += other.logged_in;
+        self.rt_per_s += other.rt_per_s;
+        self.errors += other.errors;
+    }
+}
+
+impl fmt::Display for Progress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "[{:6.1}s] connected={} logged_in={} rt/s={} errors={}",
+            self.elapsed.as_secs_f64(),
+            self.connected,
+            self.logged_in,
+            self.rt_per_s,
+            self.errors
+        )
+    }
+}
+
+/// Whether the server's online count came back to where it started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OnlineCheck {
+    /// No `--admin` given.
+    Skipped,
+    /// The admin endpoint could not be read.
+    Failed(String),
+    Done {
+        before: u64,
+        after: u64,
+    },
+}
+
+/// The final report: ordered key/value pairs plus a human summary.
+pub struct Report {
+    pairs: Vec<(String, Value)>,
+    summary: Vec<String>,
+}
+
+fn per_second(count: u64, window_us: u64) -> f64 {
+    if window_us == 0 {
+        0.0
+    } else {
+        count as f64 * 1e6 / window_us as f64
+    }
+}
+
+fn percentile(sorted: &[i64], q: f64) -> Option<i64> {
+    let n = sorted.len();
+    if n == 0 {
+        return None;
+    }
+    // Nearest rank.
+    let rank = ((q * n as f64).ceil() as usize).clamp(1, n);
+    sorted.get(rank - 1).copied()
+}
+
+fn hist_value(h: &Histogram<u64>, q: f64) -> Value {
+    if h.is_empty() {
+        Value::Null
+    } else {
+        Value::Uint(h.value_at_quantile(q))
+    }
+}
+
+fn ms(us: Option<i64>) -> String {
+    us.map_or("-".to_string(), |us| {
+        format!("{:.1} ms", us as f64 / 1000.0)
+    })
+}
+
+fn us_text(value: &Value) -> String {
+    match value {
+        Value::Null => "-".to_string(),
+        v => format!("{} us", v.plain()),
+    }
+}
+
+impl Report {
+    pub fn build(
+        cfg: &Config,
+        results: &Results,
+        online: &OnlineCheck,
+        workers_failed: u32,
+    ) -> Report {
+        let mut report = Report {
+            pairs: Vec::new(),
+            summary: Vec::new(),
+        };
+        report.header(cfg, results, workers_failed);
+        report.connections(results);
+        report.heartbeats(results);
+        match cfg.mode {
+            Mode::Silent => report.silent(results),
+            Mode::Churn => report.churn(results),
+            Mode::Steady | Mode::Max => {}
+        }
+        report.online(online);
+        report.server(results);
+        if let Some(error) = &results.last_error {
+            report
+                .summary
+                .push(format!("  last connect error: {error}"));
+        }
+        report
+    }
+
+    fn put(&mut self, key: &str, value: Value) {
+        self.pairs.push((key.to_string(), value));
+    }
+
+    fn header(&mut self, cfg: &Config, results: &Results, workers_failed: u32) {
+        let window_s = results.window_us as f64 / 1e6;
+        let warmup_s = cfg.warmup.as_secs_f64();
+        let mode = format!("{:?}", cfg.mode).to_lowercase();
+        let proto = format!("{:?}", cfg.proto).to_lowercase();
+        let ramp_done = results.ramp_done_us.map(|us| us as f64 / 1e6);
+
+        self.put("mode", Value::Str(mode.clone()));
+        self.put("proto", Value::Str(proto.clone()));
+        self.put("target", Value::Str(cfg.target.to_string()));
+        self.put("conns", Value::Uint(cfg.total_conns.into()));
+        self.put("workers", Value::Uint(cfg.workers.into()));
+        if workers_failed > 0 {
+            self.put("workers_failed", Value::Uint(workers_failed.into()));
+        }
+        self.put("window_s", Value::Float(window_s, 3));
+        self.put("warmup_s", Value::Float(warmup_s, 3));
+        self.put(
+            "ramp_done_s",
+            ramp_done.map_or(Value::Null, |s| Value::Float(s, 3)),
+        );
+
+        let processes = match cfg.workers {
+            1 => "1 process".to_string(),
+            n => format!("{n} processes"),
+        };
+        self.summary.push(format!(
+            "lifeline-load: {mode} {proto}, {} conns -> {} ({processes})",
+            cfg.total_conns, cfg.target
+        ));
+        let ramp = match ramp_done {
+            Some(s) if s > warmup_s => format!("all logged in at {s:.2} s (inside the window!)"),
+            Some(s) => format!("all logged in at {s:.2} s"),
+            None => "not every connection logged in".to_string(),
+        };
+        self.summary.push(format!(
+            "  window      {window_s:.2} s after {warmup_s:.2} s warmup; {ramp}"
+        ));
+        if workers_failed > 0 {
+            self.summary.push(format!(
+                "  WARNING     {workers_failed} workers reported nothing"
+            ));
+        }
+    }
+
+    fn connections(&mut self, results: &Results) {
+        let c = &results.counters;
+        for (key, value) in [
+            ("connect_attempts", c.connect_attempts),
+            ("connects_ok", c.connects_ok),
+            ("connect_errors", c.connect_errors),
+            ("logins", c.logins),
+            ("login_errors", c.login_errors),
+            ("login_timeouts", c.login_timeouts),
+            ("unexpected_closes", c.unexpected_closes),
+            ("wrong_timeouts", c.wrong_timeouts),
+            ("other_byes", c.other_byes),
+            ("server_errors", c.server_errors),
+            ("protocol_errors", c.protocol_errors),
+        ] {
+            self.put(key, Value::Uint(value));
+        }
+        self.summary.push(format!(
+            "  connects    {} ok, {} errors; logins {} ok, {} refused, {} timed out",
+            c.connects_ok, c.connect_errors, c.logins, c.login_errors, c.login_timeouts
+        ));
+        self.summary.push(format!(
+            "  closes      {} unexpected, {} wrong timeouts, {} other byes, {} protocol errors",
+            c.unexpected_closes, c.wrong_timeouts, c.other_byes, c.protocol_errors
+        ));
+    }
+
+    fn heartbeats(&mut self, results: &Results) {
+        let c = &results.counters;
+        let pings_per_s = per_second(c.pings_in_window, results.window_us);
+        let rt_per_s = per_second(c.rt_in_window, results.window_us);
+        for (key, value) in [
+            ("probes_answered", c.probes_answered),
+            ("pings_sent", c.pings_sent),
+            ("round_trips", c.round_trips),
+            ("unmatched_pongs", c.unmatched_pongs),
+            ("pings_unanswered", c.pings_unanswered),
+        ] {
+            self.put(key, Value::Uint(value));
+        }
+        self.put("pings_per_s", Value::Float(pings_per_s, 1));
+        self.put("rt_per_s", Value::Float(rt_per_s, 1));
+
+        let rtt = &results.rtt_us;
+        let max = if rtt.is_empty() {
+            Value::Null
+        } else {
+            Value::Uint(rtt.max())
+        };
+        let quantiles = [
+            ("p50", hist_value(rtt, 0.5)),
+            ("p99", hist_value(rtt, 0.99)),
+            ("p999", hist_value(rtt, 0.999)),
+            ("max", max),
+        ];
+        self.summary.push(format!(
+            "  heartbeats  {pings_per_s:.1} pings/s, {rt_per_s:.1} round trips/s in the window; \
+             {} unanswered, {} probes answered",
+            c.pings_unanswered, c.probes_answered
+        ));
+        let text: Vec<String> = quantiles
+            .iter()
+            .map(|(q, v)| format!("{q} {}", us_text(v)))
+            .collect();
+        self.summary.push(format!(
+            "  rtt         {}  ({} samples)",
+            text.join("  "),
+            rtt.len()
+        ));
+        for (q, value) in quantiles {
+            self.put(&format!("rtt_{q}_us"), value);
+        }
+    }
+
+    fn churn(&mut self, results: &Results) {
+        let c = &results.counters;
+        let logins_per_s = per_second(c.logins_in_window, results.window_us);
+        self.put("logins_per_s", Value::Float(logins_per_s, 1));
+        self.put("leaves_clean", Value::Uint(c.leaves_clean));
+        self.put("leaves_abrupt", Value::Uint(c.leaves_abrupt));
+        self.put("leave_timeouts", Value::Uint(c.leave_timeouts));
+        self.summary.push(format!(
+            "  churn       {logins_per_s:.1} logins/s; leaves {} clean + {} abrupt; \
+             {} clean leaves not closed by the server",
+            c.leaves_clean, c.leaves_abrupt, c.leave_timeouts
+        ));
+    }
+
+    fn silent(&mut self, results: &Results) {
+        let c = &results.counters;
+        for (key, value) in [
+            ("silent_total", c.silent_total),
+            ("silent_closed", c.silent_closed),
+            ("silent_not_closed", c.silent_not_closed),
+            ("silent_bye_first", c.silent_bye_first),
+            ("silent_early", c.silent_early),
+            ("healthy_closed", c.healthy_closed),
+        ] {
+            self.put(key, Value::Uint(value));
+        }
+        self.put(
+            "deadline_ms",
+            results.deadline_ms.map_or(Value::Null, Value::Uint),
+        );
+        self.summary.push(format!(
+            "  silent      {} went silent, {} closed ({} after bye timeout), {} still open, {} early; {} healthy closed; deadline {}",
+            c.silent_total,
+            c.silent_closed,
+            c.silent_bye_first,
+            c.silent_not_closed,
+            c.silent_early,
+            c.healthy_closed,
+            results.deadline_ms.map_or("unknown".into(), |d| format!("{d} ms"))
+        ));
+        let mut delays: Vec<i64> = results
+            .silent_closes
+            .iter()
+            .map(|s| s.delay_us as i64)
+            .collect();
+        let mut lateness: Vec<i64> = results
+            .silent_closes
+            .iter()
+            .filter_map(|s| s.lateness_us)
+            .collect();
+        delays.sort_unstable();
+        lateness.sort_unstable();
+        let stats = |sorted: &[i64]| {
+            [
+                ("min", sorted.first().copied()),
+                ("p50", percentile(sorted, 0.5)),
+                ("p99", percentile(sorted, 0.99)),
+                ("max", sorted.last().copied()),
+            ]
+        };
+        for (name, sorted) in [("close_delay", &delays), ("lateness", &lateness)] {
+            let stats = stats(sorted);
+            for (q, value) in stats {
+                self.put(
+                    &format!("{name}_{q}_us"),
+                    value.map_or(Value::Null, Value::Int),
+                );
+            }
+            self.summary.push(format!(
+                "  {:<11} min {}  p50 {}  p99 {}  max {}",
+                name.replace('_', " "),
+                ms(stats[0].1),
+                ms(stats[1].1),
+                ms(stats[2].1),
+                ms(stats[3].1)
+            ));
+        }
+    }
+
+    fn online(&mut self, online: &OnlineCheck) {
+        let (check, line) = match online {
+            OnlineCheck::Skipped => ("skipped", "skipped (no --admin)".to_string()),
+            OnlineCheck::Failed(error) => ("error", format!("could not read: {error}")),
+            OnlineCheck::Done { before, after } => {
+                self.put("online_before", Value::Uint(*before));
+                self.put("online_after", Value::Uint(*after));
+                if before == after {
+                    ("ok", format!("back to baseline ({before} -> {after})"))
+                } else {
+                    (
+                        "mismatch",
+                        format!("NOT back to baseline ({before} -> {after})"),
+                    )
+                }
+            }
+        };
+        self.put("online_check", Value::Str(check.to_string()));
+        self.summary.push(format!("  online      {line}"));
+    }
+
+    fn server(&mut self, results: &Results) {
+        let Some(server) = results.server else {
+            return;
+        };
+        let round_trips = results.counters.rt_in_window;
+        let per_rt = |us: u64| {
+            if round_trips == 0 {
+                Value::Null
+            } else {
+                Value::Float(us as f64 / round_trips as f64, 3)
+            }
+        };
+        let cpu = per_rt(server.cpu_us);
+        let user = per_rt(server.user_us);
+        self.summary.push(format!(
+            "  server      {:.1} ms CPU in the window: {} us/rt (user {} us/rt); RSS {} kB (anon {})",
+            server.cpu_us as f64 / 1000.0,
+            cpu.plain(),
+            user.plain(),
+            server.rss_kb,
+            server.rss_anon_kb.map_or("-".into(), |kb| format!("{kb} kB"))
+        ));
+        self.put(
+            "server_cpu_ms",
+            Value::Float(server.cpu_us as f64 / 1000.0, 1),
+        );
+        self.put("server_cpu_us_per_rt", cpu);
+        self.put("server_user_us_per_rt", user);
+        self.put("server_rss_kb", Value::Uint(server.rss_kb));
+        self.put(
+            "server_rss_anon_kb",
+            server.rss_anon_kb.map_or(Value::Null, Value::Uint),
+        );
+    }
+
+    /// Prints the summary on stderr and the result line (or JSON) on stdout.
+    pub fn print(&self, as_json: bool) {
+        let mut err = io::stderr().lock();
+        for line in &self.summary {
+            let _ = writeln!(err, "{line}");
+        }
+        let line = if as_json {
+            json::to_object(&self.pairs)
+        } else {
+            let fields: Vec<String> = self
+                .pairs
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.plain().replace(' ', "_")))
+                .collect();
+            format!("RESULT {}", fields.join(" "))
+        };
+        let _ = writeln!(io::stdout(), "{line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_survives_the_worker_line() {
+        let p = Progress {
+            elapsed: Duration::from_millis(3000),
+            connected: 10,
+            logged_in: 9,
+            rt_per_s: 8,
+            errors: 1,
+        };
+        assert_eq!(Progress::decode(&p.encode()), Some(p));
+        assert_eq!(Progress::decode("PROGRESS 1 2"), None);
+    }
+
+    #[test]
+    fn percentiles_use_nearest_rank() {
+        let sorted: Vec<i64> = (1..=100).collect();
+        assert_eq!(percentile(&sorted, 0.5), Some(50));
+        assert_eq!(percentile(&sorted, 0.99), Some(99));
+        assert_eq!(percentile(&sorted, 1.0), Some(100));
+        assert_eq!(percentile(&[7], 0.5), Some(7));
+        assert_eq!(percentile(&[], 0.5), None);
+    }
+}
