@@ -22,3 +22,4 @@ pub mod registry;
 pub mod server;
 pub mod timers;
 pub mod wire;
+pub mod ws;

@@ -1,0 +1,1 @@
+//! WebSocket codec (being written).
