@@ -273,8 +273,11 @@ impl Server {
         .min()
     }
 
+    /// Microseconds since the loop started; called per frame, so it avoids
+    /// `as_micros` (a 128-bit division).
     pub(crate) fn micros(&self, at: Instant) -> Micros {
-        at.saturating_duration_since(self.epoch).as_micros() as Micros
+        let d = at.saturating_duration_since(self.epoch);
+        d.as_secs() * 1_000_000 + u64::from(d.subsec_micros())
     }
 
     /// Unix milliseconds of a loop timestamp.
@@ -370,6 +373,7 @@ impl Server {
             return;
         }
         let generation = self.new_generation();
+        let now_us = self.micros(now);
         let entry = self.conns.vacant_entry();
         let conn = ConnRef {
             key: entry.key() as u32,
@@ -386,7 +390,6 @@ impl Server {
             warn!("cannot register {peer}: {e}");
             return;
         }
-        let now_us = now.saturating_duration_since(self.epoch).as_micros() as Micros;
         entry.insert(Connection::new(stream, conn.generation, peer, now_us));
         self.metrics.accepted += 1;
         self.wheel.schedule(conn, now + self.config.heartbeat);

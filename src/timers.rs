@@ -73,8 +73,7 @@ impl<T: Debug> TimerWheel<T> {
     /// Moves wheel time up to `now` and appends every entry due by then to
     /// `expired`. Empty stretches are skipped without touching a slot.
     pub fn advance(&mut self, now: Instant, expired: &mut Vec<T>) {
-        let target = now.saturating_duration_since(self.origin).as_nanos() / self.tick.as_nanos();
-        let target = u64::try_from(target).unwrap_or(u64::MAX);
+        let target = nanos(now.saturating_duration_since(self.origin)) / nanos(self.tick);
         while self.ticks < target {
             match self.wheel.can_skip() {
                 Skip::Empty => self.ticks = target,
@@ -108,8 +107,15 @@ impl<T: Debug> TimerWheel<T> {
 }
 
 fn ceil_div(d: Duration, unit: Duration) -> u64 {
-    let (d, unit) = (d.as_nanos(), unit.as_nanos());
-    u64::try_from(d.div_ceil(unit)).unwrap_or(u64::MAX)
+    nanos(d).div_ceil(nanos(unit))
+}
+
+/// Nanoseconds in 64 bits (enough for 584 years of uptime), avoiding the
+/// 128-bit division of `as_nanos` on the per-iteration path.
+fn nanos(d: Duration) -> u64 {
+    d.as_secs()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::from(d.subsec_nanos()))
 }
 
 #[cfg(test)]

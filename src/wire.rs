@@ -268,7 +268,7 @@ impl<'a> FrameReader<'a> {
         }
         let mut depth = 0usize;
         let mut frame_start = 0usize;
-        let mut top: Option<(&'a str, &'a str, usize)> = None; // (name, tag, body start)
+        let mut top: Option<(&'a str, Attrs<'a>, usize)> = None; // (name, attributes, body start)
         loop {
             let before = self.position();
             let event = match self.reader.read_event() {
@@ -310,34 +310,34 @@ impl<'a> FrameReader<'a> {
                 }
                 Event::Start(e) => {
                     let (tag, name) = self.tag(before, after, 1, e.name().0.len())?;
-                    check_attributes(tag, name.len())?;
+                    let attrs = Attrs::read(tag, name.len())?;
                     if depth == 0 {
                         frame_start = before;
-                        top = Some((name, tag, after));
+                        top = Some((name, attrs, after));
                     }
                     depth += 1;
                 }
                 Event::Empty(e) => {
                     let (tag, name) = self.tag(before, after, 2, e.name().0.len())?;
-                    check_attributes(tag, name.len())?;
+                    let attrs = Attrs::read(tag, name.len())?;
                     if depth == 0 {
                         if after - before > self.max_frame {
                             return Err(WireError::FrameTooLarge {
                                 max: self.max_frame,
                             });
                         }
-                        return self.complete(name, tag, "", after);
+                        return self.complete(name, &attrs, "", after);
                     }
                 }
                 Event::End(_) => {
                     depth -= 1;
                     if depth == 0 {
-                        if let Some((name, tag, body_start)) = top {
+                        if let Some((name, attrs, body_start)) = top.take() {
                             let body = self
                                 .text
                                 .get(body_start..before)
                                 .ok_or(WireError::Undelimited)?;
-                            return self.complete(name, tag, body, after);
+                            return self.complete(name, &attrs, body, after);
                         }
                     }
                 }
@@ -389,13 +389,13 @@ impl<'a> FrameReader<'a> {
     fn complete(
         &mut self,
         name: &'a str,
-        tag: &'a str,
+        attrs: &Attrs<'a>,
         body: &'a str,
         end: usize,
     ) -> Result<Decoded<'a>, WireError> {
         self.consumed = end;
         self.seen_frame = true;
-        Ok(Decoded::Frame(frame_from(name, tag, body)?))
+        Ok(Decoded::Frame(frame_from(name, attrs, body)?))
     }
 
     fn need_more(&self) -> Result<Decoded<'a>, WireError> {
@@ -438,25 +438,51 @@ fn is_predefined_entity(r: &quick_xml::events::BytesRef<'_>) -> bool {
     matches!(r.as_ref(), "lt" | "gt" | "amp" | "apos" | "quot")
 }
 
-/// Rejects duplicate keys, '<' in values and undeclared entity references,
-/// without allocating.
-fn check_attributes(tag: &str, name_len: usize) -> Result<(), WireError> {
-    let mut keys: [&str; MAX_ATTRIBUTES] = [""; MAX_ATTRIBUTES];
-    let mut attributes = Attributes::new(tag, name_len);
-    attributes.with_checks(false);
-    for (count, attribute) in attributes.enumerate() {
-        let attribute = attribute?;
-        let key: &str = attribute.key.0;
-        if count == MAX_ATTRIBUTES {
-            return Err(WireError::TooManyAttributes);
+/// The attributes of one tag, read in one pass into a fixed array.
+struct Attrs<'a> {
+    items: [(&'a str, &'a str); MAX_ATTRIBUTES],
+    len: usize,
+}
+
+impl<'a> Attrs<'a> {
+    /// Reads and checks every attribute: no duplicate keys, no '<' in values,
+    /// no undeclared entity references. Nothing is allocated. Values stay raw
+    /// (not unescaped): every attribute the protocol defines is restricted to
+    /// characters that need no escaping, so a value with a reference in it
+    /// fails validation where it is used.
+    fn read(tag: &'a str, name_len: usize) -> Result<Attrs<'a>, WireError> {
+        let mut attrs = Attrs {
+            items: [("", ""); MAX_ATTRIBUTES],
+            len: 0,
+        };
+        let mut attributes = Attributes::new(tag, name_len);
+        attributes.with_checks(false);
+        for attribute in attributes {
+            let attribute = attribute?;
+            let key: &'a str = attribute.key.0;
+            // Attributes over a borrowed &str hand out borrowed values.
+            let std::borrow::Cow::Borrowed(value) = attribute.value else {
+                return Err(WireError::Undelimited);
+            };
+            if attrs.len == MAX_ATTRIBUTES {
+                return Err(WireError::TooManyAttributes);
+            }
+            if attrs.items[..attrs.len].iter().any(|(k, _)| *k == key) {
+                return Err(WireError::DuplicateAttribute);
+            }
+            check_attribute_value(value)?;
+            attrs.items[attrs.len] = (key, value);
+            attrs.len += 1;
         }
-        if keys[..count].contains(&key) {
-            return Err(WireError::DuplicateAttribute);
-        }
-        keys[count] = key;
-        check_attribute_value(&attribute.value)?;
+        Ok(attrs)
     }
-    Ok(())
+
+    fn get(&self, key: &str) -> Option<&'a str> {
+        self.items[..self.len]
+            .iter()
+            .find(|(k, _)| *k == key)
+            .map(|(_, v)| *v)
+    }
 }
 
 fn check_attribute_value(value: &str) -> Result<(), WireError> {
@@ -470,35 +496,7 @@ fn check_attribute_value(value: &str) -> Result<(), WireError> {
     Ok(())
 }
 
-/// The attributes of a frame, looked up by name. Values are raw (not unescaped):
-/// every attribute the protocol defines is restricted to characters that need
-/// no escaping, so a value with an entity reference in it fails validation.
-struct Attrs<'a> {
-    tag: &'a str,
-    name_len: usize,
-}
-
-impl<'a> Attrs<'a> {
-    fn get(&self, key: &str) -> Option<&'a str> {
-        let mut attributes = Attributes::new(self.tag, self.name_len);
-        attributes.with_checks(false);
-        for attribute in attributes.flatten() {
-            if attribute.key.as_ref() == key {
-                // Attributes over a borrowed &str always hand out borrowed values.
-                if let std::borrow::Cow::Borrowed(v) = attribute.value {
-                    return Some(v);
-                }
-            }
-        }
-        None
-    }
-}
-
-fn frame_from<'a>(name: &'a str, tag: &'a str, body: &'a str) -> Result<Frame<'a>, WireError> {
-    let attrs = Attrs {
-        tag,
-        name_len: name.len(),
-    };
+fn frame_from<'a>(name: &'a str, attrs: &Attrs<'a>, body: &'a str) -> Result<Frame<'a>, WireError> {
     let required = |frame: &'static str, attr: &'static str| {
         attrs
             .get(attr)
@@ -582,10 +580,28 @@ fn encode_heartbeat(out: &mut Vec<u8>, mode: &str, seq: Option<u64>) {
     out.extend_from_slice(mode.as_bytes());
     match seq {
         Some(seq) => {
-            let _ = write!(out, "\" seq=\"{seq}\"/>");
+            out.extend_from_slice(b"\" seq=\"");
+            push_decimal(out, seq);
+            out.extend_from_slice(b"\"/>");
         }
         None => out.extend_from_slice(b"\"/>"),
     }
+}
+
+/// Appends `n` in decimal. The pong path runs this per heartbeat, where
+/// `core::fmt` costs several times more than the digits themselves.
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// `<welcome id="ID" interval="MS" misses="N" phase-ms="P"/>`.
@@ -830,6 +846,15 @@ mod tests {
              <bye reason=\"slow-consumer\"/><bye reason=\"shutdown\" retry-ms=\"1500\"/>\
              <msg from=\"a\" id=\"m1\">x &amp; y</msg><msg from=\"a\"></msg>"
         );
+    }
+
+    #[test]
+    fn decimal_digits_match_display() {
+        for n in [0, 7, 10, 99, 100, 12345, u64::MAX / 3, u64::MAX] {
+            let mut out = Vec::new();
+            push_decimal(&mut out, n);
+            assert_eq!(out, n.to_string().into_bytes());
+        }
     }
 
     #[test]
