@@ -18,6 +18,7 @@ use subtle::ConstantTimeEq;
 use crate::conn::{AdminPhase, CloseReason, ConnRef, Connection, Flushed, Micros, Phase};
 use crate::http::{self, HttpError, Method, Parsed, Request};
 use crate::metrics::Gauges;
+use crate::presence::{self, PresenceEvent, PresenceKind, Resume};
 use crate::server::Server;
 use crate::wire;
 
@@ -264,8 +265,26 @@ impl Server {
                 None => self.not_online(id, keep),
             },
             (Method::Get, ["events"]) => {
-                self.subscribe(conn);
-                return Next::Continue;
+                let last = request
+                    .last_event_id
+                    .map(str::to_string)
+                    .or_else(|| http::query_param(request.query, "last_event_id"));
+                match last.map(|v| v.parse::<u64>()) {
+                    Some(Err(_)) => self.reply_error(
+                        400,
+                        "bad-last-event-id",
+                        "Last-Event-ID must be a sequence number from an earlier event",
+                        keep,
+                    ),
+                    Some(Ok(seq)) => {
+                        self.subscribe(conn, Some(seq));
+                        return Next::Continue;
+                    }
+                    None => {
+                        self.subscribe(conn, None);
+                        return Next::Continue;
+                    }
+                }
             }
             (_, ["healthz" | "metrics" | "clients" | "broadcast" | "events", ..]) => self
                 .reply_error(
@@ -309,6 +328,7 @@ impl Server {
             "connected_at": self.unix_ms(c.connected_at),
             "last_seen_ms_ago": now_us.saturating_sub(c.last_seen) / 1000,
             "conn": c.generation,
+            "state": if c.suspect { "suspect" } else { "online" },
         }))
     }
 
@@ -341,9 +361,17 @@ impl Server {
         } else {
             None
         };
+        // The loop is single-threaded: this page is exactly the online set
+        // as of event `seq`; replaying the stream after `seq` brings it up to date.
+        self.presence.start_recording();
         self.reply(
             200,
-            json!({ "clients": clients, "next": next, "online": self.registry.len() }),
+            json!({
+                "clients": clients,
+                "next": next,
+                "online": self.registry.len(),
+                "seq": self.presence.last_seq(),
+            }),
             keep,
         );
     }
@@ -549,49 +577,60 @@ impl Server {
         }
     }
 
-    /// Turns an admin connection into a presence event stream.
-    fn subscribe(&mut self, conn: ConnRef) {
+    /// Turns an admin connection into a presence event stream, first
+    /// replaying what a resuming consumer missed (or telling it to reset).
+    fn subscribe(&mut self, conn: ConnRef, resume_after: Option<u64>) {
         self.metrics.admin_request(200);
+        self.presence.start_recording();
         http::write_event_stream_head(&mut self.response);
+        if let Some(last_seen) = resume_after {
+            match self.presence.since(last_seen) {
+                Resume::Events(events) => {
+                    for e in events {
+                        presence::write_sse(&mut self.response, e);
+                    }
+                }
+                Resume::Reset => {
+                    presence::write_sse_reset(&mut self.response, self.presence.last_seq())
+                }
+            }
+        }
         let c = &mut self.conns[conn.key as usize];
         c.phase = Phase::Admin(AdminPhase::Events);
         c.inbound = bytes::BytesMut::new();
         self.subscribers.push(conn);
+        self.wheel.schedule(conn, Instant::now() + EVENTS_KEEPALIVE);
     }
 
-    /// Sends one presence event to every subscriber; a subscriber whose queue
-    /// is over `max_outbound` is dropped rather than allowed to slow the loop.
+    /// Numbers a presence event, keeps it for resuming consumers, and sends
+    /// it to every subscriber; a subscriber whose queue is over `max_outbound`
+    /// is dropped rather than allowed to slow the loop.
     pub(crate) fn publish_presence(
         &mut self,
-        kind: &str,
-        id: &str,
+        kind: PresenceKind,
+        id: &Rc<str>,
         conn: ConnRef,
         peer: std::net::SocketAddr,
-        reason: Option<&str>,
+        reason: Option<&'static str>,
         now: Instant,
     ) {
-        self.presence_seq += 1;
+        let event = self.presence.record(PresenceEvent {
+            seq: 0,
+            kind,
+            id: id.clone(),
+            conn: conn.generation,
+            peer,
+            reason,
+            at: self.unix_ms(self.micros(now)),
+        });
         if self.subscribers.is_empty() {
             return;
         }
-        let data = json!({
-            "seq": self.presence_seq,
-            "event": kind,
-            "id": id,
-            "conn": conn.generation,
-            "peer": peer.to_string(),
-            "reason": reason,
-            "at": self.unix_ms(self.micros(now)),
-        });
         self.frame.clear();
-        let _ = std::io::Write::write_fmt(
-            &mut self.frame,
-            format_args!("id: {}\nevent: {kind}\ndata: {data}\n\n", self.presence_seq),
-        );
+        presence::write_sse(&mut self.frame, &event);
         let max = self.config.max_outbound;
         let mut slow = Vec::new();
-        let subscribers = std::mem::take(&mut self.subscribers);
-        for &sub in &subscribers {
+        for &sub in &self.subscribers {
             let Some(c) = self.conns.get_mut(sub.key as usize) else {
                 continue;
             };
@@ -606,9 +645,8 @@ impl Server {
                 self.flush_list.push(sub);
             }
         }
-        self.subscribers = subscribers;
         for sub in slow {
-            warn!("dropping a slow event subscriber ({} bytes queued)", max);
+            warn!("dropping a slow presence subscriber: more than {max} bytes queued");
             self.close(sub, CloseReason::SlowConsumer, now);
         }
     }

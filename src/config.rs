@@ -14,6 +14,11 @@ use log::LevelFilter;
 /// and the admin side, so that accepting never starves the process itself.
 pub const FD_RESERVE: u64 = 64;
 
+/// The largest `max_frame` accepted. A partial frame is parsed again from its
+/// start when more of it arrives, so this bounds that work per read as well as
+/// the memory one connection's partial frame may hold.
+pub const MAX_FRAME_LIMIT: usize = 1 << 20;
+
 /// Raw settings as clap collects them from flags and environment variables.
 #[derive(Parser, Debug)]
 #[command(
@@ -44,7 +49,7 @@ pub struct RawConfig {
     #[arg(long, env = "LIFELINE_MAX_CONNECTIONS")]
     pub max_connections: Option<String>,
 
-    /// Largest frame in bytes; longer ones get frame-too-large and are closed [64..=16777216].
+    /// Largest frame in bytes; longer ones get frame-too-large and are closed [64..=1048576].
     #[arg(long, env = "LIFELINE_MAX_FRAME", default_value = "16384")]
     pub max_frame: String,
 
@@ -75,6 +80,14 @@ pub struct RawConfig {
     /// Bearer token every admin endpoint but /healthz requires; required for a non-loopback admin address.
     #[arg(long, env = "LIFELINE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+
+    /// Presence events kept for consumers that resume with Last-Event-ID [0..=10000000].
+    #[arg(long, env = "LIFELINE_EVENT_BACKLOG", default_value = "100000")]
+    pub event_backlog: String,
+
+    /// Clients told to reconnect (shutdown, overload, timeout) wait a random time up to this, in ms; 0: no advice [0..=3600000].
+    #[arg(long, env = "LIFELINE_RECONNECT_SPREAD_MS", default_value = "10000")]
+    pub reconnect_spread_ms: String,
 
     /// On SIGINT/SIGTERM, how long to keep flushing <bye reason="shutdown"/> before exiting, in ms [0..=60000].
     #[arg(long, env = "LIFELINE_DRAIN_MS", default_value = "1000")]
@@ -108,6 +121,9 @@ pub struct Config {
     /// `None`: the admin API is disabled.
     pub admin_addr: Option<SocketAddr>,
     pub admin_token: Option<Vec<u8>>,
+    pub event_backlog: usize,
+    /// Upper bound of the `retry-ms` advice; zero: none is given.
+    pub reconnect_spread: Duration,
 }
 
 /// A setting that could not be accepted.
@@ -197,6 +213,20 @@ impl Config {
             }
         }
         Ok(Config {
+            event_backlog: int_in(
+                &raw.event_backlog,
+                0,
+                10_000_000,
+                "LIFELINE_EVENT_BACKLOG",
+                "event-backlog",
+            )? as usize,
+            reconnect_spread: Duration::from_millis(int_in(
+                &raw.reconnect_spread_ms,
+                0,
+                3_600_000,
+                "LIFELINE_RECONNECT_SPREAD_MS",
+                "reconnect-spread-ms",
+            )?),
             admin_addr,
             admin_token,
             listen: socket_addr(&raw.listen, "LIFELINE_LISTEN", "listen")?,
@@ -207,7 +237,7 @@ impl Config {
             max_frame: int_in(
                 &raw.max_frame,
                 64,
-                16 << 20,
+                MAX_FRAME_LIMIT as u64,
                 "LIFELINE_MAX_FRAME",
                 "max-frame",
             )? as usize,

@@ -88,12 +88,17 @@ pub struct Connection {
     pub inbound: BytesMut,
     /// Bytes the socket has not taken yet; empty (no capacity) otherwise.
     pub outbound: BytesMut,
-    /// A frame has arrived, so an XML declaration is no longer acceptable.
-    pub seen_frame: bool,
+    /// Where the inbound stream stands for the codec (BOM, declaration rules).
+    pub position: crate::wire::StreamPosition,
     /// Queued in the loop's flush list for this iteration.
     pub flush_queued: bool,
     /// Admin pushes queued in `outbound` and not yet fully written.
     pub pushes_queued: u16,
+    /// Silent for two intervals; the next frame makes it `alive` again.
+    pub suspect: bool,
+    /// Its read budget ran out with bytes left in the socket: the loop
+    /// comes back to it (an edge-triggered socket would not say so again).
+    pub read_pending: bool,
 }
 
 /// Where a flush left the connection.
@@ -116,9 +121,11 @@ impl Connection {
             last_seen: now,
             inbound: BytesMut::new(),
             outbound: BytesMut::new(),
-            seen_frame: false,
+            position: crate::wire::StreamPosition::Start,
             flush_queued: false,
             pushes_queued: 0,
+            suspect: false,
+            read_pending: false,
         }
     }
 

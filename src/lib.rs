@@ -18,6 +18,7 @@ pub mod config;
 pub mod conn;
 pub mod http;
 pub mod metrics;
+pub mod presence;
 pub mod registry;
 pub mod server;
 pub mod timers;

@@ -11,6 +11,11 @@ const LOOP_BUCKETS: [f64; 10] = [
     0.000_01, 0.000_05, 0.000_1, 0.000_5, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5,
 ];
 
+/// Upper bounds (seconds) of the close lateness histogram (close − deadline).
+const LATENESS_BUCKETS: [f64; 10] = [
+    0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5, 1.0,
+];
+
 /// Error codes counted per code.
 const ERROR_CODES: [ErrorCode; 8] = [
     ErrorCode::BadFrame,
@@ -43,6 +48,10 @@ pub struct Metrics {
     pub pushes_acked: u64,
     /// (status, count), a handful of distinct statuses.
     pub admin_requests: Vec<(u16, u64)>,
+    lateness_buckets: [u64; LATENESS_BUCKETS.len()],
+    lateness_count: u64,
+    lateness_seconds: f64,
+    lateness_max_seconds: f64,
     loop_buckets: [u64; LOOP_BUCKETS.len()],
     loop_count: u64,
     loop_seconds: f64,
@@ -77,6 +86,17 @@ impl Metrics {
         match self.admin_requests.iter_mut().find(|(s, _)| *s == status) {
             Some((_, n)) => *n += 1,
             None => self.admin_requests.push((status, 1)),
+        }
+    }
+
+    /// Records how late a heartbeat close came after its deadline.
+    pub fn close_lateness(&mut self, late: Duration) {
+        let seconds = late.as_secs_f64();
+        self.lateness_count += 1;
+        self.lateness_seconds += seconds;
+        self.lateness_max_seconds = self.lateness_max_seconds.max(seconds);
+        if let Some(i) = LATENESS_BUCKETS.iter().position(|&le| seconds <= le) {
+            self.lateness_buckets[i] += 1;
         }
     }
 
@@ -225,22 +245,51 @@ impl Metrics {
                 "lifeline_admin_requests_total{{status=\"{status}\"}} {n}"
             );
         }
-        out.push_str(
-            "# HELP lifeline_loop_iteration_seconds Time one loop iteration spent working.\n# TYPE lifeline_loop_iteration_seconds histogram\n",
+        histogram(
+            &mut out,
+            "lifeline_loop_iteration_seconds",
+            "Time one loop iteration spent working.",
+            &LOOP_BUCKETS,
+            &self.loop_buckets,
+            self.loop_count,
+            self.loop_seconds,
         );
-        let mut cumulative = 0;
-        for (le, n) in LOOP_BUCKETS.iter().zip(self.loop_buckets) {
-            cumulative += n;
-            let _ = writeln!(
-                out,
-                "lifeline_loop_iteration_seconds_bucket{{le=\"{le}\"}} {cumulative}"
-            );
-        }
-        let _ = writeln!(
+        histogram(
+            &mut out,
+            "lifeline_close_lateness_seconds",
+            "How long after its deadline (last frame + interval x misses) a silent client was closed.",
+            &LATENESS_BUCKETS,
+            &self.lateness_buckets,
+            self.lateness_count,
+            self.lateness_seconds,
+        );
+        let _ = write!(
             out,
-            "lifeline_loop_iteration_seconds_bucket{{le=\"+Inf\"}} {}\nlifeline_loop_iteration_seconds_sum {}\nlifeline_loop_iteration_seconds_count {}",
-            self.loop_count, self.loop_seconds, self.loop_count
+            "# HELP lifeline_close_lateness_max_seconds Latest close after a deadline since start.\n\
+             # TYPE lifeline_close_lateness_max_seconds gauge\nlifeline_close_lateness_max_seconds {}\n",
+            self.lateness_max_seconds
         );
         out
     }
+}
+
+fn histogram(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    bounds: &[f64],
+    buckets: &[u64],
+    count: u64,
+    sum: f64,
+) {
+    let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} histogram\n");
+    let mut cumulative = 0;
+    for (le, n) in bounds.iter().zip(buckets) {
+        cumulative += n;
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {cumulative}");
+    }
+    let _ = write!(
+        out,
+        "{name}_bucket{{le=\"+Inf\"}} {count}\n{name}_sum {sum}\n{name}_count {count}\n"
+    );
 }

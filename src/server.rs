@@ -23,6 +23,7 @@ use crate::auth;
 use crate::config::{Config, FD_RESERVE};
 use crate::conn::{CloseReason, ConnRef, Connection, Flushed, Micros, Phase};
 use crate::metrics::Metrics;
+use crate::presence::{PresenceKind, PresenceLog};
 use crate::registry::{LocalRegistry, Registry};
 use crate::timers::TimerWheel;
 use crate::wire::{self, Decoded, ErrorCode, Frame, FrameReader};
@@ -34,6 +35,10 @@ const ADMIN_LISTENER: Token = Token(3);
 /// One read takes at most this much; a shorter read means the socket is drained
 /// (edge-triggered), which saves the read that would only return WouldBlock.
 const READ_CHUNK: usize = 64 * 1024;
+/// Bytes one connection may feed the loop per readiness event before the
+/// others get their turn: a client that never stops sending cannot starve
+/// them, nor grow the reply buffer without bound.
+const READ_BUDGET: usize = 4 * READ_CHUNK;
 const EVENTS_CAPACITY: usize = 1024;
 /// After the process runs out of descriptors, accepting is retried this often.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
@@ -58,6 +63,9 @@ pub enum ServerError {
 enum Fate {
     Keep,
     Close(CloseReason),
+    /// A handler already ended this connection (an ack let a waiting admin
+    /// request run, and that request kicked the client): touch nothing more.
+    Gone,
 }
 
 pub struct Server {
@@ -90,6 +98,8 @@ pub struct Server {
     expired: Vec<ConnRef>,
     /// Connections that were sent messages during this iteration.
     pub(crate) flush_list: Vec<ConnRef>,
+    /// Connections whose read budget ran out with bytes left unread.
+    read_again: Vec<ConnRef>,
     /// Held so that, out of descriptors, one can be freed to refuse a client politely.
     spare_fd: Option<File>,
     accept_retry_at: Option<Instant>,
@@ -99,7 +109,9 @@ pub struct Server {
     pub(crate) admin_connections: usize,
     /// Admin connections streaming presence events.
     pub(crate) subscribers: Vec<ConnRef>,
-    pub(crate) presence_seq: u64,
+    pub(crate) presence: PresenceLog,
+    /// Source of the per-client reconnect delays advised in `<bye retry-ms>`.
+    rng: fastrand::Rng,
     /// Push id → the admin connection waiting for its ack.
     pub(crate) waiting_acks: HashMap<Rc<str>, ConnRef>,
     pub(crate) pushes_issued: u64,
@@ -154,6 +166,7 @@ impl Server {
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)
             .map_err(ServerError::Poll)?;
+        let config_event_backlog = config.event_backlog;
         let epoch = Instant::now();
         let wall_epoch_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -190,6 +203,7 @@ impl Server {
             response: Vec::new(),
             expired: Vec::new(),
             flush_list: Vec::new(),
+            read_again: Vec::new(),
             spare_fd: File::open("/dev/null").ok(),
             accept_retry_at: None,
             accept_errors_unlogged: 0,
@@ -197,7 +211,8 @@ impl Server {
             drain_deadline: None,
             admin_connections: 0,
             subscribers: Vec::new(),
-            presence_seq: 0,
+            presence: PresenceLog::new(config_event_backlog),
+            rng: fastrand::Rng::new(),
             waiting_acks: HashMap::new(),
             pushes_issued: 0,
             metrics: Metrics::default(),
@@ -242,6 +257,7 @@ impl Server {
                     }
                 }
             }
+            self.read_pending(now);
             self.flush_queued();
             let busy_from = now;
             let now = Instant::now();
@@ -261,6 +277,9 @@ impl Server {
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
+        if !self.read_again.is_empty() {
+            return Some(Duration::ZERO);
+        }
         [
             self.wheel.next_timeout(now),
             self.accept_retry_at
@@ -283,6 +302,17 @@ impl Server {
     /// Unix milliseconds of a loop timestamp.
     pub(crate) fn unix_ms(&self, at: Micros) -> u64 {
         self.wall_epoch_ms + at / 1000
+    }
+
+    /// The `retry-ms` for a goodbye: a per-client random delay in
+    /// [0, reconnect spread] for the reasons after which clients come back, so
+    /// that a restart or an overload is not followed by every client at once.
+    /// `replaced` and `kicked` are terminal and carry none.
+    pub(crate) fn retry_advice(&mut self, reason: wire::ByeReason) -> Option<u64> {
+        use wire::ByeReason::{Overload, Shutdown, Timeout};
+        let spread = self.config.reconnect_spread.as_millis() as u64;
+        (spread > 0 && matches!(reason, Shutdown | Overload | Timeout))
+            .then(|| self.rng.u64(0..=spread))
     }
 
     /// A fresh non-zero generation for a new occupant of a slab slot.
@@ -339,7 +369,8 @@ impl Server {
     fn refuse(&mut self, stream: TcpStream) {
         self.metrics.closed(CloseReason::Overload);
         self.scratch.clear();
-        wire::encode_bye(&mut self.scratch, wire::ByeReason::Overload, None);
+        let retry = self.retry_advice(wire::ByeReason::Overload);
+        wire::encode_bye(&mut self.scratch, wire::ByeReason::Overload, retry);
         // Best effort: a fresh socket's send buffer takes a few dozen bytes.
         let _ = io::Write::write(&mut &stream, &self.scratch);
     }
@@ -443,12 +474,31 @@ impl Server {
             .is_some_and(|c| c.generation == conn.generation)
     }
 
+    /// Serves the connections whose read budget ran out last time.
+    fn read_pending(&mut self, now: Instant) {
+        let mut list = std::mem::take(&mut self.read_again);
+        for conn in list.drain(..) {
+            if let Some(c) = self.conns.get_mut(conn.key as usize) {
+                if c.generation == conn.generation {
+                    c.read_pending = false;
+                    self.on_readable(conn, now);
+                }
+            }
+        }
+        if self.read_again.is_empty() {
+            self.read_again = list;
+        }
+    }
+
     fn on_readable(&mut self, conn: ConnRef, now: Instant) {
         let mut buf = std::mem::take(&mut self.read_buf);
         self.replies.clear();
         let mut fate = Fate::Keep;
+        let mut budget = READ_BUDGET;
         loop {
-            let c = &mut self.conns[conn.key as usize];
+            let Some(c) = self.conns.get_mut(conn.key as usize) else {
+                break;
+            };
             match c.stream.read(&mut buf) {
                 Ok(0) => {
                     fate = Fate::Close(CloseReason::PeerClosed);
@@ -460,6 +510,15 @@ impl Server {
                         fate = self.consume(conn, &buf[..n], now);
                     }
                     if fate != Fate::Keep || n < buf.len() {
+                        break;
+                    }
+                    budget = budget.saturating_sub(n);
+                    if budget == 0 {
+                        let c = &mut self.conns[conn.key as usize];
+                        if !c.read_pending {
+                            c.read_pending = true;
+                            self.read_again.push(conn);
+                        }
                         break;
                     }
                 }
@@ -512,6 +571,23 @@ impl Server {
             fate
         } else {
             c.inbound.extend_from_slice(bytes);
+            if !bytes.contains(&b'>') {
+                // No frame can end in bytes without a '>': parsing the partial
+                // frame again from its start would find nothing new.
+                return if c.inbound.len() > self.config.max_frame {
+                    self.error_reply(
+                        ErrorCode::FrameTooLarge,
+                        None,
+                        &wire::WireError::FrameTooLarge {
+                            max: self.config.max_frame,
+                        }
+                        .to_string(),
+                    );
+                    Fate::Close(CloseReason::ProtocolError)
+                } else {
+                    Fate::Keep
+                };
+            }
             let mut inbound = std::mem::take(&mut c.inbound);
             let (fate, consumed) = self.serve_frames(conn, &inbound, now);
             if fate == Fate::Keep {
@@ -528,13 +604,16 @@ impl Server {
     }
 
     fn serve_frames(&mut self, conn: ConnRef, data: &[u8], now: Instant) -> (Fate, usize) {
-        let seen = self.conns[conn.key as usize].seen_frame;
-        let mut reader = FrameReader::new(data, self.config.max_frame, seen);
+        let position = self.conns[conn.key as usize].position;
+        let mut reader = FrameReader::new(data, self.config.max_frame, position);
         let fate = loop {
             match reader.next_frame() {
                 Ok(Decoded::Frame(frame)) => {
                     self.metrics.frames_in += 1;
                     let fate = self.on_frame(conn, frame, now);
+                    if !self.is_live(conn) {
+                        return (Fate::Gone, reader.consumed());
+                    }
                     if fate != Fate::Keep {
                         break fate;
                     }
@@ -548,7 +627,7 @@ impl Server {
                 }
             }
         };
-        self.conns[conn.key as usize].seen_frame = reader.seen_frame();
+        self.conns[conn.key as usize].position = reader.position();
         (fate, reader.consumed())
     }
 
@@ -559,6 +638,14 @@ impl Server {
         let c = &mut self.conns[conn.key as usize];
         // The whole of liveness bookkeeping per frame: no timer operation.
         c.last_seen = now_us;
+        if c.suspect {
+            c.suspect = false;
+            if let Some(id) = c.id().cloned() {
+                let peer = c.peer;
+                self.publish_presence(PresenceKind::Alive, &id, conn, peer, None, now);
+            }
+        }
+        let c = &mut self.conns[conn.key as usize];
         match frame {
             Frame::Ping { seq } => {
                 self.metrics.heartbeats_received += 1;
@@ -657,7 +744,7 @@ impl Server {
             }
         }
         info!("online id={id} peer={peer} conn={}", conn.generation);
-        self.publish_presence("online", &id, conn, peer, None, now);
+        self.publish_presence(PresenceKind::Online, &id, conn, peer, None, now);
         Fate::Keep
     }
 
@@ -741,10 +828,19 @@ impl Server {
             }
             let silent = now_us.saturating_sub(c.last_seen);
             if silent >= deadline {
+                self.metrics
+                    .close_lateness(Duration::from_micros(silent - deadline));
                 self.close(conn, CloseReason::Timeout, now);
                 continue;
             }
             let intervals = silent / interval;
+            if intervals >= 2 && !c.suspect {
+                c.suspect = true;
+                if let Some(id) = c.id().cloned() {
+                    let peer = c.peer;
+                    self.publish_presence(PresenceKind::Suspect, &id, conn, peer, None, now);
+                }
+            }
             if intervals >= 1 {
                 self.scratch.clear();
                 wire::encode_probe(&mut self.scratch, intervals);
@@ -788,8 +884,9 @@ impl Server {
         }
         if let Some(bye) = reason.bye() {
             if !c.is_closing() {
+                let retry = self.retry_advice(bye);
                 self.scratch.clear();
-                wire::encode_bye(&mut self.scratch, bye, None);
+                wire::encode_bye(&mut self.scratch, bye, retry);
                 self.metrics.frames_out += 1;
                 let _ = c.send(&self.scratch, &mut self.metrics.bytes_out);
             }
@@ -810,7 +907,11 @@ impl Server {
                 }
                 // A replaced connection's id stays online (its successor holds
                 // it), so that is an event of its own, not an offline.
-                let kind = if was_holder { "offline" } else { "replaced" };
+                let kind = if was_holder {
+                    PresenceKind::Offline
+                } else {
+                    PresenceKind::Replaced
+                };
                 self.publish_presence(kind, &id, conn, c.peer, Some(reason.as_str()), now);
             }
             None => debug!(
@@ -853,10 +954,11 @@ impl Server {
             let _ = self.poll.registry().deregister(&mut listener);
         }
         self.drain_deadline = Some(now + self.config.drain);
-        self.scratch.clear();
-        wire::encode_bye(&mut self.scratch, wire::ByeReason::Shutdown, None);
         let keys: Vec<usize> = self.conns.iter().map(|(key, _)| key).collect();
         for key in keys {
+            let retry = self.retry_advice(wire::ByeReason::Shutdown);
+            self.scratch.clear();
+            wire::encode_bye(&mut self.scratch, wire::ByeReason::Shutdown, retry);
             let c = &mut self.conns[key];
             let conn = ConnRef {
                 key: key as u32,

@@ -181,6 +181,18 @@ fn is_id_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'@' | b'-')
 }
 
+/// How far a connection's byte stream has got, as far as the codec cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StreamPosition {
+    /// Nothing consumed yet: a byte order mark may come first.
+    #[default]
+    Start,
+    /// Whitespace, comments or the XML declaration consumed, no frame yet.
+    BeforeFirstFrame,
+    /// At least one frame: no declaration any more.
+    AfterFrame,
+}
+
 /// Walks the frames of one buffer.
 pub struct FrameReader<'a> {
     text: &'a str,
@@ -189,13 +201,13 @@ pub struct FrameReader<'a> {
     invalid_after_text: bool,
     /// Offset of the reader's input in the buffer (a stripped byte order mark).
     base: usize,
-    /// A byte order mark after the first frame: text outside a frame.
+    /// A byte order mark anywhere but at the very start: text outside a frame.
     stray_bom: bool,
     /// Everything before this offset is parsed and may be dropped.
     consumed: usize,
     buf_len: usize,
     max_frame: usize,
-    seen_frame: bool,
+    position: StreamPosition,
 }
 
 /// What [`FrameReader::next_frame`] found.
@@ -208,9 +220,8 @@ pub enum Decoded<'a> {
 }
 
 impl<'a> FrameReader<'a> {
-    /// `seen_frame`: a frame already came on this connection, so an XML
-    /// declaration is no longer acceptable.
-    pub fn new(buf: &'a [u8], max_frame: usize, seen_frame: bool) -> FrameReader<'a> {
+    /// `position`: where the connection's stream stood before `buf`.
+    pub fn new(buf: &'a [u8], max_frame: usize, position: StreamPosition) -> FrameReader<'a> {
         // Parse only up to the first character XML forbids, so the frames
         // before it are still delivered whatever the cut of the stream; a UTF-8
         // sequence cut by the end of the buffer is not an error yet.
@@ -231,7 +242,7 @@ impl<'a> FrameReader<'a> {
         // `buf`. It may only open the stream: later, it is text outside a frame.
         const BOM: &str = "\u{feff}";
         let base = if text.starts_with(BOM) { BOM.len() } else { 0 };
-        let stray_bom = base > 0 && seen_frame;
+        let stray_bom = base > 0 && position != StreamPosition::Start;
         let mut reader = Reader::from_str(&text[base..]);
         let config = reader.config_mut();
         config.check_end_names = true;
@@ -247,7 +258,7 @@ impl<'a> FrameReader<'a> {
             consumed: base,
             buf_len: buf.len(),
             max_frame,
-            seen_frame,
+            position,
         }
     }
 
@@ -256,9 +267,13 @@ impl<'a> FrameReader<'a> {
         self.consumed
     }
 
-    /// Whether a frame has been seen on this connection (to carry over to the next buffer).
-    pub fn seen_frame(&self) -> bool {
-        self.seen_frame
+    /// Where the stream stands after what was consumed (carry it to the next buffer).
+    pub fn position(&self) -> StreamPosition {
+        if self.position == StreamPosition::Start && self.consumed > 0 {
+            StreamPosition::BeforeFirstFrame
+        } else {
+            self.position
+        }
     }
 
     /// The next complete frame, [`Decoded::NeedMore`], or the reason the stream is refused.
@@ -270,13 +285,13 @@ impl<'a> FrameReader<'a> {
         let mut frame_start = 0usize;
         let mut top: Option<(&'a str, Attrs<'a>, usize)> = None; // (name, attributes, body start)
         loop {
-            let before = self.position();
+            let before = self.offset();
             let event = match self.reader.read_event() {
                 Ok(event) => event,
                 Err(e) if self.is_truncation(&e) => return self.need_more(),
                 Err(e) => return Err(e.into()),
             };
-            let after = self.position();
+            let after = self.offset();
             if top.is_some() && after - frame_start > self.max_frame {
                 return Err(WireError::FrameTooLarge {
                     max: self.max_frame,
@@ -291,7 +306,7 @@ impl<'a> FrameReader<'a> {
                     self.consumed = after;
                 }
                 Event::Decl(_) => {
-                    if self.seen_frame || depth > 0 {
+                    if self.position == StreamPosition::AfterFrame || depth > 0 {
                         return Err(WireError::MisplacedDeclaration);
                     }
                     self.skip_markup(before, after)?;
@@ -346,7 +361,7 @@ impl<'a> FrameReader<'a> {
         }
     }
 
-    fn position(&self) -> usize {
+    fn offset(&self) -> usize {
         self.base + self.reader.buffer_position() as usize
     }
 
@@ -394,7 +409,7 @@ impl<'a> FrameReader<'a> {
         end: usize,
     ) -> Result<Decoded<'a>, WireError> {
         self.consumed = end;
-        self.seen_frame = true;
+        self.position = StreamPosition::AfterFrame;
         Ok(Decoded::Frame(frame_from(name, attrs, body)?))
     }
 
@@ -666,11 +681,11 @@ mod tests {
     /// keep the unparsed tail, append the next piece, parse again.
     pub(crate) fn decode_pieces(pieces: &[&[u8]], max_frame: usize) -> Result<Vec<String>, String> {
         let mut tail: Vec<u8> = Vec::new();
-        let mut seen = false;
+        let mut position = StreamPosition::Start;
         let mut out = Vec::new();
         for piece in pieces {
             tail.extend_from_slice(piece);
-            let mut reader = FrameReader::new(&tail, max_frame, seen);
+            let mut reader = FrameReader::new(&tail, max_frame, position);
             loop {
                 match reader.next_frame() {
                     Ok(Decoded::Frame(f)) => out.push(format!("{f:?}")),
@@ -678,7 +693,7 @@ mod tests {
                     Err(e) => return Err(e.code().as_str().to_string()),
                 }
             }
-            seen = reader.seen_frame();
+            position = reader.position();
             let consumed = reader.consumed();
             tail.drain(..consumed);
         }
@@ -793,7 +808,7 @@ mod tests {
 
     #[test]
     fn frames_before_an_error_are_still_delivered() {
-        let mut reader = FrameReader::new(b"<bye/></oops>", 16384, false);
+        let mut reader = FrameReader::new(b"<bye/></oops>", 16384, StreamPosition::Start);
         assert_eq!(reader.next_frame().unwrap(), Decoded::Frame(Frame::Bye));
         assert!(reader.next_frame().is_err());
     }

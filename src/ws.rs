@@ -599,7 +599,10 @@ impl Decoder {
     /// [`Inbound::NeedMore`]. `max_message` bounds every text message (the
     /// sum of its frames); control frames are whole before they are reported,
     /// data is reported piece by piece as it arrives. Bytes not consumed are
-    /// never modified.
+    /// never modified. Text is checked as it arrives; at a UTF-8 fault the
+    /// whole characters before it are delivered first and the error comes on
+    /// the next call, so how the stream was cut never changes what reaches
+    /// the XML stream.
     pub fn decode<'a>(
         &mut self,
         buf: &'a mut [u8],
@@ -647,14 +650,27 @@ impl Decoder {
         if n == 0 && header_len == 0 {
             return Ok(Inbound::NeedMore);
         }
+        let phase = usize::from(self.mask_phase);
         let payload = &mut buf[header_len..header_len + n];
-        unmask(payload, self.mask, usize::from(self.mask_phase));
-        self.mask_phase = ((usize::from(self.mask_phase) + n) % 4) as u8;
+        unmask(payload, self.mask, phase);
+        let ends_message = n as u64 == self.remaining && self.fin;
+        let n = match self.utf8.check(payload, ends_message) {
+            Ok(()) => n,
+            Err(0) => return Err(WsError::InvalidUtf8),
+            // Deliver the whole characters before the fault now and refuse
+            // on the next call, so where the stream was cut never changes
+            // what reaches the XML stream. The refused rest goes back to its
+            // masked form: bytes not consumed are never modified.
+            Err(valid) => {
+                unmask(&mut payload[valid..], self.mask, phase + valid);
+                valid
+            }
+        };
+        let payload = &buf[header_len..header_len + n];
+        self.mask_phase = ((phase + n) % 4) as u8;
         self.remaining -= n as u64;
-        self.utf8.feed(payload)?;
         let message_end = self.remaining == 0 && self.fin;
         if message_end {
-            self.utf8.finish()?;
             self.in_message = false;
             self.message_len = 0;
         }
@@ -727,8 +743,13 @@ struct Utf8Check {
 }
 
 impl Utf8Check {
-    fn feed(&mut self, mut bytes: &[u8]) -> Result<(), WsError> {
+    /// Checks the next piece of the message; `ends_message`: nothing follows
+    /// it, so a character still cut at its end is invalid. On a fault,
+    /// `Err(k)`: `bytes[..k]` are whole valid characters, and the state is
+    /// that after them, so checking may resume at `bytes[k]`.
+    fn check(&mut self, bytes: &[u8], ends_message: bool) -> Result<(), usize> {
         let have = usize::from(self.pending_len);
+        let mut done = 0;
         if have > 0 {
             // Complete the cut character first, from the front of `bytes`.
             let width = utf8_width(self.pending[0]);
@@ -738,40 +759,35 @@ impl Utf8Check {
             char_bytes[have..have + take].copy_from_slice(&bytes[..take]);
             let char_bytes = &char_bytes[..have + take];
             match std::str::from_utf8(char_bytes) {
-                Ok(_) => {
-                    self.pending_len = 0;
-                    bytes = &bytes[take..];
-                }
+                Ok(_) => done = take,
                 // Still cut: `bytes` ran out before the character did.
-                Err(e) if e.error_len().is_none() => return self.keep(char_bytes),
-                Err(_) => return Err(WsError::InvalidUtf8),
+                Err(e) if e.error_len().is_none() && !ends_message => return self.keep(char_bytes),
+                Err(_) => return Err(0),
             }
         }
-        match std::str::from_utf8(bytes) {
-            Ok(_) => Ok(()),
-            Err(e) if e.error_len().is_none() => self.keep(&bytes[e.valid_up_to()..]),
-            Err(_) => Err(WsError::InvalidUtf8),
+        let rest = &bytes[done..];
+        match std::str::from_utf8(rest) {
+            Ok(_) => {
+                self.pending_len = 0;
+                Ok(())
+            }
+            Err(e) if e.error_len().is_none() && !ends_message => {
+                self.keep(&rest[e.valid_up_to()..])
+            }
+            Err(e) => {
+                self.pending_len = 0;
+                Err(done + e.valid_up_to())
+            }
         }
     }
 
-    /// Holds the valid start of a cut character (never more than 3 bytes).
-    fn keep(&mut self, start: &[u8]) -> Result<(), WsError> {
-        let held = self
-            .pending
-            .get_mut(..start.len())
-            .ok_or(WsError::InvalidUtf8)?;
+    /// Holds the valid start of a cut character: 1 to 3 bytes, as
+    /// `from_utf8` reports no more for an incomplete sequence.
+    fn keep(&mut self, start: &[u8]) -> Result<(), usize> {
+        let held = self.pending.get_mut(..start.len()).ok_or(0usize)?;
         held.copy_from_slice(start);
         self.pending_len = start.len() as u8;
         Ok(())
-    }
-
-    /// The message ended: a character still cut is invalid.
-    fn finish(&mut self) -> Result<(), WsError> {
-        if self.pending_len == 0 {
-            Ok(())
-        } else {
-            Err(WsError::InvalidUtf8)
-        }
     }
 }
 
@@ -1307,6 +1323,38 @@ mod tests {
                 close_code(&masked(true, Opcode::Text, bad)),
                 1007,
                 "{bad:?}"
+            );
+        }
+        // The whole characters before a fault are delivered first, whatever
+        // the cuts, so the frames they complete are the same.
+        let stream = masked(true, Opcode::Text, b"<a/>\xe2\x28");
+        for cut in 0..stream.len() {
+            let mut decoder = Decoder::new();
+            let mut input = stream[..cut].to_vec();
+            let mut delivered = Vec::new();
+            while let Ok(Inbound::Text {
+                consumed, payload, ..
+            }) = decoder.decode(&mut input, 64)
+            {
+                delivered.extend_from_slice(payload);
+                input.drain(..consumed);
+            }
+            input.extend_from_slice(&stream[cut..]);
+            let error = loop {
+                match decoder.decode(&mut input, 64) {
+                    Ok(Inbound::Text {
+                        consumed, payload, ..
+                    }) => {
+                        delivered.extend_from_slice(payload);
+                        input.drain(..consumed);
+                    }
+                    other => break other,
+                }
+            };
+            assert_eq!(error, Err(WsError::InvalidUtf8), "cut {cut}");
+            assert!(
+                delivered.starts_with(b"<a/>") && delivered.len() <= 5,
+                "cut {cut}"
             );
         }
         // Refused as soon as seen, before the message ends (fail fast).

@@ -1,0 +1,203 @@
+//! Presence events: numbered in order, kept in a bounded ring for consumers
+//! that resume (`Last-Event-ID`), and written as Server-Sent Events.
+//!
+//! Every event gets the next sequence number, whether or not anyone listens,
+//! so a `/clients` snapshot can name the sequence it is consistent with. The
+//! ring only starts keeping events once a consumer has asked for presence (a
+//! snapshot or a stream): nobody can have missed the events before that, and
+//! a fleet nobody watches pays no memory per login for them.
+
+use std::collections::VecDeque;
+use std::io::Write as _;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+/// What happened to a client id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PresenceKind {
+    Online,
+    /// Silent for two intervals (a probe went unanswered).
+    Suspect,
+    /// A suspect client sent a frame again.
+    Alive,
+    Offline,
+    /// This connection lost its id to a newer login; the id stays online.
+    Replaced,
+}
+
+impl PresenceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PresenceKind::Online => "online",
+            PresenceKind::Suspect => "suspect",
+            PresenceKind::Alive => "alive",
+            PresenceKind::Offline => "offline",
+            PresenceKind::Replaced => "replaced",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PresenceEvent {
+    pub seq: u64,
+    pub kind: PresenceKind,
+    pub id: Rc<str>,
+    /// The connection's generation: tells two connections of one id apart.
+    pub conn: u32,
+    pub peer: SocketAddr,
+    pub reason: Option<&'static str>,
+    /// Unix milliseconds.
+    pub at: u64,
+}
+
+/// The numbered event log.
+pub struct PresenceLog {
+    last_seq: u64,
+    ring: VecDeque<PresenceEvent>,
+    capacity: usize,
+    recording: bool,
+}
+
+/// Where a resuming consumer stands.
+#[derive(Debug)]
+pub enum Resume<'a> {
+    /// Every event after the consumer's last one, in order.
+    Events(Vec<&'a PresenceEvent>),
+    /// Events it needs are gone (or it names a sequence this process never
+    /// issued): it must take a new snapshot.
+    Reset,
+}
+
+impl PresenceLog {
+    pub fn new(capacity: usize) -> PresenceLog {
+        PresenceLog {
+            last_seq: 0,
+            ring: VecDeque::new(),
+            capacity,
+            recording: false,
+        }
+    }
+
+    /// The sequence number of the latest event (0 before any).
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// From now on, keep events for resuming consumers.
+    pub fn start_recording(&mut self) {
+        self.recording = true;
+    }
+
+    /// Numbers the event and keeps it (while recording); returns it.
+    pub fn record(&mut self, mut event: PresenceEvent) -> PresenceEvent {
+        self.last_seq += 1;
+        event.seq = self.last_seq;
+        if self.recording && self.capacity > 0 {
+            if self.ring.len() == self.capacity {
+                self.ring.pop_front();
+            }
+            self.ring.push_back(event.clone());
+        }
+        event
+    }
+
+    /// The events after `last_seen`, or `Reset` when some are no longer kept.
+    pub fn since(&self, last_seen: u64) -> Resume<'_> {
+        if last_seen > self.last_seq {
+            return Resume::Reset;
+        }
+        if last_seen == self.last_seq {
+            return Resume::Events(Vec::new());
+        }
+        match self.ring.front() {
+            Some(oldest) if oldest.seq <= last_seen + 1 => Resume::Events(
+                self.ring
+                    .iter()
+                    .skip((last_seen + 1 - oldest.seq) as usize)
+                    .collect(),
+            ),
+            _ => Resume::Reset,
+        }
+    }
+}
+
+/// One event as SSE: `id:` is the sequence number, so a browser's
+/// EventSource resumes with `Last-Event-ID` by itself.
+pub fn write_sse(out: &mut Vec<u8>, e: &PresenceEvent) {
+    let data = serde_json::json!({
+        "seq": e.seq,
+        "event": e.kind.as_str(),
+        "id": &*e.id,
+        "conn": e.conn,
+        "peer": e.peer.to_string(),
+        "reason": e.reason,
+        "at": e.at,
+    });
+    let _ = write!(
+        out,
+        "id: {}\nevent: {}\ndata: {data}\n\n",
+        e.seq,
+        e.kind.as_str()
+    );
+}
+
+/// Tells a consumer to re-snapshot: it cannot be brought up to date.
+pub fn write_sse_reset(out: &mut Vec<u8>, last_seq: u64) {
+    let _ = write!(
+        out,
+        "event: reset\ndata: {{\"seq\":{last_seq},\"detail\":\"events were lost; take a new GET /clients snapshot\"}}\n\n"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: &str) -> PresenceEvent {
+        PresenceEvent {
+            seq: 0,
+            kind: PresenceKind::Online,
+            id: id.into(),
+            conn: 1,
+            peer: "127.0.0.1:1".parse().unwrap(),
+            reason: None,
+            at: 0,
+        }
+    }
+
+    fn seqs(r: Resume<'_>) -> Option<Vec<u64>> {
+        match r {
+            Resume::Events(e) => Some(e.iter().map(|e| e.seq).collect()),
+            Resume::Reset => None,
+        }
+    }
+
+    #[test]
+    fn resumes_from_the_ring_or_resets() {
+        let mut log = PresenceLog::new(3);
+        log.record(event("before-anyone-listened"));
+        log.start_recording();
+        for id in ["a", "b", "c", "d"] {
+            log.record(event(id));
+        }
+        assert_eq!(log.last_seq(), 5);
+        // The ring holds 3..=5.
+        assert_eq!(seqs(log.since(2)), Some(vec![3, 4, 5]));
+        assert_eq!(seqs(log.since(4)), Some(vec![5]));
+        assert_eq!(seqs(log.since(5)), Some(vec![]));
+        assert_eq!(seqs(log.since(1)), None, "event 2 fell off the ring");
+        assert_eq!(seqs(log.since(9)), None, "never issued");
+    }
+
+    #[test]
+    fn sse_is_byte_exact() {
+        let mut log = PresenceLog::new(10);
+        let e = log.record(event("x"));
+        let mut out = Vec::new();
+        write_sse(&mut out, &e);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "id: 1\nevent: online\ndata: {\"at\":0,\"conn\":1,\"event\":\"online\",\"id\":\"x\",\"peer\":\"127.0.0.1:1\",\"reason\":null,\"seq\":1}\n\n"
+        );
+    }
+}
