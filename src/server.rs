@@ -495,10 +495,7 @@ impl Server {
         self.replies.clear();
         let mut fate = Fate::Keep;
         let mut budget = READ_BUDGET;
-        loop {
-            let Some(c) = self.conns.get_mut(conn.key as usize) else {
-                break;
-            };
+        while let Some(c) = self.conns.get_mut(conn.key as usize) {
             match c.stream.read(&mut buf) {
                 Ok(0) => {
                     fate = Fate::Close(CloseReason::PeerClosed);

@@ -42,8 +42,12 @@ pub enum Inbound<'a> {
     Bye { reason: Option<&'a [u8]> },
     /// `<error code="..."/>`, or a redis `-ERR` line.
     Error { code: Option<&'a [u8]> },
-    /// `<msg .../>` routed to this client.
-    Msg,
+    /// `<msg id="...">body</msg>` routed to this client; `body` is the raw
+    /// (still escaped) content between the tags.
+    Msg {
+        id: Option<&'a [u8]>,
+        body: &'a [u8],
+    },
     /// Anything else (unknown element, redis reply other than PONG, ...).
     Other,
 }
@@ -142,6 +146,13 @@ pub fn probe_answer(seq: Option<&[u8]>, out: &mut Vec<u8>) {
         }
         None => out.extend_from_slice(br#"<heartbeat mode="pong"/>"#),
     }
+}
+
+/// Appends `<ack id="MID"/>`, echoing the (still escaped) id verbatim.
+pub fn ack(id: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(br#"<ack id=""#);
+    out.extend_from_slice(id);
+    out.extend_from_slice(br#""/>"#);
 }
 
 /// Appends a clean goodbye: `<bye/>`, MQTT DISCONNECT, or redis `QUIT`.
@@ -324,20 +335,21 @@ fn scan_xml(buf: &[u8]) -> Result<Scan<'_>, ScanError> {
             return Ok(Scan::NeedMore(at));
         };
         let open_tag = &buf[at..open_end];
-        let frame_end = if open_tag.ends_with(b"/>") {
-            open_end
+        let (body, frame_end) = if open_tag.ends_with(b"/>") {
+            (&buf[open_end..open_end], open_end)
         } else {
             match element_end(buf, open_end)? {
-                Some(end) => end,
+                Some((close_start, end)) => (&buf[open_end..close_start], end),
                 None => return Ok(Scan::NeedMore(at)),
             }
         };
-        return Ok(Scan::Frame(classify(open_tag), frame_end));
+        return Ok(Scan::Frame(classify(open_tag, body), frame_end));
     }
 }
 
-/// Finds the end of the element whose start tag ended at `from` (depth 1).
-fn element_end(buf: &[u8], from: usize) -> Result<Option<usize>, ScanError> {
+/// Finds the element whose start tag ended at `from` (depth 1): where its
+/// end tag starts and where it ends.
+fn element_end(buf: &[u8], from: usize) -> Result<Option<(usize, usize)>, ScanError> {
     let mut depth = 1usize;
     let mut at = from;
     loop {
@@ -363,7 +375,7 @@ fn element_end(buf: &[u8], from: usize) -> Result<Option<usize>, ScanError> {
             _ => depth += 1,
         }
         if depth == 0 {
-            return Ok(Some(end));
+            return Ok(Some((at, end)));
         }
         at = end;
     }
@@ -421,7 +433,7 @@ fn number(value: Option<&[u8]>) -> Option<u64> {
     std::str::from_utf8(value?).ok()?.trim().parse().ok()
 }
 
-fn classify(tag: &[u8]) -> Inbound<'_> {
+fn classify<'a>(tag: &'a [u8], body: &'a [u8]) -> Inbound<'a> {
     match tag_name(tag) {
         b"welcome" => Inbound::Welcome {
             interval_ms: number(attr(tag, b"interval")),
@@ -443,7 +455,10 @@ fn classify(tag: &[u8]) -> Inbound<'_> {
         b"error" => Inbound::Error {
             code: attr(tag, b"code"),
         },
-        b"msg" => Inbound::Msg,
+        b"msg" => Inbound::Msg {
+            id: attr(tag, b"id"),
+            body,
+        },
         _ => Inbound::Other,
     }
 }
@@ -504,7 +519,13 @@ mod tests {
                         seq: Some(&b"x>1"[..])
                     }
                 ),
-                format!("{:?}", Inbound::Msg),
+                format!(
+                    "{:?}",
+                    Inbound::Msg {
+                        id: Some(&b"m1"[..]),
+                        body: &b"hi <b>there</b> <![CDATA[</msg>]]> <x/>"[..]
+                    }
+                ),
                 format!(
                     "{:?}",
                     Inbound::Error {
@@ -596,10 +617,11 @@ mod tests {
         login(Proto::Lifeline, "load-0-1", None, 60, &mut out);
         ping(Proto::Lifeline, 9, &mut out);
         probe_answer(Some(b"12"), &mut out);
+        ack(b"push-3", &mut out);
         bye(Proto::Lifeline, &mut out);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            r#"<login id="load-0-1"/><heartbeat mode="ping" seq="9"/><heartbeat mode="pong" seq="12"/><bye/>"#
+            r#"<login id="load-0-1"/><heartbeat mode="ping" seq="9"/><heartbeat mode="pong" seq="12"/><ack id="push-3"/><bye/>"#
         );
 
         let mut out = Vec::new();

@@ -7,9 +7,9 @@ use std::io::{self, Write};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
+use serde_json::{Map, Value};
 
 use crate::args::{Config, Mode};
-use crate::json::{self, Value};
 use crate::stats::Results;
 
 /// One second of progress, from one process or summed over workers.
@@ -115,7 +115,23 @@ fn hist_value(h: &Histogram<u64>, q: f64) -> Value {
     if h.is_empty() {
         Value::Null
     } else {
-        Value::Uint(h.value_at_quantile(q))
+        h.value_at_quantile(q).into()
+    }
+}
+
+/// `x` rounded to `decimals` places (null when not finite).
+fn float(x: f64, decimals: i32) -> Value {
+    let scale = 10f64.powi(decimals);
+    Value::from((x * scale).round() / scale)
+}
+
+/// A value as it appears in a `key=value` line (`na` for null).
+fn plain(value: &Value) -> String {
+    match value {
+        Value::Null => "na".to_string(),
+        Value::Bool(b) => if *b { "yes" } else { "no" }.to_string(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
     }
 }
 
@@ -128,7 +144,7 @@ fn ms(us: Option<i64>) -> String {
 fn us_text(value: &Value) -> String {
     match value {
         Value::Null => "-".to_string(),
-        v => format!("{} us", v.plain()),
+        v => format!("{} us", plain(v)),
     }
 }
 
@@ -172,19 +188,19 @@ impl Report {
         let proto = format!("{:?}", cfg.proto).to_lowercase();
         let ramp_done = results.ramp_done_us.map(|us| us as f64 / 1e6);
 
-        self.put("mode", Value::Str(mode.clone()));
-        self.put("proto", Value::Str(proto.clone()));
-        self.put("target", Value::Str(cfg.target.to_string()));
-        self.put("conns", Value::Uint(cfg.total_conns.into()));
-        self.put("workers", Value::Uint(cfg.workers.into()));
+        self.put("mode", mode.clone().into());
+        self.put("proto", proto.clone().into());
+        self.put("target", cfg.target.to_string().into());
+        self.put("conns", cfg.total_conns.into());
+        self.put("workers", cfg.workers.into());
         if workers_failed > 0 {
-            self.put("workers_failed", Value::Uint(workers_failed.into()));
+            self.put("workers_failed", workers_failed.into());
         }
-        self.put("window_s", Value::Float(window_s, 3));
-        self.put("warmup_s", Value::Float(warmup_s, 3));
+        self.put("window_s", float(window_s, 3));
+        self.put("warmup_s", float(warmup_s, 3));
         self.put(
             "ramp_done_s",
-            ramp_done.map_or(Value::Null, |s| Value::Float(s, 3)),
+            ramp_done.map_or(Value::Null, |s| float(s, 3)),
         );
 
         let processes = match cfg.workers {
@@ -225,7 +241,7 @@ impl Report {
             ("server_errors", c.server_errors),
             ("protocol_errors", c.protocol_errors),
         ] {
-            self.put(key, Value::Uint(value));
+            self.put(key, value.into());
         }
         self.summary.push(format!(
             "  connects    {} ok, {} errors; logins {} ok, {} refused, {} timed out",
@@ -248,16 +264,16 @@ impl Report {
             ("unmatched_pongs", c.unmatched_pongs),
             ("pings_unanswered", c.pings_unanswered),
         ] {
-            self.put(key, Value::Uint(value));
+            self.put(key, value.into());
         }
-        self.put("pings_per_s", Value::Float(pings_per_s, 1));
-        self.put("rt_per_s", Value::Float(rt_per_s, 1));
+        self.put("pings_per_s", float(pings_per_s, 1));
+        self.put("rt_per_s", float(rt_per_s, 1));
 
         let rtt = &results.rtt_us;
         let max = if rtt.is_empty() {
             Value::Null
         } else {
-            Value::Uint(rtt.max())
+            rtt.max().into()
         };
         let quantiles = [
             ("p50", hist_value(rtt, 0.5)),
@@ -287,10 +303,10 @@ impl Report {
     fn churn(&mut self, results: &Results) {
         let c = &results.counters;
         let logins_per_s = per_second(c.logins_in_window, results.window_us);
-        self.put("logins_per_s", Value::Float(logins_per_s, 1));
-        self.put("leaves_clean", Value::Uint(c.leaves_clean));
-        self.put("leaves_abrupt", Value::Uint(c.leaves_abrupt));
-        self.put("leave_timeouts", Value::Uint(c.leave_timeouts));
+        self.put("logins_per_s", float(logins_per_s, 1));
+        self.put("leaves_clean", c.leaves_clean.into());
+        self.put("leaves_abrupt", c.leaves_abrupt.into());
+        self.put("leave_timeouts", c.leave_timeouts.into());
         self.summary.push(format!(
             "  churn       {logins_per_s:.1} logins/s; leaves {} clean + {} abrupt; \
              {} clean leaves not closed by the server",
@@ -308,11 +324,11 @@ impl Report {
             ("silent_early", c.silent_early),
             ("healthy_closed", c.healthy_closed),
         ] {
-            self.put(key, Value::Uint(value));
+            self.put(key, value.into());
         }
         self.put(
             "deadline_ms",
-            results.deadline_ms.map_or(Value::Null, Value::Uint),
+            results.deadline_ms.into(),
         );
         self.summary.push(format!(
             "  silent      {} went silent, {} closed ({} after bye timeout), {} still open, {} early; {} healthy closed; deadline {}",
@@ -349,7 +365,7 @@ impl Report {
             for (q, value) in stats {
                 self.put(
                     &format!("{name}_{q}_us"),
-                    value.map_or(Value::Null, Value::Int),
+                    value.into(),
                 );
             }
             self.summary.push(format!(
@@ -368,8 +384,8 @@ impl Report {
             OnlineCheck::Skipped => ("skipped", "skipped (no --admin)".to_string()),
             OnlineCheck::Failed(error) => ("error", format!("could not read: {error}")),
             OnlineCheck::Done { before, after } => {
-                self.put("online_before", Value::Uint(*before));
-                self.put("online_after", Value::Uint(*after));
+                self.put("online_before", (*before).into());
+                self.put("online_after", (*after).into());
                 if before == after {
                     ("ok", format!("back to baseline ({before} -> {after})"))
                 } else {
@@ -380,7 +396,7 @@ impl Report {
                 }
             }
         };
-        self.put("online_check", Value::Str(check.to_string()));
+        self.put("online_check", check.into());
         self.summary.push(format!("  online      {line}"));
     }
 
@@ -393,7 +409,7 @@ impl Report {
             if round_trips == 0 {
                 Value::Null
             } else {
-                Value::Float(us as f64 / round_trips as f64, 3)
+                float(us as f64 / round_trips as f64, 3)
             }
         };
         let cpu = per_rt(server.cpu_us);
@@ -401,21 +417,21 @@ impl Report {
         self.summary.push(format!(
             "  server      {:.1} ms CPU in the window: {} us/rt (user {} us/rt); RSS {} kB (anon {})",
             server.cpu_us as f64 / 1000.0,
-            cpu.plain(),
-            user.plain(),
+            plain(&cpu),
+            plain(&user),
             server.rss_kb,
             server.rss_anon_kb.map_or("-".into(), |kb| format!("{kb} kB"))
         ));
         self.put(
             "server_cpu_ms",
-            Value::Float(server.cpu_us as f64 / 1000.0, 1),
+            float(server.cpu_us as f64 / 1000.0, 1),
         );
         self.put("server_cpu_us_per_rt", cpu);
         self.put("server_user_us_per_rt", user);
-        self.put("server_rss_kb", Value::Uint(server.rss_kb));
+        self.put("server_rss_kb", server.rss_kb.into());
         self.put(
             "server_rss_anon_kb",
-            server.rss_anon_kb.map_or(Value::Null, Value::Uint),
+            server.rss_anon_kb.into(),
         );
     }
 
@@ -426,12 +442,13 @@ impl Report {
             let _ = writeln!(err, "{line}");
         }
         let line = if as_json {
-            json::to_object(&self.pairs)
+            let object: Map<String, Value> = self.pairs.iter().cloned().collect();
+            Value::Object(object).to_string()
         } else {
             let fields: Vec<String> = self
                 .pairs
                 .iter()
-                .map(|(k, v)| format!("{k}={}", v.plain().replace(' ', "_")))
+                .map(|(k, v)| format!("{k}={}", plain(v).replace(' ', "_")))
                 .collect();
             format!("RESULT {}", fields.join(" "))
         };

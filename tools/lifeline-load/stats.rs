@@ -1,14 +1,13 @@
-//! What one run measured: counters, the round-trip histogram, silent-close
-//! samples and the server's resource use. Results from workers are merged by
-//! the parent, so everything here knows how to serialize to one JSON line and
-//! back.
+//! What one run measured: counters, the round-trip and push latency
+//! histograms, push answers by HTTP status, silent-close samples and the
+//! server's resource use. Results from workers are merged by the parent, so
+//! everything here knows how to serialize to one JSON line and back.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
 use hdrhistogram::Histogram;
-
-use crate::json::{self, Fields, Value};
+use serde_json::{json, Map, Value};
 
 /// Highest round trip the histogram tracks exactly (larger ones saturate): 10 min.
 const RTT_MAX_US: u64 = 600_000_000;
@@ -32,9 +31,9 @@ macro_rules! counters {
                 vec![$( (stringify!($name), self.$name), )*]
             }
 
-            fn read(map: &HashMap<String, Value>) -> Counters {
+            fn read(map: &Map<String, Value>) -> Counters {
                 Counters {
-                    $( $name: map.uint(concat!("c.", stringify!($name))).unwrap_or(0), )*
+                    $( $name: uint(map, concat!("c.", stringify!($name))).unwrap_or(0), )*
                 }
             }
         }
@@ -104,6 +103,26 @@ counters! {
     leaves_abrupt,
     /// Churn: clean goodbyes the server did not close within the leave timeout.
     leave_timeouts,
+    /// Push: POST requests written to the admin API.
+    pushes_sent,
+    /// Push: ... of which inside the measurement window.
+    pushes_in_window,
+    /// Push: requests answered (any status).
+    pushes_answered,
+    /// Push: a push was due but every admin connection had one in flight.
+    pushes_skipped,
+    /// Push: a push was due but no client was online to receive it.
+    pushes_no_target,
+    /// Push: admin connections that failed or were closed under us.
+    push_conn_errors,
+    /// Push: pushed messages that arrived at their client.
+    pushes_received,
+    /// Push: accepted (2xx) pushes that had not arrived when the run ended.
+    pushes_not_received,
+    /// `<ack/>` frames sent for received messages.
+    acks_sent,
+    /// ... of which inside the measurement window.
+    acks_in_window,
 }
 
 impl Counters {
@@ -143,6 +162,13 @@ pub struct Results {
     pub counters: Counters,
     /// Pong round trips of pings sent inside the window, in microseconds.
     pub rtt_us: Histogram<u64>,
+    /// Push: from the POST written to the message arriving at its client.
+    pub push_latency_us: Histogram<u64>,
+    /// Push: from the POST written to its HTTP answer (with `--wait-ack-ms`,
+    /// this includes the client's ack).
+    pub push_answer_us: Histogram<u64>,
+    /// Push: answers by HTTP status.
+    pub push_statuses: BTreeMap<u16, u64>,
     pub silent_closes: Vec<SilentClose>,
     /// Length of the measured window.
     pub window_us: u64,
@@ -161,7 +187,7 @@ pub struct Results {
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     #[error(transparent)]
-    Json(#[from] json::ParseError),
+    Json(#[from] serde_json::Error),
     #[error("field {0} is missing or malformed")]
     Field(&'static str),
 }
@@ -179,6 +205,9 @@ impl Default for Results {
         Results {
             counters: Counters::default(),
             rtt_us: empty_histogram(),
+            push_latency_us: empty_histogram(),
+            push_answer_us: empty_histogram(),
+            push_statuses: BTreeMap::new(),
             silent_closes: Vec::new(),
             window_us: 0,
             elapsed_us: 0,
@@ -195,12 +224,33 @@ impl Results {
         self.rtt_us.saturating_record(micros.max(1));
     }
 
+    pub fn record_push_latency(&mut self, micros: u64) {
+        self.push_latency_us.saturating_record(micros.max(1));
+    }
+
+    pub fn record_push_answer(&mut self, status: u16, micros: Option<u64>) {
+        *self.push_statuses.entry(status).or_insert(0) += 1;
+        if let Some(micros) = micros {
+            self.push_answer_us.saturating_record(micros.max(1));
+        }
+    }
+
+    /// Answers with `status`.
+    pub fn push_status(&self, status: u16) -> u64 {
+        self.push_statuses.get(&status).copied().unwrap_or(0)
+    }
+
     /// Folds a worker's results into these.
     pub fn merge(&mut self, other: &Results) {
         self.counters.merge(&other.counters);
         // Same bounds on both sides, so adding cannot fail; if it somehow did,
         // losing one worker's latency samples is better than aborting.
         let _ = self.rtt_us.add(&other.rtt_us);
+        let _ = self.push_latency_us.add(&other.push_latency_us);
+        let _ = self.push_answer_us.add(&other.push_answer_us);
+        for (status, n) in &other.push_statuses {
+            *self.push_statuses.entry(*status).or_insert(0) += n;
+        }
         self.silent_closes.extend_from_slice(&other.silent_closes);
         self.window_us = self.window_us.max(other.window_us);
         self.elapsed_us = self.elapsed_us.max(other.elapsed_us);
@@ -217,16 +267,24 @@ impl Results {
 
     /// One JSON line for the parent (see `decode`).
     pub fn encode(&self, worker: u32) -> String {
-        let mut pairs: Vec<(String, Value)> = vec![("worker".into(), Value::Uint(worker.into()))];
+        let mut map = Map::new();
+        map.insert("worker".into(), worker.into());
         for (name, value) in self.counters.pairs() {
-            pairs.push((format!("c.{name}"), Value::Uint(value)));
+            map.insert(format!("c.{name}"), value.into());
         }
-        let mut hist = Vec::new();
-        let rtt = match V2Serializer::new().serialize(&self.rtt_us, &mut hist) {
-            Ok(_) => Value::Str(hex::encode(&hist)),
-            Err(_) => Value::Null,
-        };
-        pairs.push(("rtt_v2".into(), rtt));
+        for (key, histogram) in [
+            ("rtt_v2", &self.rtt_us),
+            ("push_latency_v2", &self.push_latency_us),
+            ("push_answer_v2", &self.push_answer_us),
+        ] {
+            map.insert(key.into(), encode_histogram(histogram));
+        }
+        let statuses: Map<String, Value> = self
+            .push_statuses
+            .iter()
+            .map(|(status, n)| (status.to_string(), (*n).into()))
+            .collect();
+        map.insert("push_statuses".into(), statuses.into());
         let silent: Vec<String> = self
             .silent_closes
             .iter()
@@ -235,64 +293,109 @@ impl Results {
                 None => c.delay_us.to_string(),
             })
             .collect();
-        pairs.push(("silent".into(), Value::Str(silent.join(","))));
-        pairs.push(("window_us".into(), Value::Uint(self.window_us)));
-        pairs.push(("elapsed_us".into(), Value::Uint(self.elapsed_us)));
-        pairs.push(("ramp_done_us".into(), opt_uint(self.ramp_done_us)));
-        pairs.push(("deadline_ms".into(), opt_uint(self.deadline_ms)));
+        map.insert("silent".into(), silent.join(",").into());
+        map.insert("window_us".into(), self.window_us.into());
+        map.insert("elapsed_us".into(), self.elapsed_us.into());
+        map.insert("ramp_done_us".into(), self.ramp_done_us.into());
+        map.insert("deadline_ms".into(), self.deadline_ms.into());
         if let Some(server) = self.server {
-            pairs.push(("server_cpu_us".into(), Value::Uint(server.cpu_us)));
-            pairs.push(("server_user_us".into(), Value::Uint(server.user_us)));
-            pairs.push(("server_rss_kb".into(), Value::Uint(server.rss_kb)));
-            pairs.push(("server_rss_anon_kb".into(), opt_uint(server.rss_anon_kb)));
+            map.insert(
+                "server".into(),
+                json!({
+                    "cpu_us": server.cpu_us,
+                    "user_us": server.user_us,
+                    "rss_kb": server.rss_kb,
+                    "rss_anon_kb": server.rss_anon_kb,
+                }),
+            );
         }
         if let Some(error) = &self.last_error {
-            pairs.push(("last_error".into(), Value::Str(error.clone())));
+            map.insert("last_error".into(), error.as_str().into());
         }
-        json::to_object(&pairs)
+        Value::Object(map).to_string()
     }
 
     /// Reads a line written by `encode`; returns the worker index and results.
     pub fn decode(line: &str) -> Result<(u32, Results), DecodeError> {
-        let map = json::parse_object(line)?;
-        let worker = map
-            .uint("worker")
+        let value: Value = serde_json::from_str(line)?;
+        let map = value.as_object().ok_or(DecodeError::Field("(object)"))?;
+        let worker = uint(map, "worker")
             .and_then(|w| u32::try_from(w).ok())
             .ok_or(DecodeError::Field("worker"))?;
-        let rtt_us = match map.text("rtt_v2") {
-            Some(text) => {
-                let bytes = hex::decode(text).map_err(|_| DecodeError::Field("rtt_v2"))?;
-                Deserializer::new()
-                    .deserialize(&mut bytes.as_slice())
-                    .map_err(|_| DecodeError::Field("rtt_v2"))?
-            }
-            None => empty_histogram(),
+        let silent_closes = parse_silent(map.get("silent").and_then(Value::as_str).unwrap_or(""))
+            .ok_or(DecodeError::Field("silent"))?;
+        let push_statuses = match map.get("push_statuses") {
+            None => BTreeMap::new(),
+            Some(v) => v
+                .as_object()
+                .and_then(|statuses| {
+                    statuses
+                        .iter()
+                        .map(|(status, n)| Some((status.parse().ok()?, n.as_u64()?)))
+                        .collect()
+                })
+                .ok_or(DecodeError::Field("push_statuses"))?,
         };
-        let silent_closes =
-            parse_silent(map.text("silent").unwrap_or("")).ok_or(DecodeError::Field("silent"))?;
-        let server = map.uint("server_cpu_us").map(|cpu_us| ServerUsage {
-            cpu_us,
-            user_us: map.uint("server_user_us").unwrap_or(0),
-            rss_kb: map.uint("server_rss_kb").unwrap_or(0),
-            rss_anon_kb: map.uint("server_rss_anon_kb"),
-        });
+        let server = match map.get("server") {
+            None => None,
+            Some(v) => Some(
+                v.as_object()
+                    .and_then(|s| {
+                        Some(ServerUsage {
+                            cpu_us: uint(s, "cpu_us")?,
+                            user_us: uint(s, "user_us")?,
+                            rss_kb: uint(s, "rss_kb")?,
+                            rss_anon_kb: uint(s, "rss_anon_kb"),
+                        })
+                    })
+                    .ok_or(DecodeError::Field("server"))?,
+            ),
+        };
         let results = Results {
-            counters: Counters::read(&map),
-            rtt_us,
+            counters: Counters::read(map),
+            rtt_us: decode_histogram(map, "rtt_v2")?,
+            push_latency_us: decode_histogram(map, "push_latency_v2")?,
+            push_answer_us: decode_histogram(map, "push_answer_v2")?,
+            push_statuses,
             silent_closes,
-            window_us: map.uint("window_us").unwrap_or(0),
-            elapsed_us: map.uint("elapsed_us").unwrap_or(0),
-            ramp_done_us: map.uint("ramp_done_us"),
-            deadline_ms: map.uint("deadline_ms"),
+            window_us: uint(map, "window_us").unwrap_or(0),
+            elapsed_us: uint(map, "elapsed_us").unwrap_or(0),
+            ramp_done_us: uint(map, "ramp_done_us"),
+            deadline_ms: uint(map, "deadline_ms"),
             server,
-            last_error: map.text("last_error").map(str::to_string),
+            last_error: map
+                .get("last_error")
+                .and_then(Value::as_str)
+                .map(str::to_string),
         };
         Ok((worker, results))
     }
 }
 
-fn opt_uint(value: Option<u64>) -> Value {
-    value.map_or(Value::Null, Value::Uint)
+fn uint(map: &Map<String, Value>, key: &str) -> Option<u64> {
+    map.get(key).and_then(Value::as_u64)
+}
+
+/// A histogram as hex of its V2 serialization (null if that fails).
+fn encode_histogram(histogram: &Histogram<u64>) -> Value {
+    let mut bytes = Vec::new();
+    match V2Serializer::new().serialize(histogram, &mut bytes) {
+        Ok(_) => hex::encode(&bytes).into(),
+        Err(_) => Value::Null,
+    }
+}
+
+fn decode_histogram(
+    map: &Map<String, Value>,
+    key: &'static str,
+) -> Result<Histogram<u64>, DecodeError> {
+    let Some(text) = map.get(key).and_then(Value::as_str) else {
+        return Ok(empty_histogram());
+    };
+    let bytes = hex::decode(text).map_err(|_| DecodeError::Field(key))?;
+    Deserializer::new()
+        .deserialize(&mut bytes.as_slice())
+        .map_err(|_| DecodeError::Field(key))
 }
 
 fn parse_silent(text: &str) -> Option<Vec<SilentClose>> {
@@ -325,6 +428,10 @@ mod tests {
         for v in [5, 50, 500, 5000] {
             results.record_rtt(v);
         }
+        results.record_push_latency(1234);
+        results.record_push_answer(202, Some(900));
+        results.record_push_answer(503, None);
+        results.counters.acks_sent = 4;
         results.silent_closes = vec![
             SilentClose {
                 delay_us: 1_500_000,
@@ -350,6 +457,10 @@ mod tests {
         assert_eq!(back.counters.rt_in_window, 10);
         assert_eq!(back.rtt_us.len(), 4);
         assert_eq!(back.rtt_us.max(), results.rtt_us.max());
+        assert_eq!(back.push_latency_us.len(), 1);
+        assert_eq!(back.push_answer_us.len(), 1);
+        assert_eq!(back.push_statuses, results.push_statuses);
+        assert_eq!(back.counters.acks_sent, 4);
         assert_eq!(back.silent_closes, results.silent_closes);
         assert_eq!(back.deadline_ms, Some(1500));
         assert_eq!(back.server, results.server);
@@ -365,9 +476,15 @@ mod tests {
         b.counters.logins = 3;
         b.record_rtt(200);
         b.window_us = 9;
+        a.record_push_answer(202, Some(10));
+        b.record_push_answer(202, Some(20));
+        b.record_push_answer(404, None);
         a.merge(&b);
         assert_eq!(a.counters.logins, 5);
         assert_eq!(a.rtt_us.len(), 2);
+        assert_eq!(a.push_status(202), 2);
+        assert_eq!(a.push_status(404), 1);
+        assert_eq!(a.push_answer_us.len(), 2);
         assert_eq!(a.window_us, 9);
     }
 }
