@@ -2,13 +2,18 @@
 //! at random boundaries (the server's keep-the-tail path).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use lifeline::wire::{self, Decoded, Frame, FrameReader};
+use lifeline::wire::{self, Decoded, Frame, FrameReader, StreamPosition};
 use std::hint::black_box;
 
 const MAX_FRAME: usize = 16384;
 
 fn serve(buf: &[u8], seen: bool, out: &mut Vec<u8>) -> (usize, usize) {
-    let mut reader = FrameReader::new(buf, MAX_FRAME, seen);
+    let position = if seen {
+        StreamPosition::AfterFrame
+    } else {
+        StreamPosition::Start
+    };
+    let mut reader = FrameReader::new(buf, MAX_FRAME, position);
     let mut frames = 0;
     while let Ok(Decoded::Frame(frame)) = reader.next_frame() {
         frames += 1;
