@@ -475,7 +475,13 @@ impl Server {
         if c.generation != target.generation || c.queued() + self.frame.len() > max {
             return false;
         }
-        c.outbound.extend_from_slice(&self.frame);
+        if c.is_websocket() {
+            self.ws_frame.clear();
+            crate::ws::write_text(&mut self.ws_frame, &self.frame);
+            c.outbound.extend_from_slice(&self.ws_frame);
+        } else {
+            c.outbound.extend_from_slice(&self.frame);
+        }
         c.pushes_queued = c.pushes_queued.saturating_add(1);
         self.metrics.pushes_accepted += 1;
         self.metrics.frames_out += 1;

@@ -73,6 +73,31 @@ pub enum AdminPhase {
     Events,
 }
 
+/// How a client connection carries the XML stream. The first byte decides:
+/// `<` (after optional whitespace) is the raw stream, anything else an HTTP
+/// request (a WebSocket upgrade, or one of the embedded pages).
+#[derive(Debug, Default)]
+pub enum Transport {
+    #[default]
+    Sniffing,
+    Raw,
+    /// An HTTP request head is arriving in `inbound`.
+    Handshake,
+    /// Boxed so that raw connections do not pay for its size.
+    WebSocket(Box<WsState>),
+}
+
+/// A WebSocket connection's inbound state: the frame decoder, and the tail of
+/// a partial XML frame carried across messages (`inbound` holds the tail of
+/// a partial WebSocket frame).
+#[derive(Debug, Default)]
+pub struct WsState {
+    pub decoder: crate::ws::Decoder,
+    pub xml_tail: BytesMut,
+    /// A Close frame went out: the closing handshake is under way.
+    pub close_sent: bool,
+}
+
 /// Microseconds since the loop's start: 8 bytes instead of an `Instant`'s 16.
 pub type Micros = u64;
 
@@ -88,6 +113,7 @@ pub struct Connection {
     pub inbound: BytesMut,
     /// Bytes the socket has not taken yet; empty (no capacity) otherwise.
     pub outbound: BytesMut,
+    pub transport: Transport,
     /// Where the inbound stream stands for the codec (BOM, declaration rules).
     pub position: crate::wire::StreamPosition,
     /// Queued in the loop's flush list for this iteration.
@@ -122,6 +148,7 @@ impl Connection {
             inbound: BytesMut::new(),
             outbound: BytesMut::new(),
             position: crate::wire::StreamPosition::Start,
+            transport: Transport::Sniffing,
             flush_queued: false,
             pushes_queued: 0,
             suspect: false,
@@ -135,6 +162,10 @@ impl Connection {
             Phase::LoggedIn { id } | Phase::Closing { id: Some(id) } => Some(id),
             _ => None,
         }
+    }
+
+    pub fn is_websocket(&self) -> bool {
+        matches!(self.transport, Transport::WebSocket(_))
     }
 
     pub fn is_admin(&self) -> bool {
@@ -260,10 +291,13 @@ pub enum CloseReason {
     ProtocolError,
     /// The socket failed.
     IoError,
+    /// An HTTP request on the client port was answered (a page, or an
+    /// upgrade refused) and the connection closed.
+    Http,
 }
 
 impl CloseReason {
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 11;
     pub const ALL: [CloseReason; CloseReason::COUNT] = [
         CloseReason::Timeout,
         CloseReason::Replaced,
@@ -275,6 +309,7 @@ impl CloseReason {
         CloseReason::PeerClosed,
         CloseReason::ProtocolError,
         CloseReason::IoError,
+        CloseReason::Http,
     ];
 
     pub fn index(self) -> usize {
@@ -293,6 +328,7 @@ impl CloseReason {
             CloseReason::PeerClosed => "closed",
             CloseReason::ProtocolError => "error",
             CloseReason::IoError => "io-error",
+            CloseReason::Http => "http",
         }
     }
 

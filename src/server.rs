@@ -21,12 +21,13 @@ use slab::Slab;
 
 use crate::auth;
 use crate::config::{Config, FD_RESERVE};
-use crate::conn::{CloseReason, ConnRef, Connection, Flushed, Micros, Phase};
+use crate::conn::{CloseReason, ConnRef, Connection, Flushed, Micros, Phase, Transport};
 use crate::metrics::Metrics;
 use crate::presence::{PresenceKind, PresenceLog};
 use crate::registry::{LocalRegistry, Registry};
 use crate::timers::TimerWheel;
 use crate::wire::{self, Decoded, ErrorCode, Frame, FrameReader};
+use crate::ws;
 
 const LISTENER: Token = Token(1);
 const SIGNALS: Token = Token(2);
@@ -89,10 +90,14 @@ pub struct Server {
     pub(crate) read_buf: Vec<u8>,
     /// Replies to the connection being read, written with one call at the end.
     replies: Vec<u8>,
+    /// The connection being read speaks WebSocket: frame each reply.
+    reply_ws: bool,
     /// Encoding scratch for frames sent to other connections, and admin responses.
     pub(crate) scratch: Vec<u8>,
     /// A frame built once and queued to one or many connections (pushes, events).
     pub(crate) frame: Vec<u8>,
+    /// `frame` as a WebSocket message, for WebSocket recipients.
+    pub(crate) ws_frame: Vec<u8>,
     /// The admin response being built (handlers may close clients, which uses `scratch`).
     pub(crate) response: Vec<u8>,
     expired: Vec<ConnRef>,
@@ -198,8 +203,10 @@ impl Server {
             logins_seen: 0,
             read_buf: vec![0; READ_CHUNK],
             replies: Vec::with_capacity(4096),
+            reply_ws: false,
             scratch: Vec::with_capacity(4096),
             frame: Vec::new(),
+            ws_frame: Vec::new(),
             response: Vec::new(),
             expired: Vec::new(),
             flush_list: Vec::new(),
@@ -493,6 +500,7 @@ impl Server {
     fn on_readable(&mut self, conn: ConnRef, now: Instant) {
         let mut buf = std::mem::take(&mut self.read_buf);
         self.replies.clear();
+        self.reply_ws = self.conns[conn.key as usize].is_websocket();
         let mut fate = Fate::Keep;
         let mut budget = READ_BUDGET;
         while let Some(c) = self.conns.get_mut(conn.key as usize) {
@@ -504,7 +512,7 @@ impl Server {
                 Ok(n) => {
                     self.metrics.bytes_in += n as u64;
                     if !c.is_closing() {
-                        fate = self.consume(conn, &buf[..n], now);
+                        fate = self.consume(conn, &mut buf[..n], now);
                     }
                     if fate != Fate::Keep || n < buf.len() {
                         break;
@@ -554,49 +562,195 @@ impl Server {
             .is_some_and(Connection::is_closing)
     }
 
-    /// Parses `bytes` (appended to any partial frame kept from earlier reads)
-    /// and serves every complete frame; keeps the unparsed tail.
-    fn consume(&mut self, conn: ConnRef, bytes: &[u8], now: Instant) -> Fate {
-        let key = conn.key as usize;
-        let c = &mut self.conns[key];
-        if c.inbound.is_empty() {
+    /// Serves what a read brought, by the connection's transport; the first
+    /// non-whitespace byte of a connection decides which transport it is.
+    fn consume(&mut self, conn: ConnRef, bytes: &mut [u8], now: Instant) -> Fate {
+        let c = &mut self.conns[conn.key as usize];
+        if matches!(c.transport, Transport::Sniffing) {
+            // Whitespace and a byte order mark (perhaps cut by the read, so
+            // kept in `inbound`) may come before the raw stream's first '<'.
+            let first = c
+                .inbound
+                .iter()
+                .chain(bytes.iter())
+                .find(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n' | 0xEF | 0xBB | 0xBF));
+            match first {
+                None => {} // nothing decisive yet: the raw path keeps or discards it
+                Some(b'<') => c.transport = Transport::Raw,
+                Some(_) => c.transport = Transport::Handshake,
+            }
+        }
+        match c.transport {
+            Transport::Sniffing | Transport::Raw => {
+                let mut tail = std::mem::take(&mut c.inbound);
+                let fate = self.feed_xml(conn, bytes, &mut tail, now);
+                if fate == Fate::Keep {
+                    self.conns[conn.key as usize].inbound = tail;
+                }
+                fate
+            }
+            Transport::Handshake => self.consume_handshake(conn, bytes, now),
+            Transport::WebSocket(_) => self.consume_websocket(conn, bytes, now),
+        }
+    }
+
+    /// Parses `bytes` after the partial XML frame kept in `tail`, serves every
+    /// complete frame, and leaves the unparsed rest in `tail` (which holds no
+    /// capacity when there is none).
+    fn feed_xml(
+        &mut self,
+        conn: ConnRef,
+        bytes: &[u8],
+        tail: &mut bytes::BytesMut,
+        now: Instant,
+    ) -> Fate {
+        if tail.is_empty() {
             // The common case: whole frames straight from the loop's buffer.
             let (fate, consumed) = self.serve_frames(conn, bytes, now);
-            if fate == Fate::Keep {
-                self.conns[key].keep_tail(&bytes[consumed..]);
+            if fate == Fate::Keep && consumed < bytes.len() {
+                tail.extend_from_slice(&bytes[consumed..]);
             }
-            fate
-        } else {
-            c.inbound.extend_from_slice(bytes);
-            if !bytes.contains(&b'>') {
-                // No frame can end in bytes without a '>': parsing the partial
-                // frame again from its start would find nothing new.
-                return if c.inbound.len() > self.config.max_frame {
-                    self.error_reply(
-                        ErrorCode::FrameTooLarge,
-                        None,
-                        &wire::WireError::FrameTooLarge {
-                            max: self.config.max_frame,
-                        }
-                        .to_string(),
-                    );
-                    Fate::Close(CloseReason::ProtocolError)
-                } else {
+            return fate;
+        }
+        tail.extend_from_slice(bytes);
+        if !bytes.contains(&b'>') {
+            // No frame can end in bytes without a '>': parsing the partial
+            // frame again from its start would find nothing new.
+            if tail.len() <= self.config.max_frame {
+                return Fate::Keep;
+            }
+            let text = wire::WireError::FrameTooLarge {
+                max: self.config.max_frame,
+            }
+            .to_string();
+            self.error_reply(ErrorCode::FrameTooLarge, None, &text);
+            return Fate::Close(CloseReason::ProtocolError);
+        }
+        let whole = std::mem::take(tail);
+        let (fate, consumed) = self.serve_frames(conn, &whole, now);
+        if fate == Fate::Keep && consumed < whole.len() {
+            let mut rest = whole;
+            bytes::Buf::advance(&mut rest, consumed);
+            *tail = rest;
+        }
+        fate
+    }
+
+    /// An HTTP request on the client port: a WebSocket upgrade, or a page.
+    fn consume_handshake(&mut self, conn: ConnRef, bytes: &mut [u8], now: Instant) -> Fate {
+        let c = &mut self.conns[conn.key as usize];
+        c.inbound.extend_from_slice(bytes);
+        match ws::parse_upgrade(&c.inbound) {
+            Ok(ws::Handshake::Partial) => Fate::Keep,
+            Ok(ws::Handshake::Upgrade {
+                key,
+                subprotocol,
+                len,
+            }) => {
+                ws::write_accept(&mut self.replies, &key, subprotocol);
+                let mut rest = std::mem::take(&mut c.inbound);
+                bytes::Buf::advance(&mut rest, len);
+                c.transport = Transport::WebSocket(Box::default());
+                self.reply_ws = true;
+                debug!("connection {} from {} is a WebSocket", c.generation, c.peer);
+                if rest.is_empty() {
                     Fate::Keep
-                };
-            }
-            let mut inbound = std::mem::take(&mut c.inbound);
-            let (fate, consumed) = self.serve_frames(conn, &inbound, now);
-            if fate == Fate::Keep {
-                bytes::Buf::advance(&mut inbound, consumed);
-                let c = &mut self.conns[key];
-                if inbound.is_empty() {
-                    c.inbound = bytes::BytesMut::new();
                 } else {
-                    c.inbound = inbound;
+                    self.consume_websocket(conn, &mut rest, now)
                 }
             }
-            fate
+            Ok(ws::Handshake::Page { page, .. }) => {
+                ws::write_page(&mut self.replies, page);
+                Fate::Close(CloseReason::Http)
+            }
+            Err(e) => {
+                ws::write_handshake_error(&mut self.replies, &e);
+                Fate::Close(CloseReason::Http)
+            }
+        }
+    }
+
+    /// WebSocket frames: text payloads continue the XML stream; pings are
+    /// answered; every frame counts as liveness.
+    fn consume_websocket(&mut self, conn: ConnRef, bytes: &mut [u8], now: Instant) -> Fate {
+        let key = conn.key as usize;
+        let now_us = self.micros(now);
+        let c = &mut self.conns[key];
+        let Transport::WebSocket(mut state) = std::mem::take(&mut c.transport) else {
+            return Fate::Keep;
+        };
+        // The partial WebSocket frame kept from the last read, then this one.
+        let mut data = std::mem::take(&mut c.inbound);
+        let fresh = data.is_empty();
+        if !fresh {
+            data.extend_from_slice(bytes);
+        }
+        let buf: &mut [u8] = if fresh { bytes } else { &mut data };
+        let mut pos = 0;
+        let fate = loop {
+            match state.decoder.decode(&mut buf[pos..], self.config.max_frame) {
+                Ok(ws::Inbound::NeedMore) => break Fate::Keep,
+                Ok(ws::Inbound::Text {
+                    consumed, payload, ..
+                }) => {
+                    pos += consumed;
+                    let fate = self.feed_xml(conn, payload, &mut state.xml_tail, now);
+                    if fate != Fate::Keep {
+                        break fate;
+                    }
+                }
+                Ok(ws::Inbound::Ping { consumed, payload }) => {
+                    pos += consumed;
+                    self.conns[key].last_seen = now_us;
+                    ws::write_pong(&mut self.replies, payload);
+                }
+                Ok(ws::Inbound::Pong { consumed, .. }) => {
+                    pos += consumed;
+                    self.conns[key].last_seen = now_us;
+                }
+                Ok(ws::Inbound::Close { code, .. }) => {
+                    ws::write_close(&mut self.replies, code.unwrap_or(1000), "");
+                    state.close_sent = true;
+                    break Fate::Close(CloseReason::PeerClosed);
+                }
+                Err(e) => {
+                    ws::write_close(&mut self.replies, e.close_code().into(), &e.to_string());
+                    state.close_sent = true;
+                    break Fate::Close(CloseReason::ProtocolError);
+                }
+            }
+        };
+        if let Some(c) = self.conns.get_mut(key) {
+            if c.generation == conn.generation {
+                if fate == Fate::Keep && pos < buf.len() {
+                    c.inbound.extend_from_slice(&buf[pos..]);
+                }
+                c.transport = Transport::WebSocket(state);
+            }
+        }
+        fate
+    }
+
+    /// Frames what was written to `out` since `start` as one WebSocket text
+    /// message when `target` speaks WebSocket.
+    pub(crate) fn frame_for(&self, target: ConnRef, out: &mut Vec<u8>, start: usize) {
+        if self
+            .conns
+            .get(target.key as usize)
+            .is_some_and(Connection::is_websocket)
+        {
+            ws::wrap_text(out, start);
+        }
+    }
+
+    /// Appends one frame to the replies of the connection being read (framed
+    /// as a WebSocket message when it is one).
+    fn reply_with(&mut self, encode: impl FnOnce(&mut Vec<u8>)) {
+        let start = self.replies.len();
+        encode(&mut self.replies);
+        self.metrics.frames_out += 1;
+        if self.reply_ws {
+            ws::wrap_text(&mut self.replies, start);
         }
     }
 
@@ -646,8 +800,7 @@ impl Server {
         match frame {
             Frame::Ping { seq } => {
                 self.metrics.heartbeats_received += 1;
-                self.metrics.frames_out += 1;
-                wire::encode_pong(&mut self.replies, seq);
+                self.reply_with(|out| wire::encode_pong(out, seq));
                 Fate::Keep
             }
             Frame::Pong { .. } => {
@@ -685,8 +838,7 @@ impl Server {
     /// Appends `<error code ref>text</error>` to the replies.
     fn error_reply(&mut self, code: ErrorCode, reference: Option<&str>, text: &str) {
         self.metrics.error_sent(code);
-        self.metrics.frames_out += 1;
-        wire::encode_error(&mut self.replies, code, reference, text);
+        self.reply_with(|out| wire::encode_error(out, code, reference, text));
     }
 
     fn refuse_not_logged_in(&mut self) -> Fate {
@@ -727,14 +879,9 @@ impl Server {
         let interval_ms = self.config.heartbeat.as_millis() as u64;
         let phase_ms = ((self.logins_seen as f64 * PHASE_STEP).fract() * interval_ms as f64) as u64;
         self.logins_seen += 1;
-        self.metrics.frames_out += 1;
-        wire::encode_welcome(
-            &mut self.replies,
-            &id,
-            interval_ms,
-            self.config.misses,
-            phase_ms.min(interval_ms.saturating_sub(1)),
-        );
+        let misses = self.config.misses;
+        let phase_ms = phase_ms.min(interval_ms.saturating_sub(1));
+        self.reply_with(|out| wire::encode_welcome(out, &id, interval_ms, misses, phase_ms));
         if let Some(previous) = self.registry.claim(id.clone(), conn) {
             if previous != conn {
                 self.close(previous, CloseReason::Replaced, now);
@@ -749,14 +896,16 @@ impl Server {
         match self.registry.lookup(to) {
             Some(target) if target == sender => {
                 self.metrics.messages_routed += 1;
-                self.metrics.frames_out += 1;
-                wire::encode_msg(&mut self.replies, from, id, body);
+                self.reply_with(|out| wire::encode_msg(out, from, id, body));
             }
             Some(target) if self.is_live(target) => {
                 self.metrics.messages_routed += 1;
                 self.metrics.frames_out += 1;
-                self.scratch.clear();
-                wire::encode_msg(&mut self.scratch, from, id, body);
+                let mut scratch = std::mem::take(&mut self.scratch);
+                scratch.clear();
+                wire::encode_msg(&mut scratch, from, id, body);
+                self.frame_for(target, &mut scratch, 0);
+                self.scratch = scratch;
                 self.queue_for(target, Instant::now());
             }
             _ => self.error_reply(ErrorCode::Offline, id, "the recipient is not online"),
@@ -841,6 +990,9 @@ impl Server {
             if intervals >= 1 {
                 self.scratch.clear();
                 wire::encode_probe(&mut self.scratch, intervals);
+                let mut scratch = std::mem::take(&mut self.scratch);
+                self.frame_for(conn, &mut scratch, 0);
+                self.scratch = scratch;
                 self.metrics.probes_sent += 1;
                 self.metrics.frames_out += 1;
                 let c = &mut self.conns[conn.key as usize];
@@ -879,14 +1031,30 @@ impl Server {
             self.forget_admin(conn, &c.phase);
             return;
         }
+        self.scratch.clear();
         if let Some(bye) = reason.bye() {
             if !c.is_closing() {
                 let retry = self.retry_advice(bye);
-                self.scratch.clear();
                 wire::encode_bye(&mut self.scratch, bye, retry);
                 self.metrics.frames_out += 1;
-                let _ = c.send(&self.scratch, &mut self.metrics.bytes_out);
+                if c.is_websocket() {
+                    ws::wrap_text(&mut self.scratch, 0);
+                }
             }
+        }
+        if let Transport::WebSocket(state) = &c.transport {
+            // The closing handshake, unless one is already under way.
+            if !state.close_sent && !c.is_closing() {
+                let code = match reason {
+                    CloseReason::Shutdown => 1001,
+                    CloseReason::ProtocolError => 1008,
+                    _ => 1000,
+                };
+                ws::write_close(&mut self.scratch, code, reason.as_str());
+            }
+        }
+        if !self.scratch.is_empty() {
+            let _ = c.send(&self.scratch, &mut self.metrics.bytes_out);
         }
         self.metrics.closed(reason);
         let lived = Duration::from_micros(now_us.saturating_sub(c.connected_at));
@@ -957,6 +1125,11 @@ impl Server {
             self.scratch.clear();
             wire::encode_bye(&mut self.scratch, wire::ByeReason::Shutdown, retry);
             let c = &mut self.conns[key];
+            if let Transport::WebSocket(state) = &mut c.transport {
+                ws::wrap_text(&mut self.scratch, 0);
+                ws::write_close(&mut self.scratch, 1001, "shutdown");
+                state.close_sent = true;
+            }
             let conn = ConnRef {
                 key: key as u32,
                 generation: c.generation,
