@@ -19,6 +19,7 @@ use crate::conn::{AdminPhase, CloseReason, ConnRef, Connection, Flushed, Micros,
 use crate::http::{self, HttpError, Method, Parsed, Request};
 use crate::metrics::Gauges;
 use crate::presence::{self, PresenceEvent, PresenceKind, Resume};
+use crate::receipts::{Held, Receipt, Status};
 use crate::server::Server;
 use crate::wire;
 
@@ -35,6 +36,8 @@ const MAX_PAGE: usize = 1000;
 const DEFAULT_PAGE: usize = 100;
 /// Longest a pusher may wait for an ack.
 const MAX_WAIT_ACK_MS: u64 = 300_000;
+/// Longest a push may wait for an offline client.
+const MAX_QUEUE_TTL_MS: u64 = 7 * 24 * 3_600_000;
 
 /// What handling a request left the admin connection to do.
 enum Next {
@@ -256,6 +259,15 @@ impl Server {
             },
             (Method::Post, ["clients", id, "push"]) => return self.push(conn, id, request, now),
             (Method::Post, ["broadcast"]) => self.broadcast(request),
+            (Method::Get, ["messages", message]) => match self.receipt_json(message, now) {
+                Some(body) => self.reply(200, body, keep),
+                None => self.reply_error(
+                    404,
+                    "unknown-message",
+                    &format!("no receipt for {message:?} (unknown, or older than LIFELINE_RECEIPT_TTL_MS)"),
+                    keep,
+                ),
+            },
             (Method::Delete, ["clients", id]) => match self.registry.lookup(id) {
                 Some(target) => {
                     self.close(target, CloseReason::Kicked, now);
@@ -286,7 +298,7 @@ impl Server {
                     }
                 }
             }
-            (_, ["healthz" | "metrics" | "clients" | "broadcast" | "events", ..]) => self
+            (_, ["healthz" | "metrics" | "clients" | "broadcast" | "events" | "messages", ..]) => self
                 .reply_error(
                     405,
                     "method-not-allowed",
@@ -405,6 +417,26 @@ impl Server {
         Ok(())
     }
 
+    fn receipt_json(&self, message: &str, now: Instant) -> Option<serde_json::Value> {
+        let r = self.receipts.get(message)?;
+        let now_us = self.micros(now);
+        // A held push past its time is expired even before the sweep says so.
+        let status = match (r.status, r.expires) {
+            (Status::Queued, Some(at)) if at <= now_us => Status::Expired,
+            (status, _) => status,
+        };
+        let ms = |at: Option<Micros>| at.map(|at| self.unix_ms(at));
+        Some(json!({
+            "id": message,
+            "to": &*r.to,
+            "status": status.as_str(),
+            "created_at": self.unix_ms(r.created),
+            "sent_at": ms(r.sent),
+            "acked_at": ms(r.acked),
+            "expires_at": ms(r.expires),
+        }))
+    }
+
     fn new_push_id(&mut self) -> Rc<str> {
         self.pushes_issued += 1;
         Rc::from(format!("push-{}", self.pushes_issued))
@@ -427,15 +459,62 @@ impl Server {
                 }
             },
         };
-        let Some(target) = self.registry.lookup(id) else {
+        let queue_ttl_ms = match http::query_param(request.query, "queue_ttl_ms") {
+            None => None,
+            Some(v) => match v.parse::<u64>() {
+                Ok(ms) if (1..=MAX_QUEUE_TTL_MS).contains(&ms) => Some(ms),
+                _ => {
+                    self.reply_error(
+                        400,
+                        "bad-queue-ttl",
+                        &format!(
+                            "queue_ttl_ms must be a whole number from 1 to {MAX_QUEUE_TTL_MS}"
+                        ),
+                        keep,
+                    );
+                    return next(keep);
+                }
+            },
+        };
+        let target = self.registry.lookup(id);
+        if target.is_none() && queue_ttl_ms.is_none() {
             self.not_online(id, keep);
             return next(keep);
-        };
+        }
         let message = self.new_push_id();
         if let Err((status, error, detail)) = self.encode_push(&message, request.body) {
             self.reply_error(status, error, &detail, keep);
             return next(keep);
         }
+        let now_us = self.micros(now);
+        let Some(target) = target else {
+            // Offline, and the pusher asked to hold it.
+            let to: Rc<str> = Rc::from(id);
+            let expires = now_us + queue_ttl_ms.unwrap_or(0) * 1000;
+            let held = Held {
+                message: message.clone(),
+                frame: self.frame.clone(),
+                expires,
+            };
+            if let Err(full) = self.offline.hold(&to, held) {
+                self.reply_error(507, "queue-full", &full.to_string(), keep);
+                return next(keep);
+            }
+            self.metrics.pushes_accepted += 1;
+            self.receipts.insert(
+                message.clone(),
+                Receipt {
+                    to,
+                    status: Status::Queued,
+                    created: now_us,
+                    sent: None,
+                    acked: None,
+                    expires: Some(expires),
+                },
+            );
+            self.reply(202, json!({"id": &*message, "status": "queued"}), keep);
+            return next(keep);
+        };
         if !self.queue_push(target) {
             self.reply_error(
                 503,
@@ -445,6 +524,17 @@ impl Server {
             );
             return next(keep);
         }
+        self.receipts.insert(
+            message.clone(),
+            Receipt {
+                to: Rc::from(id),
+                status: Status::Sent,
+                created: now_us,
+                sent: Some(now_us),
+                acked: None,
+                expires: None,
+            },
+        );
         match wait_ms {
             Some(ms) if ms > 0 => {
                 let until = now + Duration::from_millis(ms);

@@ -89,6 +89,18 @@ pub struct RawConfig {
     #[arg(long, env = "LIFELINE_RECONNECT_SPREAD_MS", default_value = "10000")]
     pub reconnect_spread_ms: String,
 
+    /// How long a push's receipt (GET /messages/{id}) is kept, in ms [1000..=604800000].
+    #[arg(long, env = "LIFELINE_RECEIPT_TTL_MS", default_value = "3600000")]
+    pub receipt_ttl_ms: String,
+
+    /// Pushes held per offline client (push with ?queue_ttl_ms) before 507 [0..=100000].
+    #[arg(long, env = "LIFELINE_QUEUE_MAX_PER_CLIENT", default_value = "100")]
+    pub queue_max_per_client: String,
+
+    /// Bytes held for all offline clients together before 507 [0..=4294967296].
+    #[arg(long, env = "LIFELINE_QUEUE_MAX_BYTES", default_value = "67108864")]
+    pub queue_max_bytes: String,
+
     /// On SIGINT/SIGTERM, how long to keep flushing <bye reason="shutdown"/> before exiting, in ms [0..=60000].
     #[arg(long, env = "LIFELINE_DRAIN_MS", default_value = "1000")]
     pub drain_ms: String,
@@ -124,6 +136,9 @@ pub struct Config {
     pub event_backlog: usize,
     /// Upper bound of the `retry-ms` advice; zero: none is given.
     pub reconnect_spread: Duration,
+    pub receipt_ttl: Duration,
+    pub queue_max_per_client: usize,
+    pub queue_max_bytes: usize,
 }
 
 /// A setting that could not be accepted.
@@ -213,6 +228,27 @@ impl Config {
             }
         }
         Ok(Config {
+            receipt_ttl: Duration::from_millis(int_in(
+                &raw.receipt_ttl_ms,
+                1000,
+                604_800_000,
+                "LIFELINE_RECEIPT_TTL_MS",
+                "receipt-ttl-ms",
+            )?),
+            queue_max_per_client: int_in(
+                &raw.queue_max_per_client,
+                0,
+                100_000,
+                "LIFELINE_QUEUE_MAX_PER_CLIENT",
+                "queue-max-per-client",
+            )? as usize,
+            queue_max_bytes: int_in(
+                &raw.queue_max_bytes,
+                0,
+                1 << 32,
+                "LIFELINE_QUEUE_MAX_BYTES",
+                "queue-max-bytes",
+            )? as usize,
             event_backlog: int_in(
                 &raw.event_backlog,
                 0,

@@ -19,6 +19,7 @@ pub mod conn;
 pub mod http;
 pub mod metrics;
 pub mod presence;
+pub mod receipts;
 pub mod registry;
 pub mod server;
 pub mod timers;

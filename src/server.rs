@@ -24,6 +24,7 @@ use crate::config::{Config, FD_RESERVE};
 use crate::conn::{CloseReason, ConnRef, Connection, Flushed, Micros, Phase, Transport};
 use crate::metrics::Metrics;
 use crate::presence::{PresenceKind, PresenceLog};
+use crate::receipts::{OfflineQueue, Receipts, Status};
 use crate::registry::{LocalRegistry, Registry};
 use crate::timers::TimerWheel;
 use crate::wire::{self, Decoded, ErrorCode, Frame, FrameReader};
@@ -45,6 +46,8 @@ const EVENTS_CAPACITY: usize = 1024;
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// Accept errors are logged at most this often (with a count of the rest).
 const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(1);
+/// Receipts kept at most, oldest forgotten first (besides their time to live).
+const MAX_RECEIPTS: usize = 1_000_000;
 /// Golden-ratio fraction: successive logins get heartbeat phases spread evenly.
 const PHASE_STEP: f64 = 0.618_033_988_749_895;
 
@@ -120,6 +123,9 @@ pub struct Server {
     /// Push id → the admin connection waiting for its ack.
     pub(crate) waiting_acks: HashMap<Rc<str>, ConnRef>,
     pub(crate) pushes_issued: u64,
+    pub(crate) receipts: Receipts,
+    /// Pushes held for offline clients.
+    pub(crate) offline: OfflineQueue,
     pub metrics: Metrics,
 }
 
@@ -172,6 +178,9 @@ impl Server {
             .register(&mut signals, SIGNALS, Interest::READABLE)
             .map_err(ServerError::Poll)?;
         let config_event_backlog = config.event_backlog;
+        let receipt_ttl_us = config.receipt_ttl.as_micros() as Micros;
+        let (queue_max_per_client, queue_max_bytes) =
+            (config.queue_max_per_client, config.queue_max_bytes);
         let epoch = Instant::now();
         let wall_epoch_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -222,6 +231,8 @@ impl Server {
             rng: fastrand::Rng::new(),
             waiting_acks: HashMap::new(),
             pushes_issued: 0,
+            receipts: Receipts::new(receipt_ttl_us, MAX_RECEIPTS),
+            offline: OfflineQueue::new(queue_max_per_client, queue_max_bytes),
             metrics: Metrics::default(),
         })
     }
@@ -273,6 +284,7 @@ impl Server {
                 self.accept(now);
             }
             self.on_deadlines(now);
+            self.expire_pushes(now);
             self.metrics.loop_iteration(busy_from.elapsed());
             if let Some(deadline) = self.drain_deadline {
                 if self.conns.is_empty() || now >= deadline {
@@ -287,7 +299,12 @@ impl Server {
         if !self.read_again.is_empty() {
             return Some(Duration::ZERO);
         }
+        let queue_expiry = self
+            .offline
+            .next_expiry()
+            .map(|at| (self.epoch + Duration::from_micros(at)).saturating_duration_since(now));
         [
+            queue_expiry,
             self.wheel.next_timeout(now),
             self.accept_retry_at
                 .map(|at| at.saturating_duration_since(now)),
@@ -820,6 +837,11 @@ impl Server {
                     return self.refuse_not_logged_in();
                 }
                 self.metrics.acks += 1;
+                let now_us = self.micros(now);
+                if let Some(r) = self.receipts.get_mut(id) {
+                    r.status = Status::Acked;
+                    r.acked = Some(now_us);
+                }
                 self.on_push_acked(id, now);
                 Fate::Keep
             }
@@ -889,6 +911,7 @@ impl Server {
         }
         info!("online id={id} peer={peer} conn={}", conn.generation);
         self.publish_presence(PresenceKind::Online, &id, conn, peer, None, now);
+        self.deliver_held(&id, now);
         Fate::Keep
     }
 
@@ -909,6 +932,38 @@ impl Server {
                 self.queue_for(target, Instant::now());
             }
             _ => self.error_reply(ErrorCode::Offline, id, "the recipient is not online"),
+        }
+    }
+
+    /// Forgets old receipts and marks held pushes whose time ran out.
+    fn expire_pushes(&mut self, now: Instant) {
+        let now_us = self.micros(now);
+        self.receipts.expire(now_us);
+        for message in self.offline.expire(now_us) {
+            if let Some(r) = self.receipts.get_mut(&message) {
+                r.status = Status::Expired;
+            }
+        }
+    }
+
+    /// Delivers, right after its welcome, the pushes held for a client that
+    /// just logged in, in the order they were accepted.
+    fn deliver_held(&mut self, id: &str, now: Instant) {
+        let now_us = self.micros(now);
+        for held in self.offline.take(id) {
+            let status = if held.expires <= now_us {
+                Status::Expired
+            } else {
+                self.reply_with(|out| out.extend_from_slice(&held.frame));
+                self.metrics.pushes_delivered += 1;
+                Status::Sent
+            };
+            if let Some(r) = self.receipts.get_mut(&held.message) {
+                r.status = status;
+                if status == Status::Sent {
+                    r.sent = Some(now_us);
+                }
+            }
         }
     }
 
