@@ -28,6 +28,10 @@ pub const ADMIN_IDLE: Duration = Duration::from_secs(60);
 /// Event streams get a comment this often, so dead subscribers and idle
 /// proxies are found out.
 const EVENTS_KEEPALIVE: Duration = Duration::from_secs(15);
+/// A lingering close gives up after this long without input.
+const LINGER: Duration = Duration::from_secs(5);
+/// ...or after discarding this much of a refused request.
+const MAX_LINGER_DISCARD: usize = 64 << 20;
 /// Admin connections beyond this are refused: the API is for a few back ends.
 pub const MAX_ADMIN_CONNECTIONS: usize = 256;
 /// Largest push or broadcast body (before XML escaping), and largest request body.
@@ -99,8 +103,10 @@ impl Server {
         let now_us = self.micros(now);
         let mut buf = std::mem::take(&mut self.read_buf);
         let mut closed = false;
-        loop {
-            let c = &mut self.conns[key];
+        while let Some(c) = self.conns.get_mut(key) {
+            if c.generation != conn.generation {
+                break;
+            }
             match c.stream.read(&mut buf) {
                 Ok(0) => {
                     closed = true;
@@ -108,14 +114,26 @@ impl Server {
                 }
                 Ok(n) => {
                     c.last_seen = now_us;
-                    // An event stream's input is ignored; a request buffer is
-                    // bounded by the head and body limits checked in `serve_admin`.
-                    if !matches!(c.phase, Phase::Admin(AdminPhase::Events)) {
-                        c.inbound.extend_from_slice(&buf[..n]);
-                    }
-                    if c.inbound.len() > http::MAX_HEAD + MAX_BODY + 1024 {
-                        closed = true;
-                        break;
+                    match &mut c.phase {
+                        Phase::Admin(AdminPhase::Events) => {} // input is ignored
+                        Phase::Admin(AdminPhase::Draining { discarded }) => {
+                            *discarded += n;
+                            if *discarded > MAX_LINGER_DISCARD {
+                                closed = true;
+                                break;
+                            }
+                        }
+                        _ => {
+                            c.inbound.extend_from_slice(&buf[..n]);
+                            // Requests piled up behind a push that waits for its ack.
+                            if c.inbound.len() > http::MAX_HEAD + MAX_BODY + 1024 {
+                                closed = true;
+                                break;
+                            }
+                            // Parse as data comes, so a refusal (413, 431)
+                            // goes out before the rest of a huge request.
+                            self.serve_admin(conn, now);
+                        }
                     }
                     if n < buf.len() {
                         break;
@@ -132,9 +150,7 @@ impl Server {
         self.read_buf = buf;
         if closed {
             self.close(conn, CloseReason::PeerClosed, now);
-            return;
         }
-        self.serve_admin(conn, now);
     }
 
     /// Serves the complete requests buffered on an admin connection, in order,
@@ -170,20 +186,32 @@ impl Server {
             } else {
                 rest
             };
-            let sent = c.send(&self.response, &mut self.metrics.bytes_out);
-            if sent.is_err() || matches!(next, Next::Close) {
-                self.close_admin_after_flush(conn, now);
-                return;
+            match c.send(&self.response, &mut self.metrics.admin_bytes_out) {
+                Err(_) => {
+                    self.close(conn, CloseReason::IoError, now);
+                    return;
+                }
+                Ok(_) if matches!(next, Next::Close) => {
+                    self.begin_draining(conn);
+                    return;
+                }
+                Ok(_) => {}
             }
         }
     }
 
-    /// Closes an admin connection once its response is out (or could not be).
-    fn close_admin_after_flush(&mut self, conn: ConnRef, now: Instant) {
-        if let Some(c) = self.conns.get_mut(conn.key as usize) {
+    /// Ends an admin connection gracefully: its queued response goes out in
+    /// full, then the write side is shut (in `flush_admin`, or here when
+    /// nothing is queued) and input is discarded until the peer closes.
+    fn begin_draining(&mut self, conn: ConnRef) {
+        let Some(c) = self.conns.get_mut(conn.key as usize) else {
+            return;
+        };
+        c.phase = Phase::Admin(AdminPhase::Draining { discarded: 0 });
+        c.inbound = bytes::BytesMut::new();
+        if c.outbound.is_empty() {
             let _ = c.stream.shutdown(std::net::Shutdown::Write);
         }
-        self.close(conn, CloseReason::PeerClosed, now);
     }
 
     fn respond_http_error(&mut self, e: &HttpError) {
@@ -541,11 +569,13 @@ impl Server {
                 let until_us = self.micros(until);
                 self.conns[admin.key as usize].phase = Phase::Admin(AdminPhase::AwaitingAck {
                     message: message.clone(),
+                    target,
                     until: until_us,
                     keep_alive: keep,
                 });
-                self.waiting_acks.insert(message, admin);
-                self.wheel.schedule(admin, until);
+                self.waiting_acks.insert(message, (admin, target));
+                self.ack_deadlines
+                    .insert((until_us, admin.key, admin.generation));
                 Next::Continue
             }
             _ => {
@@ -597,13 +627,28 @@ impl Server {
         );
     }
 
-    /// A client acked `message`: answer the pusher waiting for it, if any.
-    pub(crate) fn on_push_acked(&mut self, message: &str, now: Instant) {
-        let Some(admin) = self.waiting_acks.remove(message) else {
-            return;
-        };
-        self.metrics.pushes_acked += 1;
-        self.finish_wait(admin, "acked", 200, now);
+    /// A client acked `message`: answer the pusher waiting for it, if the
+    /// ack came from the push's recipient.
+    pub(crate) fn on_push_acked(&mut self, message: &str, acker: ConnRef, now: Instant) {
+        match self.waiting_acks.get(message) {
+            Some(&(admin, target)) if target == acker => {
+                self.metrics.pushes_acked += 1;
+                self.finish_wait(admin, "acked", 200, now);
+            }
+            _ => {}
+        }
+    }
+
+    /// Answers `202 sent` to the pushers whose wait is over.
+    pub(crate) fn expire_ack_waits(&mut self, now: Instant) {
+        let now_us = self.micros(now);
+        while let Some(&(until, key, generation)) = self.ack_deadlines.first() {
+            if until > now_us {
+                break;
+            }
+            self.ack_deadlines.pop_first();
+            self.finish_wait(ConnRef { key, generation }, "sent", 202, now);
+        }
     }
 
     /// Ends a push's wait: writes the response and serves any requests that
@@ -616,12 +661,15 @@ impl Server {
         let Phase::Admin(AdminPhase::AwaitingAck {
             message,
             keep_alive,
+            until,
             ..
         }) = std::mem::replace(&mut c.phase, Phase::Admin(AdminPhase::Requests))
         else {
             return;
         };
         self.waiting_acks.remove(&*message);
+        self.ack_deadlines
+            .remove(&(until, admin.key, admin.generation));
         self.response.clear();
         self.reply(
             status,
@@ -629,48 +677,43 @@ impl Server {
             keep_alive,
         );
         let c = &mut self.conns[admin.key as usize];
-        let sent = c.send(&self.response, &mut self.metrics.bytes_out);
-        if sent.is_err() || !keep_alive {
-            self.close_admin_after_flush(admin, now);
-            return;
+        match c.send(&self.response, &mut self.metrics.admin_bytes_out) {
+            Err(_) => self.close(admin, CloseReason::IoError, now),
+            Ok(_) if !keep_alive => self.begin_draining(admin),
+            Ok(_) => self.serve_admin(admin, now),
         }
-        self.serve_admin(admin, now);
     }
 
-    /// The wheel entry of an admin connection fired.
+    /// The one wheel entry of an admin connection fired: an event stream
+    /// gets a keepalive comment, a lingering close gives up after
+    /// `LINGER`, an idle connection closes after `ADMIN_IDLE`; otherwise
+    /// the entry is re-armed (waits for acks are timed in `ack_deadlines`).
     pub(crate) fn on_admin_deadline(&mut self, conn: ConnRef, now: Instant) {
         let now_us = self.micros(now);
         let c = &mut self.conns[conn.key as usize];
-        match &c.phase {
-            Phase::Admin(AdminPhase::AwaitingAck { until, .. }) => {
-                if now_us >= *until {
-                    self.finish_wait(conn, "sent", 202, now);
-                }
-                // Re-armed below for the idle timeout (the wait may have ended).
-            }
+        let idle = Duration::from_micros(now_us.saturating_sub(c.last_seen));
+        let next = match &c.phase {
             Phase::Admin(AdminPhase::Events) => {
-                let _ = c.send(b": keepalive\n\n", &mut self.metrics.bytes_out);
+                let _ = c.send(b": keepalive\n\n", &mut self.metrics.admin_bytes_out);
                 if c.queued() > self.config.max_outbound {
                     self.close(conn, CloseReason::SlowConsumer, now);
                     return;
                 }
-                self.wheel.schedule(conn, now + EVENTS_KEEPALIVE);
+                now + EVENTS_KEEPALIVE
+            }
+            Phase::Admin(AdminPhase::Draining { .. }) if idle >= LINGER => {
+                self.close(conn, CloseReason::PeerClosed, now);
                 return;
             }
-            _ => {
-                let idle = Duration::from_micros(now_us.saturating_sub(c.last_seen));
-                if idle >= ADMIN_IDLE {
-                    self.close(conn, CloseReason::Timeout, now);
-                    return;
-                }
+            Phase::Admin(AdminPhase::Draining { .. }) => now + (LINGER - idle),
+            Phase::Admin(AdminPhase::AwaitingAck { .. }) => now + ADMIN_IDLE,
+            _ if idle >= ADMIN_IDLE => {
+                self.close(conn, CloseReason::Timeout, now);
+                return;
             }
-        }
-        if self.is_live(conn) {
-            let last_seen: Micros = self.conns[conn.key as usize].last_seen;
-            let at = self.epoch + Duration::from_micros(last_seen) + ADMIN_IDLE;
-            self.wheel
-                .schedule(conn, at.max(now + Duration::from_millis(1)));
-        }
+            _ => now + (ADMIN_IDLE - idle),
+        };
+        self.wheel.schedule(conn, next);
     }
 
     /// Turns an admin connection into a presence event stream, first
@@ -695,7 +738,6 @@ impl Server {
         c.phase = Phase::Admin(AdminPhase::Events);
         c.inbound = bytes::BytesMut::new();
         self.subscribers.push(conn);
-        self.wheel.schedule(conn, Instant::now() + EVENTS_KEEPALIVE);
     }
 
     /// Numbers a presence event, keeps it for resuming consumers, and sends
@@ -751,8 +793,10 @@ impl Server {
     pub(crate) fn forget_admin(&mut self, conn: ConnRef, phase: &Phase) {
         self.admin_connections -= 1;
         match phase {
-            Phase::Admin(AdminPhase::AwaitingAck { message, .. }) => {
+            Phase::Admin(AdminPhase::AwaitingAck { message, until, .. }) => {
                 self.waiting_acks.remove(&**message);
+                self.ack_deadlines
+                    .remove(&(*until, conn.key, conn.generation));
             }
             Phase::Admin(AdminPhase::Events) => self.subscribers.retain(|&s| s != conn),
             _ => {}
@@ -762,14 +806,21 @@ impl Server {
     /// Flushes an admin connection on a writable edge.
     pub(crate) fn flush_admin(&mut self, conn: ConnRef, now: Instant) {
         let c = &mut self.conns[conn.key as usize];
-        if let Err(_) | Ok(Flushed::Blocked) = c.flush(&mut self.metrics.bytes_out).map(|f| {
-            if f == Flushed::Blocked && c.queued() > self.config.max_outbound {
-                Flushed::Blocked
-            } else {
-                Flushed::Done
+        match c.flush(&mut self.metrics.admin_bytes_out) {
+            Err(_) => self.close(conn, CloseReason::IoError, now),
+            Ok(Flushed::Done) => {
+                if matches!(c.phase, Phase::Admin(AdminPhase::Draining { .. })) {
+                    let _ = c.stream.shutdown(std::net::Shutdown::Write);
+                }
             }
-        }) {
-            self.close(conn, CloseReason::SlowConsumer, now);
+            Ok(Flushed::Blocked) => {
+                // An event stream is bounded; a response is not cut short.
+                if matches!(c.phase, Phase::Admin(AdminPhase::Events))
+                    && c.queued() > self.config.max_outbound
+                {
+                    self.close(conn, CloseReason::SlowConsumer, now);
+                }
+            }
         }
     }
 }

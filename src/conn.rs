@@ -66,9 +66,15 @@ pub enum AdminPhase {
     /// comes or at `until`, whichever is first; later requests wait their turn.
     AwaitingAck {
         message: Rc<str>,
+        /// Only this connection's ack counts.
+        target: ConnRef,
         until: Micros,
         keep_alive: bool,
     },
+    /// The last response is being flushed; then the write side is shut and
+    /// input discarded until the peer closes (a lingering close, so that a
+    /// client still sending a refused body reads the answer, not a reset).
+    Draining { discarded: usize },
     /// Streaming presence events (Server-Sent Events); input is ignored.
     Events,
 }

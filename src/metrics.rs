@@ -40,6 +40,8 @@ pub struct Metrics {
     pub frames_out: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Bytes written to admin API connections (not in `bytes_out`).
+    pub admin_bytes_out: u64,
     pub errors_sent: [u64; ERROR_CODES.len()],
     pub messages_routed: u64,
     pub acks: u64,
@@ -149,7 +151,7 @@ impl Metrics {
             "Presence event stream subscribers.",
             g.event_subscribers as u64,
         );
-        let counters: [(&str, &str, u64); 14] = [
+        let counters: [(&str, &str, u64); 15] = [
             (
                 "lifeline_accepted_total",
                 "Client connections accepted.",
@@ -207,6 +209,11 @@ impl Metrics {
                 "lifeline_loop_iterations_total",
                 "Event loop iterations.",
                 self.loop_count,
+            ),
+            (
+                "lifeline_admin_bytes_out_total",
+                "Bytes written to admin API connections.",
+                self.admin_bytes_out,
             ),
         ];
         for (name, help, value) in counters {

@@ -120,8 +120,10 @@ pub struct Server {
     pub(crate) presence: PresenceLog,
     /// Source of the per-client reconnect delays advised in `<bye retry-ms>`.
     rng: fastrand::Rng,
-    /// Push id → the admin connection waiting for its ack.
-    pub(crate) waiting_acks: HashMap<Rc<str>, ConnRef>,
+    /// Push id → (the admin connection waiting for its ack, the recipient).
+    pub(crate) waiting_acks: HashMap<Rc<str>, (ConnRef, ConnRef)>,
+    /// When each waiting push stops waiting: (until, admin key, generation).
+    pub(crate) ack_deadlines: std::collections::BTreeSet<(Micros, u32, u32)>,
     pub(crate) pushes_issued: u64,
     pub(crate) receipts: Receipts,
     /// Pushes held for offline clients.
@@ -230,6 +232,7 @@ impl Server {
             presence: PresenceLog::new(config_event_backlog),
             rng: fastrand::Rng::new(),
             waiting_acks: HashMap::new(),
+            ack_deadlines: std::collections::BTreeSet::new(),
             pushes_issued: 0,
             receipts: Receipts::new(receipt_ttl_us, MAX_RECEIPTS),
             offline: OfflineQueue::new(queue_max_per_client, queue_max_bytes),
@@ -285,6 +288,7 @@ impl Server {
             }
             self.on_deadlines(now);
             self.expire_pushes(now);
+            self.expire_ack_waits(now);
             self.metrics.loop_iteration(busy_from.elapsed());
             if let Some(deadline) = self.drain_deadline {
                 if self.conns.is_empty() || now >= deadline {
@@ -303,7 +307,11 @@ impl Server {
             .offline
             .next_expiry()
             .map(|at| (self.epoch + Duration::from_micros(at)).saturating_duration_since(now));
+        let ack_wait = self.ack_deadlines.first().map(|&(until, _, _)| {
+            (self.epoch + Duration::from_micros(until)).saturating_duration_since(now)
+        });
         [
+            ack_wait,
             queue_expiry,
             self.wheel.next_timeout(now),
             self.accept_retry_at
@@ -837,12 +845,16 @@ impl Server {
                     return self.refuse_not_logged_in();
                 }
                 self.metrics.acks += 1;
+                let acker = c.id().cloned();
                 let now_us = self.micros(now);
+                // Only the recipient's ack counts: push ids are easy to guess.
                 if let Some(r) = self.receipts.get_mut(id) {
-                    r.status = Status::Acked;
-                    r.acked = Some(now_us);
+                    if acker.as_deref() == Some(&*r.to) {
+                        r.status = Status::Acked;
+                        r.acked = Some(now_us);
+                    }
                 }
-                self.on_push_acked(id, now);
+                self.on_push_acked(id, conn, now);
                 Fate::Keep
             }
             Frame::Bye => Fate::Close(CloseReason::Bye),
@@ -990,7 +1002,12 @@ impl Server {
             }
             let c = &mut self.conns[conn.key as usize];
             c.flush_queued = false;
-            match c.flush(&mut self.metrics.bytes_out) {
+            let counter = if c.is_admin() {
+                &mut self.metrics.admin_bytes_out
+            } else {
+                &mut self.metrics.bytes_out
+            };
+            match c.flush(counter) {
                 Ok(Flushed::Done) => {
                     self.metrics.pushes_delivered +=
                         u64::from(std::mem::take(&mut c.pushes_queued));

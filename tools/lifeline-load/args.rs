@@ -19,6 +19,9 @@ pub enum Mode {
     Silent,
     /// Connections log in and leave at --churn-rate per second (half bye, half RST).
     Churn,
+    /// Connections ping as in steady and ack every message; the tool POSTs
+    /// --push-rate pushes per second to random online clients through --admin.
+    Push,
 }
 
 /// Load generator for Lifeline and its peers (redis PING, MQTT PINGREQ).
@@ -74,9 +77,25 @@ pub struct Args {
     /// Churn mode: connections leaving (and reconnecting) per second, all workers together.
     #[arg(long, default_value_t = 100.0)]
     pub churn_rate: f64,
-    /// Admin endpoint, e.g. http://127.0.0.1:9090: check lifeline_clients_online before and after.
+    /// Admin endpoint, e.g. http://127.0.0.1:9090: check lifeline_clients_online before and
+    /// after; push mode sends its pushes there.
     #[arg(long)]
     pub admin: Option<String>,
+    /// Bearer token for the admin API (the server's LIFELINE_ADMIN_TOKEN).
+    #[arg(long, env = "LIFELINE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Push mode: pushes per second, all workers together.
+    #[arg(long, default_value_t = 100.0)]
+    pub push_rate: f64,
+    /// Push mode: ask the server to hold each answer until the client acks (?wait_ack_ms=N).
+    #[arg(long)]
+    pub wait_ack_ms: Option<u64>,
+    /// Push mode: admin API connections per process, each with one request in flight.
+    #[arg(long, default_value_t = 8)]
+    pub push_conns: u32,
+    /// Push mode: bytes of padding added to each pushed message.
+    #[arg(long, default_value_t = 0)]
+    pub push_padding: usize,
     /// Server process to measure (CPU per round trip over the window, RSS at the end).
     #[arg(long)]
     pub server_pid: Option<u32>,
@@ -133,6 +152,12 @@ pub struct Config {
     pub silent_after: Option<Duration>,
     pub deadline: Option<Duration>,
     pub admin: Option<AdminUrl>,
+    pub admin_token: Option<String>,
+    /// This process's share of the push rate.
+    pub push_rate: f64,
+    pub wait_ack_ms: Option<u64>,
+    pub push_conns: u32,
+    pub push_padding: usize,
     /// Set only in the process that measures the server (single, or worker 0).
     pub server_pid: Option<u32>,
     pub mqtt_keepalive: u16,
@@ -212,6 +237,33 @@ impl Config {
             Some(url) => Some(AdminUrl::parse(url).map_err(|e| bad("admin", e.to_string()))?),
             None => None,
         };
+        if args.mode == Mode::Push {
+            if admin.is_none() {
+                return Err(bad(
+                    "admin",
+                    "push mode sends its pushes to --admin http://HOST:PORT",
+                ));
+            }
+            if args.proto != Proto::Lifeline {
+                return Err(bad("proto", "push mode needs the lifeline protocol"));
+            }
+            if !(args.push_rate.is_finite() && args.push_rate > 0.0) {
+                return Err(bad(
+                    "push-rate",
+                    "must be a positive number of pushes per second",
+                ));
+            }
+            if args.push_conns == 0 {
+                return Err(bad("push-conns", "must be at least 1"));
+            }
+        }
+        if args
+            .admin_token
+            .as_ref()
+            .is_some_and(|t| t.bytes().any(|b| b.is_ascii_control()))
+        {
+            return Err(bad("admin-token", "must not contain control characters"));
+        }
 
         let (conns, first_conn, share) = match role {
             Role::Worker(i) => {
@@ -249,6 +301,11 @@ impl Config {
             silent_after: args.silent_after_ms.map(Duration::from_millis),
             deadline: args.deadline_ms.map(Duration::from_millis),
             admin,
+            admin_token: args.admin_token.clone().filter(|t| !t.is_empty()),
+            push_rate: args.push_rate * share,
+            wait_ack_ms: args.wait_ack_ms,
+            push_conns: args.push_conns,
+            push_padding: args.push_padding,
             server_pid: args.server_pid.filter(|_| measures_server),
             mqtt_keepalive: args.mqtt_keepalive,
             login_timeout: Duration::from_millis(args.login_timeout_ms.max(1)),
@@ -385,5 +442,45 @@ mod tests {
         assert!(config(&["--silent-fraction", "1.5"]).is_err());
         assert!(config(&["--target", "no-port"]).is_err());
         assert!(config(&["--workers", "4", "--conns", "2"]).is_err());
+        assert!(config(&["--mode", "push"]).is_err(), "push needs --admin");
+        assert!(config(&[
+            "--mode",
+            "push",
+            "--admin",
+            "http://127.0.0.1:1",
+            "--push-rate",
+            "0"
+        ])
+        .is_err());
+        assert!(config(&[
+            "--mode",
+            "push",
+            "--admin",
+            "http://127.0.0.1:1",
+            "--proto",
+            "redis"
+        ])
+        .is_err());
+    }
+
+    #[test]
+    fn push_rate_is_split_between_workers() {
+        let c = config(&[
+            "--mode",
+            "push",
+            "--admin",
+            "http://127.0.0.1:1",
+            "--push-rate",
+            "500",
+            "--conns",
+            "10",
+            "--workers",
+            "2",
+            "--worker-index",
+            "0",
+        ])
+        .unwrap();
+        assert_eq!(c.push_rate, 250.0);
+        assert_eq!(c.push_conns, 8);
     }
 }

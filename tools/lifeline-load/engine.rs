@@ -1,9 +1,10 @@
 //! The event loop: one mio `Poll` (edge-triggered epoll) driving every
 //! connection of this process. Each turn opens connections at the ramp rate,
-//! lets churn pick leavers, fires due connection timers, prints progress, and
-//! then waits for readiness until the next of those is due.
+//! lets churn pick leavers, sends the pushes that are due (push mode), fires
+//! due connection timers, prints progress, and then waits for readiness until
+//! the next of those is due.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
@@ -15,6 +16,7 @@ use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 use crate::args::{Config, Mode, Role};
 use crate::observe::ServerProbe;
+use crate::push::{self, Pusher};
 use crate::report;
 use crate::sched::{Bucket, Rng, Timers, Window};
 use crate::session::{Close, Conn, Ctx, Fate, Phase};
@@ -26,6 +28,10 @@ const SCRATCH_BYTES: usize = 64 * 1024;
 const EVENTS_PER_POLL: usize = 1024;
 /// How far in the past a common start instant may lie before we stop honouring it.
 const MAX_START_LAG: Duration = Duration::from_secs(1);
+/// Random slots tried to find an online push target before giving up on one push.
+const TARGET_TRIES: usize = 16;
+/// A push not received this long before the end of the run counts as lost.
+const PUSH_GRACE: Duration = Duration::from_secs(1);
 
 /// The engine could not run.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +57,8 @@ pub struct Engine {
     connect_queue: VecDeque<usize>,
     connects: Bucket,
     churn: Option<Churn>,
+    /// Push mode: the admin API connections and the push schedule.
+    pusher: Option<Pusher>,
     /// Sockets currently open.
     open: usize,
     silent_slots: usize,
@@ -95,6 +103,11 @@ impl Engine {
             cursor: 0,
             clean_next: true,
         });
+        let pusher = if cfg.mode == Mode::Push {
+            Pusher::new(&cfg, started)
+        } else {
+            None
+        };
         let worker = match cfg.role {
             Role::Worker(i) => i,
             Role::Single | Role::Parent => 0,
@@ -105,6 +118,7 @@ impl Engine {
             conns,
             connects: Bucket::new(cfg.ramp, started),
             churn,
+            pusher,
             open: 0,
             silent_slots,
             silent_left: silent_slots,
@@ -118,6 +132,7 @@ impl Engine {
                 timers: Timers::default(),
                 rng: Rng::seeded(u64::from(worker) << 48),
                 worker,
+                pushes: HashMap::new(),
                 cfg,
             },
         })
@@ -134,6 +149,7 @@ impl Engine {
             self.open_window(now);
             self.connect_some(now);
             self.churn_some(now);
+            self.push_some(now);
             self.fire_timers(now);
             self.print_progress(now);
 
@@ -145,6 +161,12 @@ impl Engine {
             }
             for event in events.iter() {
                 let slot = event.token().0;
+                if let Some(index) = slot.checked_sub(push::TOKEN_BASE) {
+                    if let Some(pusher) = &mut self.pusher {
+                        pusher.on_ready(index, Instant::now(), &mut scratch, &mut self.ctx);
+                    }
+                    continue;
+                }
                 let Some(conn) = self.conns.get_mut(slot) else {
                     continue;
                 };
@@ -243,6 +265,21 @@ impl Engine {
         None
     }
 
+    /// Push mode: reconnects admin connections and sends the pushes due.
+    fn push_some(&mut self, now: Instant) {
+        let Some(pusher) = &mut self.pusher else {
+            return;
+        };
+        let conns = &self.conns;
+        let worker = self.ctx.worker;
+        pusher.run_due(self.poll.registry(), now, &mut self.ctx, |rng| {
+            (0..TARGET_TRIES).find_map(|_| {
+                let slot = (rng.next_u64() % conns.len() as u64) as usize;
+                conns[slot].online_id(worker)
+            })
+        });
+    }
+
     fn fire_timers(&mut self, now: Instant) {
         while let Some((due, slot, generation)) = self.ctx.timers.pop_due(now) {
             let Some(conn) = self.conns.get_mut(slot) else {
@@ -296,6 +333,9 @@ impl Engine {
         if let Some(churn) = &self.churn {
             wake = wake.min(churn.bucket.next_token());
         }
+        if let Some(due) = self.pusher.as_ref().and_then(Pusher::next_wake) {
+            wake = wake.min(due);
+        }
         wake
     }
 
@@ -345,6 +385,14 @@ impl Engine {
                 self.close(slot, Close::EndOfRun, end);
             }
         }
+        self.pusher = None;
+        let lost = self
+            .ctx
+            .pushes
+            .values()
+            .filter(|sent_at| end.saturating_duration_since(**sent_at) > PUSH_GRACE)
+            .count();
+        self.ctx.results.counters.pushes_not_received += lost as u64;
         let window = self.ctx.window;
         let results = &mut self.ctx.results;
         results.window_us = end.saturating_duration_since(window.start).as_micros() as u64;

@@ -5,7 +5,9 @@
 //!
 //! Modes: `steady` (ping every interval), `max` (closed loop, one ping
 //! outstanding), `silent` (a fraction stops sending; measures how late the
-//! server closes them), `churn` (log in and leave, half `<bye/>`, half RST).
+//! server closes them), `churn` (log in and leave, half `<bye/>`, half RST),
+//! `push` (steady, plus pushes through the admin API at a fixed rate to random
+//! online clients, which ack them; measures push-to-receive latency).
 //!
 //! Output: a progress line per second and a human summary on stderr; one
 //! `RESULT key=value ...` line (or, with `--json`, a JSON object) on stdout.
@@ -16,13 +18,13 @@
 //! I/O), `session` (one connection), `engine` (the poll loop), `sched`
 //! (timers, rates, window), `stats` (results and their worker line), `report`
 //! (output), `workers` (the parent of `--workers`), `observe` (server CPU/RSS
-//! and admin metrics), `json` (flat JSON objects).
+//! and admin metrics), `push` (the admin API client of push mode).
 
 mod args;
 mod engine;
-mod json;
 mod observe;
 mod proto;
+mod push;
 mod report;
 mod sched;
 mod session;

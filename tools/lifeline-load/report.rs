@@ -165,6 +165,7 @@ impl Report {
         match cfg.mode {
             Mode::Silent => report.silent(results),
             Mode::Churn => report.churn(results),
+            Mode::Push => report.push(cfg, results),
             Mode::Steady | Mode::Max => {}
         }
         report.online(online);
@@ -314,6 +315,103 @@ impl Report {
         ));
     }
 
+    fn push(&mut self, cfg: &Config, results: &Results) {
+        let c = &results.counters;
+        let sent_per_s = per_second(c.pushes_in_window, results.window_us);
+        let acks_per_s = per_second(c.acks_in_window, results.window_us);
+        self.put("push_rate", float(cfg.push_rate, 1));
+        self.put("pushes_per_s", float(sent_per_s, 1));
+        for (key, value) in [
+            ("pushes_sent", c.pushes_sent),
+            ("pushes_answered", c.pushes_answered),
+            ("pushes_received", c.pushes_received),
+            ("pushes_not_received", c.pushes_not_received),
+            ("pushes_skipped", c.pushes_skipped),
+            ("pushes_no_target", c.pushes_no_target),
+            ("push_conn_errors", c.push_conn_errors),
+            ("msgs_received", c.msgs_received),
+            ("acks_sent", c.acks_sent),
+        ] {
+            self.put(key, value.into());
+        }
+        self.put("acks_per_s", float(acks_per_s, 1));
+        for (status, n) in &results.push_statuses {
+            self.put(&format!("push_status_{status}"), (*n).into());
+        }
+        // With a wait, the share of answers that reported the client's ack;
+        // without, the share of received messages the clients acked.
+        let (acked, of) = match cfg.wait_ack_ms {
+            Some(_) => (
+                results.push_status(200),
+                results.push_status(200) + results.push_status(202),
+            ),
+            None => (c.acks_sent, c.msgs_received),
+        };
+        let ack_rate = (of > 0).then(|| acked as f64 / of as f64);
+        self.put("ack_rate", ack_rate.map_or(Value::Null, |r| float(r, 4)));
+
+        let statuses: Vec<String> = results
+            .push_statuses
+            .iter()
+            .map(|(status, n)| format!("{status}x{n}"))
+            .collect();
+        self.summary.push(format!(
+            "  push        {:.1}/s offered, {sent_per_s:.1}/s sent in the window; {} answered ({})",
+            cfg.push_rate,
+            c.pushes_answered,
+            if statuses.is_empty() {
+                "-".to_string()
+            } else {
+                statuses.join(" ")
+            },
+        ));
+        self.summary.push(format!(
+            "              {} received, {} not received; {} skipped (admin connections busy), \
+             {} without a target, {} admin connection errors",
+            c.pushes_received,
+            c.pushes_not_received,
+            c.pushes_skipped,
+            c.pushes_no_target,
+            c.push_conn_errors,
+        ));
+        let wait = cfg
+            .wait_ack_ms
+            .map_or("no wait".to_string(), |ms| format!("wait_ack_ms={ms}"));
+        self.summary.push(format!(
+            "  acks        {} sent, {acks_per_s:.1}/s in the window; ack rate {} ({wait})",
+            c.acks_sent,
+            ack_rate.map_or("-".to_string(), |r| format!("{:.2}%", r * 100.0)),
+        ));
+        for (name, label, histogram) in [
+            ("push_latency", "push->recv", &results.push_latency_us),
+            ("push_answer", "push answer", &results.push_answer_us),
+        ] {
+            let max = if histogram.is_empty() {
+                Value::Null
+            } else {
+                histogram.max().into()
+            };
+            let quantiles = [
+                ("p50", hist_value(histogram, 0.5)),
+                ("p99", hist_value(histogram, 0.99)),
+                ("p999", hist_value(histogram, 0.999)),
+                ("max", max),
+            ];
+            let text: Vec<String> = quantiles
+                .iter()
+                .map(|(q, v)| format!("{q} {}", us_text(v)))
+                .collect();
+            self.summary.push(format!(
+                "  {label:<11} {}  ({} samples)",
+                text.join("  "),
+                histogram.len()
+            ));
+            for (q, value) in quantiles {
+                self.put(&format!("{name}_{q}_us"), value);
+            }
+        }
+    }
+
     fn silent(&mut self, results: &Results) {
         let c = &results.counters;
         for (key, value) in [
@@ -326,10 +424,7 @@ impl Report {
         ] {
             self.put(key, value.into());
         }
-        self.put(
-            "deadline_ms",
-            results.deadline_ms.into(),
-        );
+        self.put("deadline_ms", results.deadline_ms.into());
         self.summary.push(format!(
             "  silent      {} went silent, {} closed ({} after bye timeout), {} still open, {} early; {} healthy closed; deadline {}",
             c.silent_total,
@@ -363,10 +458,7 @@ impl Report {
         for (name, sorted) in [("close_delay", &delays), ("lateness", &lateness)] {
             let stats = stats(sorted);
             for (q, value) in stats {
-                self.put(
-                    &format!("{name}_{q}_us"),
-                    value.into(),
-                );
+                self.put(&format!("{name}_{q}_us"), value.into());
             }
             self.summary.push(format!(
                 "  {:<11} min {}  p50 {}  p99 {}  max {}",
@@ -422,17 +514,11 @@ impl Report {
             server.rss_kb,
             server.rss_anon_kb.map_or("-".into(), |kb| format!("{kb} kB"))
         ));
-        self.put(
-            "server_cpu_ms",
-            float(server.cpu_us as f64 / 1000.0, 1),
-        );
+        self.put("server_cpu_ms", float(server.cpu_us as f64 / 1000.0, 1));
         self.put("server_cpu_us_per_rt", cpu);
         self.put("server_user_us_per_rt", user);
         self.put("server_rss_kb", server.rss_kb.into());
-        self.put(
-            "server_rss_anon_kb",
-            server.rss_anon_kb.into(),
-        );
+        self.put("server_rss_anon_kb", server.rss_anon_kb.into());
     }
 
     /// Prints the summary on stderr and the result line (or JSON) on stdout.

@@ -2,7 +2,7 @@
 //! it reacts to readiness, frames and its timer. Every way a connection can
 //! end goes through `Conn::finish`, which also does the close accounting.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
@@ -10,6 +10,7 @@ use mio::net::TcpStream;
 
 use crate::args::{Config, Mode};
 use crate::proto::{self, Inbound, Proto, Scan};
+use crate::push;
 use crate::sched::{Rng, Timers, Window};
 use crate::stats::{Results, SilentClose};
 
@@ -30,6 +31,8 @@ pub struct Ctx {
     pub rng: Rng,
     pub window: Window,
     pub worker: u32,
+    /// Push mode: pushes written and not yet received, by sequence → when written.
+    pub pushes: HashMap<u64, Instant>,
 }
 
 /// Where a connection is in its life.
@@ -139,10 +142,13 @@ impl Conn {
 
     /// The login id: `load-W-I`, with `.N` appended for the N-th re-login.
     fn login_id(&self, worker: u32) -> String {
-        match self.sessions {
-            0 => format!("load-{worker}-{}", self.slot),
-            n => format!("load-{worker}-{}.{n}", self.slot),
-        }
+        session_id(worker, self.slot, self.sessions)
+    }
+
+    /// The id this connection is logged in with, while it is.
+    pub fn online_id(&self, worker: u32) -> Option<String> {
+        (self.phase == Phase::Active && self.sessions > 0)
+            .then(|| session_id(worker, self.slot, self.sessions - 1))
     }
 
     fn arm(&mut self, at: Instant, timers: &mut Timers) {
@@ -317,12 +323,37 @@ impl Conn {
                 _ => ctx.results.counters.wrong_timeouts += 1,
             },
             Inbound::Bye { .. } => ctx.results.counters.other_byes += 1,
-            Inbound::Msg => ctx.results.counters.msgs_received += 1,
+            Inbound::Msg { id, body } => self.on_msg(id, body, now, ctx),
             Inbound::Welcome { .. } | Inbound::ConnAck { .. } | Inbound::Other => {
                 ctx.results.counters.other_frames += 1
             }
         }
         Ok(())
+    }
+
+    /// Push mode acks every message and times the ones the pusher sent.
+    fn on_msg(&mut self, id: Option<&[u8]>, body: &[u8], now: Instant, ctx: &mut Ctx) {
+        let counters = &mut ctx.results.counters;
+        counters.msgs_received += 1;
+        if ctx.cfg.mode != Mode::Push {
+            return;
+        }
+        if let Some(id) = id {
+            proto::ack(id, &mut self.outbound);
+            self.last_sent = now;
+            counters.acks_sent += 1;
+            if ctx.window.contains(now) {
+                counters.acks_in_window += 1;
+            }
+        }
+        let Some(sent_at) = push::parse_seq(body).and_then(|seq| ctx.pushes.remove(&seq)) else {
+            return;
+        };
+        ctx.results.counters.pushes_received += 1;
+        if sent_at >= ctx.window.start && ctx.window.contains(now) {
+            ctx.results
+                .record_push_latency(micros(now.saturating_duration_since(sent_at)));
+        }
     }
 
     fn on_welcome(
@@ -552,6 +583,13 @@ impl Conn {
             delay_us,
             lateness_us,
         });
+    }
+}
+
+fn session_id(worker: u32, slot: usize, sessions: u32) -> String {
+    match sessions {
+        0 => format!("load-{worker}-{slot}"),
+        n => format!("load-{worker}-{slot}.{n}"),
     }
 }
 

@@ -117,7 +117,7 @@ counters! {
     push_conn_errors,
     /// Push: pushed messages that arrived at their client.
     pushes_received,
-    /// Push: accepted (2xx) pushes that had not arrived when the run ended.
+    /// Push: pushes not refused that had not arrived a second before the run ended.
     pushes_not_received,
     /// `<ack/>` frames sent for received messages.
     acks_sent,
