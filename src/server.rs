@@ -726,12 +726,12 @@ impl Server {
                 }
                 Ok(ws::Inbound::Ping { consumed, payload }) => {
                     pos += consumed;
-                    self.conns[key].last_seen = now_us;
                     ws::write_pong(&mut self.replies, payload);
+                    self.touch(conn, now_us, now);
                 }
                 Ok(ws::Inbound::Pong { consumed, .. }) => {
                     pos += consumed;
-                    self.conns[key].last_seen = now_us;
+                    self.touch(conn, now_us, now);
                 }
                 Ok(ws::Inbound::Close { code, .. }) => {
                     ws::write_close(&mut self.replies, code.unwrap_or(1000), "");
@@ -765,6 +765,21 @@ impl Server {
             .is_some_and(Connection::is_websocket)
         {
             ws::wrap_text(out, start);
+        }
+    }
+
+    /// Records a sign of life (a complete frame, or a WebSocket Ping/Pong):
+    /// the whole of liveness bookkeeping, and no timer operation. A suspect
+    /// client is online again.
+    fn touch(&mut self, conn: ConnRef, now_us: Micros, now: Instant) {
+        let c = &mut self.conns[conn.key as usize];
+        c.last_seen = now_us;
+        if c.suspect {
+            c.suspect = false;
+            if let Some(id) = c.id().cloned() {
+                let peer = c.peer;
+                self.publish_presence(PresenceKind::Alive, &id, conn, peer, None, now);
+            }
         }
     }
 
@@ -811,16 +826,7 @@ impl Server {
 
     fn on_frame(&mut self, conn: ConnRef, frame: Frame<'_>, now: Instant) -> Fate {
         let now_us = self.micros(now);
-        let c = &mut self.conns[conn.key as usize];
-        // The whole of liveness bookkeeping per frame: no timer operation.
-        c.last_seen = now_us;
-        if c.suspect {
-            c.suspect = false;
-            if let Some(id) = c.id().cloned() {
-                let peer = c.peer;
-                self.publish_presence(PresenceKind::Alive, &id, conn, peer, None, now);
-            }
-        }
+        self.touch(conn, now_us, now);
         let c = &mut self.conns[conn.key as usize];
         match frame {
             Frame::Ping { seq } => {
@@ -1052,6 +1058,8 @@ impl Server {
                 continue;
             }
             let intervals = silent / interval;
+            // A request still arriving on the HTTP side gets no XML probe.
+            let speaks_xml = !matches!(c.transport, Transport::Handshake);
             if intervals >= 2 && !c.suspect {
                 c.suspect = true;
                 if let Some(id) = c.id().cloned() {
@@ -1059,7 +1067,7 @@ impl Server {
                     self.publish_presence(PresenceKind::Suspect, &id, conn, peer, None, now);
                 }
             }
-            if intervals >= 1 {
+            if intervals >= 1 && speaks_xml {
                 self.scratch.clear();
                 wire::encode_probe(&mut self.scratch, intervals);
                 let mut scratch = std::mem::take(&mut self.scratch);
@@ -1104,7 +1112,14 @@ impl Server {
             return;
         }
         self.scratch.clear();
-        if let Some(bye) = reason.bye() {
+        if matches!(c.transport, Transport::Handshake) {
+            // Mid-way through an HTTP request: no XML for it.
+            if reason == CloseReason::Timeout {
+                self.scratch.extend_from_slice(
+                    b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                );
+            }
+        } else if let Some(bye) = reason.bye() {
             if !c.is_closing() {
                 let retry = self.retry_advice(bye);
                 wire::encode_bye(&mut self.scratch, bye, retry);
@@ -1206,7 +1221,7 @@ impl Server {
                 key: key as u32,
                 generation: c.generation,
             };
-            if c.is_admin() {
+            if c.is_admin() || matches!(c.transport, Transport::Handshake) {
                 self.close(conn, CloseReason::Shutdown, now);
                 continue;
             }
