@@ -28,6 +28,8 @@ pub const ADMIN_IDLE: Duration = Duration::from_secs(60);
 /// Event streams get a comment this often, so dead subscribers and idle
 /// proxies are found out.
 const EVENTS_KEEPALIVE: Duration = Duration::from_secs(15);
+/// A resume replay is queued this much at a time, as the socket drains.
+const REPLAY_CHUNK: usize = 64 * 1024;
 /// A lingering close gives up after this long without input.
 const LINGER: Duration = Duration::from_secs(5);
 /// ...or after discarding this much of a refused request.
@@ -115,7 +117,7 @@ impl Server {
                 Ok(n) => {
                     c.last_seen = now_us;
                     match &mut c.phase {
-                        Phase::Admin(AdminPhase::Events) => {} // input is ignored
+                        Phase::Admin(AdminPhase::Events { .. }) => {} // input is ignored
                         Phase::Admin(AdminPhase::Draining { discarded }) => {
                             *discarded += n;
                             if *discarded > MAX_LINGER_DISCARD {
@@ -197,6 +199,8 @@ impl Server {
                 }
                 Ok(_) => {}
             }
+            // A resuming event stream starts its replay after the head.
+            self.continue_replay(conn, now);
         }
     }
 
@@ -304,7 +308,7 @@ impl Server {
                 }
                 None => self.not_online(id, keep),
             },
-            (Method::Get, ["events"]) => {
+            (Method::Get, ["events"]) if request.method == Method::Get => {
                 let last = request
                     .last_event_id
                     .map(str::to_string)
@@ -693,7 +697,7 @@ impl Server {
         let c = &mut self.conns[conn.key as usize];
         let idle = Duration::from_micros(now_us.saturating_sub(c.last_seen));
         let next = match &c.phase {
-            Phase::Admin(AdminPhase::Events) => {
+            Phase::Admin(AdminPhase::Events { .. }) => {
                 let _ = c.send(b": keepalive\n\n", &mut self.metrics.admin_bytes_out);
                 if c.queued() > self.config.max_outbound {
                     self.close(conn, CloseReason::SlowConsumer, now);
@@ -722,12 +726,11 @@ impl Server {
         self.metrics.admin_request(200);
         self.presence.start_recording();
         http::write_event_stream_head(&mut self.response);
+        let mut replay_next = None;
         if let Some(last_seen) = resume_after {
             match self.presence.since(last_seen) {
                 Resume::Events(events) => {
-                    for e in events {
-                        presence::write_sse(&mut self.response, e);
-                    }
+                    replay_next = events.first().map(|e| e.seq);
                 }
                 Resume::Reset => {
                     presence::write_sse_reset(&mut self.response, self.presence.last_seq())
@@ -735,9 +738,51 @@ impl Server {
             }
         }
         let c = &mut self.conns[conn.key as usize];
-        c.phase = Phase::Admin(AdminPhase::Events);
+        c.phase = Phase::Admin(AdminPhase::Events { replay_next });
         c.inbound = bytes::BytesMut::new();
         self.subscribers.push(conn);
+    }
+
+    /// Sends a resume replay from the ring as the socket takes it, a chunk
+    /// at a time until the socket is full (a writable edge resumes it) or
+    /// the stream is live: a consumer far behind is caught up at its own
+    /// pace, not with megabytes queued at once (nor cut off for them).
+    pub(crate) fn continue_replay(&mut self, conn: ConnRef, now: Instant) {
+        loop {
+            let Some(c) = self.conns.get_mut(conn.key as usize) else {
+                return;
+            };
+            let Phase::Admin(AdminPhase::Events {
+                replay_next: Some(mut next),
+            }) = c.phase
+            else {
+                return;
+            };
+            if c.generation != conn.generation {
+                return;
+            }
+            self.frame.clear();
+            while self.frame.len() < REPLAY_CHUNK && next <= self.presence.last_seq() {
+                match self.presence.event(next) {
+                    Some(e) => presence::write_sse(&mut self.frame, e),
+                    // Fell off the ring while being replayed.
+                    None => {
+                        presence::write_sse_reset(&mut self.frame, self.presence.last_seq());
+                        next = self.presence.last_seq();
+                    }
+                }
+                next += 1;
+            }
+            let live = next > self.presence.last_seq();
+            c.phase = Phase::Admin(AdminPhase::Events {
+                replay_next: (!live).then_some(next),
+            });
+            match c.send(&self.frame, &mut self.metrics.admin_bytes_out) {
+                Err(_) => return self.close(conn, CloseReason::IoError, now),
+                Ok(Flushed::Done) if !live => continue,
+                Ok(_) => return,
+            }
+        }
     }
 
     /// Numbers a presence event, keeps it for resuming consumers, and sends
@@ -775,6 +820,12 @@ impl Server {
             if c.generation != sub.generation {
                 continue;
             }
+            if let Phase::Admin(AdminPhase::Events {
+                replay_next: Some(_),
+            }) = c.phase
+            {
+                continue; // still replaying: this event comes in its turn
+            }
             c.outbound.extend_from_slice(&self.frame);
             if c.queued() > max {
                 slow.push(sub);
@@ -798,7 +849,7 @@ impl Server {
                 self.ack_deadlines
                     .remove(&(*until, conn.key, conn.generation));
             }
-            Phase::Admin(AdminPhase::Events) => self.subscribers.retain(|&s| s != conn),
+            Phase::Admin(AdminPhase::Events { .. }) => self.subscribers.retain(|&s| s != conn),
             _ => {}
         }
     }
@@ -808,14 +859,18 @@ impl Server {
         let c = &mut self.conns[conn.key as usize];
         match c.flush(&mut self.metrics.admin_bytes_out) {
             Err(_) => self.close(conn, CloseReason::IoError, now),
-            Ok(Flushed::Done) => {
-                if matches!(c.phase, Phase::Admin(AdminPhase::Draining { .. })) {
+            Ok(Flushed::Done) => match c.phase {
+                Phase::Admin(AdminPhase::Draining { .. }) => {
                     let _ = c.stream.shutdown(std::net::Shutdown::Write);
                 }
-            }
+                Phase::Admin(AdminPhase::Events {
+                    replay_next: Some(_),
+                }) => self.continue_replay(conn, now),
+                _ => {}
+            },
             Ok(Flushed::Blocked) => {
                 // An event stream is bounded; a response is not cut short.
-                if matches!(c.phase, Phase::Admin(AdminPhase::Events))
+                if matches!(c.phase, Phase::Admin(AdminPhase::Events { .. }))
                     && c.queued() > self.config.max_outbound
                 {
                     self.close(conn, CloseReason::SlowConsumer, now);

@@ -76,7 +76,9 @@ pub enum AdminPhase {
     /// client still sending a refused body reads the answer, not a reset).
     Draining { discarded: usize },
     /// Streaming presence events (Server-Sent Events); input is ignored.
-    Events,
+    /// `replay_next`: the next event of a resume replay still to send (as
+    /// the socket drains); `None` once the stream is live.
+    Events { replay_next: Option<u64> },
 }
 
 /// How a client connection carries the XML stream. The first byte decides:

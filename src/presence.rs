@@ -69,9 +69,15 @@ pub enum Resume<'a> {
 }
 
 impl PresenceLog {
-    pub fn new(capacity: usize) -> PresenceLog {
+    /// `first_seq`: the number before this process's first event. Starting
+    /// from the process's start time (in microseconds since 1970) keeps
+    /// numbers increasing across restarts, so a consumer resuming with a
+    /// number from an earlier process is told to reset instead of being
+    /// handed this process's events as if they followed its own. (At about
+    /// 1.8e15 they stay exact in a JavaScript number.)
+    pub fn new(capacity: usize, first_seq: u64) -> PresenceLog {
         PresenceLog {
-            last_seq: 0,
+            last_seq: first_seq,
             ring: VecDeque::new(),
             capacity,
             recording: false,
@@ -99,6 +105,13 @@ impl PresenceLog {
             self.ring.push_back(event.clone());
         }
         event
+    }
+
+    /// Event `seq`, while the ring keeps it.
+    pub fn event(&self, seq: u64) -> Option<&PresenceEvent> {
+        let oldest = self.ring.front()?.seq;
+        self.ring
+            .get(usize::try_from(seq.checked_sub(oldest)?).ok()?)
     }
 
     /// The events after `last_seen`, or `Reset` when some are no longer kept.
@@ -174,7 +187,7 @@ mod tests {
 
     #[test]
     fn resumes_from_the_ring_or_resets() {
-        let mut log = PresenceLog::new(3);
+        let mut log = PresenceLog::new(3, 0);
         log.record(event("before-anyone-listened"));
         log.start_recording();
         for id in ["a", "b", "c", "d"] {
@@ -187,11 +200,24 @@ mod tests {
         assert_eq!(seqs(log.since(5)), Some(vec![]));
         assert_eq!(seqs(log.since(1)), None, "event 2 fell off the ring");
         assert_eq!(seqs(log.since(9)), None, "never issued");
+        assert_eq!(log.event(3).map(|e| e.seq), Some(3));
+        assert!(log.event(2).is_none() && log.event(6).is_none());
+    }
+
+    #[test]
+    fn numbers_from_an_earlier_process_reset() {
+        let mut earlier = PresenceLog::new(10, 1_000);
+        earlier.start_recording();
+        let last = earlier.record(event("a")).seq;
+        let mut later = PresenceLog::new(10, 2_000);
+        later.start_recording();
+        later.record(event("b"));
+        assert!(matches!(later.since(last), Resume::Reset));
     }
 
     #[test]
     fn sse_is_byte_exact() {
-        let mut log = PresenceLog::new(10);
+        let mut log = PresenceLog::new(10, 0);
         let e = log.record(event("x"));
         let mut out = Vec::new();
         write_sse(&mut out, &e);

@@ -229,7 +229,7 @@ impl Server {
             drain_deadline: None,
             admin_connections: 0,
             subscribers: Vec::new(),
-            presence: PresenceLog::new(config_event_backlog),
+            presence: PresenceLog::new(config_event_backlog, wall_epoch_ms * 1000),
             rng: fastrand::Rng::new(),
             waiting_acks: HashMap::new(),
             ack_deadlines: std::collections::BTreeSet::new(),
