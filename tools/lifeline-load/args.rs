@@ -7,6 +7,7 @@ use clap::{Parser, ValueEnum};
 
 use crate::observe::AdminUrl;
 use crate::proto::Proto;
+use crate::wsclient::Transport;
 
 /// What each connection does once logged in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -22,6 +23,11 @@ pub enum Mode {
     /// Connections ping as in steady and ack every message; the tool POSTs
     /// --push-rate pushes per second to random online clients through --admin.
     Push,
+    /// Connections ping as in steady and reconnect on their own when the server
+    /// closes them (its `retry-ms`, else backoff with full jitter); measures
+    /// the login rate per 100 ms after the first close (a server restart, by
+    /// --restart-cmd or by hand) and the time until all are back.
+    Restart,
 }
 
 /// Load generator for Lifeline and its peers (redis PING, MQTT PINGREQ).
@@ -59,6 +65,10 @@ pub struct Args {
     /// Wire protocol.
     #[arg(long, value_enum, default_value_t = Proto::Lifeline)]
     pub proto: Proto,
+    /// Transport of the lifeline protocol: the raw XML stream, or a WebSocket
+    /// upgrade on the same port (one masked text message per frame).
+    #[arg(long, value_enum, default_value_t = Transport::Tcp)]
+    pub transport: Transport,
     /// What the connections do.
     #[arg(long, value_enum, default_value_t = Mode::Steady)]
     pub mode: Mode,
@@ -96,9 +106,22 @@ pub struct Args {
     /// Push mode: bytes of padding added to each pushed message.
     #[arg(long, default_value_t = 0)]
     pub push_padding: usize,
-    /// Server process to measure (CPU per round trip over the window, RSS at the end).
+    /// Server process to measure (CPU per round trip over the window, RSS at the end);
+    /// restart mode only hands it to --restart-cmd as LIFELINE_SERVER_PID.
     #[arg(long)]
     pub server_pid: Option<u32>,
+    /// Restart mode: shell command run once when the warmup ends (by `sh -c`,
+    /// not waited for), e.g. a script that stops the server with SIGTERM and
+    /// starts it again. Without it, restart the server by other means.
+    #[arg(long)]
+    pub restart_cmd: Option<String>,
+    /// Restart mode: reconnect backoff base in ms; attempt n waits a random
+    /// delay in [0, min(cap, base·2^n)] unless the server's goodbye gave retry-ms.
+    #[arg(long, default_value_t = 500)]
+    pub backoff_base_ms: u64,
+    /// Restart mode: reconnect backoff cap in ms.
+    #[arg(long, default_value_t = 30_000)]
+    pub backoff_cap_ms: u64,
     /// MQTT keepalive in seconds sent in CONNECT.
     #[arg(long, default_value_t = 60)]
     pub mqtt_keepalive: u16,
@@ -146,6 +169,7 @@ pub struct Config {
     pub duration: Duration,
     pub warmup: Duration,
     pub proto: Proto,
+    pub transport: Transport,
     pub mode: Mode,
     pub auth_secret: Option<Vec<u8>>,
     pub silent_fraction: f64,
@@ -160,6 +184,10 @@ pub struct Config {
     pub push_padding: usize,
     /// Set only in the process that measures the server (single, or worker 0).
     pub server_pid: Option<u32>,
+    /// Set only in the process that measures the server, in restart mode.
+    pub restart_cmd: Option<String>,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
     pub mqtt_keepalive: u16,
     pub login_timeout: Duration,
     pub json: bool,
@@ -224,6 +252,18 @@ impl Config {
         }
         if args.interval_ms == Some(0) {
             return Err(bad("interval-ms", "must be positive"));
+        }
+        if args.transport == Transport::Ws && args.proto != Proto::Lifeline {
+            return Err(bad("transport", "ws carries the lifeline protocol only"));
+        }
+        if args.restart_cmd.is_some() && args.mode != Mode::Restart {
+            return Err(bad("restart-cmd", "only restart mode runs it"));
+        }
+        if args.backoff_base_ms == 0 || args.backoff_base_ms > args.backoff_cap_ms {
+            return Err(bad(
+                "backoff-base-ms",
+                "must be positive and at most --backoff-cap-ms",
+            ));
         }
         let target = resolve(&args.target)?;
         let source_ips = match &args.source_ips {
@@ -295,6 +335,7 @@ impl Config {
             duration,
             warmup,
             proto: args.proto,
+            transport: args.transport,
             mode: args.mode,
             auth_secret: args.auth_secret.as_ref().map(|s| s.as_bytes().to_vec()),
             silent_fraction: args.silent_fraction,
@@ -307,6 +348,9 @@ impl Config {
             push_conns: args.push_conns,
             push_padding: args.push_padding,
             server_pid: args.server_pid.filter(|_| measures_server),
+            restart_cmd: args.restart_cmd.clone().filter(|_| measures_server),
+            backoff_base: Duration::from_millis(args.backoff_base_ms),
+            backoff_cap: Duration::from_millis(args.backoff_cap_ms),
             mqtt_keepalive: args.mqtt_keepalive,
             login_timeout: Duration::from_millis(args.login_timeout_ms.max(1)),
             json: args.json,
@@ -461,6 +505,45 @@ mod tests {
             "redis"
         ])
         .is_err());
+        assert!(config(&["--transport", "ws", "--proto", "mqtt"]).is_err());
+        assert!(
+            config(&["--restart-cmd", "true"]).is_err(),
+            "restart mode only"
+        );
+        assert!(config(&["--mode", "restart", "--backoff-base-ms", "0"]).is_err());
+        assert!(config(&[
+            "--mode",
+            "restart",
+            "--backoff-base-ms",
+            "2000",
+            "--backoff-cap-ms",
+            "1000"
+        ])
+        .is_err());
+    }
+
+    #[test]
+    fn only_the_measuring_process_runs_the_restart_command() {
+        let argv = |index: &str| {
+            config(&[
+                "--mode",
+                "restart",
+                "--restart-cmd",
+                "true",
+                "--conns",
+                "4",
+                "--workers",
+                "2",
+                "--worker-index",
+                index,
+            ])
+            .unwrap()
+        };
+        assert_eq!(argv("0").restart_cmd.as_deref(), Some("true"));
+        assert_eq!(argv("1").restart_cmd, None);
+        let c = config(&["--transport", "ws", "--mode", "restart"]).unwrap();
+        assert_eq!(c.transport, Transport::Ws);
+        assert_eq!(c.backoff_base, Duration::from_millis(500));
     }
 
     #[test]

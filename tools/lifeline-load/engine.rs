@@ -1,14 +1,17 @@
 //! The event loop: one mio `Poll` (edge-triggered epoll) driving every
 //! connection of this process. Each turn opens connections at the ramp rate,
 //! lets churn pick leavers, sends the pushes that are due (push mode), fires
-//! due connection timers, prints progress, and then waits for readiness until
-//! the next of those is due.
+//! due connection timers (restart mode: reconnects too), prints progress, and
+//! then waits for readiness until the next of those is due.
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsRawFd;
+use std::process::Child;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use lifeline::client::Backoff;
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
@@ -18,6 +21,7 @@ use crate::args::{Config, Mode, Role};
 use crate::observe::ServerProbe;
 use crate::push::{self, Pusher};
 use crate::report;
+use crate::restart;
 use crate::sched::{Bucket, Rng, Timers, Window};
 use crate::session::{Close, Conn, Ctx, Fate, Phase};
 use crate::stats::Results;
@@ -65,6 +69,8 @@ pub struct Engine {
     /// Silent slots whose connection has not ended yet.
     silent_left: usize,
     probe: Option<ServerProbe>,
+    /// Restart mode: the `--restart-cmd` while it runs.
+    restart_cmd: Option<Child>,
     window_open: bool,
     next_progress: Instant,
     last_round_trips: u64,
@@ -122,7 +128,12 @@ impl Engine {
             open: 0,
             silent_slots,
             silent_left: silent_slots,
-            probe: cfg.server_pid.map(ServerProbe::new),
+            // The restarted server is another process: nothing to measure.
+            probe: cfg
+                .server_pid
+                .filter(|_| cfg.mode != Mode::Restart)
+                .map(ServerProbe::new),
+            restart_cmd: None,
             window_open: false,
             next_progress: started + Duration::from_secs(1),
             last_round_trips: 0,
@@ -133,6 +144,9 @@ impl Engine {
                 rng: Rng::seeded(u64::from(worker) << 48),
                 worker,
                 pushes: HashMap::new(),
+                frame: Vec::new(),
+                backoff: Backoff::new(cfg.backoff_base, cfg.backoff_cap),
+                online: 0,
                 cfg,
             },
         })
@@ -186,9 +200,12 @@ impl Engine {
     }
 
     /// Nothing more can happen: every connection ended and none will be opened,
-    /// or (silent mode) every silent connection has been closed.
+    /// or (silent mode) every silent connection has been closed. Restart mode
+    /// runs to the end: with the server down, every connection may be
+    /// waiting to reconnect.
     fn finished(&self) -> bool {
-        let all_ended = self.open == 0 && self.connect_queue.is_empty();
+        let all_ended =
+            self.open == 0 && self.connect_queue.is_empty() && self.ctx.cfg.mode != Mode::Restart;
         let silent_done = self.silent_slots > 0 && self.silent_left == 0;
         all_ended || silent_done
     }
@@ -202,6 +219,35 @@ impl Engine {
             if let Err(e) = probe.begin() {
                 eprintln!("lifeline-load: cannot measure the server: {e}");
                 self.probe = None;
+            }
+        }
+        if let Some(command) = &self.ctx.cfg.restart_cmd {
+            eprintln!("lifeline-load: running --restart-cmd");
+            match restart::spawn_command(command, self.ctx.cfg.server_pid) {
+                Ok(child) => self.restart_cmd = Some(child),
+                Err(e) => eprintln!("lifeline-load: cannot run --restart-cmd: {e}"),
+            }
+        }
+    }
+
+    /// Reaps the `--restart-cmd` once it is done and says how it ended.
+    fn check_restart_cmd(&mut self) {
+        let Some(child) = &mut self.restart_cmd else {
+            return;
+        };
+        match child.try_wait() {
+            Ok(None) => {}
+            Ok(Some(status)) if status.success() => {
+                eprintln!("lifeline-load: --restart-cmd done");
+                self.restart_cmd = None;
+            }
+            Ok(Some(status)) => {
+                eprintln!("lifeline-load: --restart-cmd failed: {status}");
+                self.restart_cmd = None;
+            }
+            Err(e) => {
+                eprintln!("lifeline-load: cannot wait for --restart-cmd: {e}");
+                self.restart_cmd = None;
             }
         }
     }
@@ -286,10 +332,19 @@ impl Engine {
                 continue;
             };
             // A stale entry: the connection was re-armed or replaced since.
-            if conn.generation != generation || conn.wake_at != Some(due) || conn.stream.is_none() {
+            if conn.generation != generation || conn.wake_at != Some(due) {
                 continue;
             }
             conn.wake_at = None;
+            if conn.stream.is_none() {
+                // Only a scheduled reconnect arms a slot without a socket;
+                // it bypasses the ramp, which would flatten the very curve
+                // restart mode measures.
+                if conn.phase == Phase::Idle {
+                    self.connect_slot(slot, now);
+                }
+                continue;
+            }
             if let Fate::Closed(cause) = conn.on_timer(now, &mut self.ctx) {
                 self.close(slot, cause, now);
             }
@@ -300,6 +355,10 @@ impl Engine {
     fn close(&mut self, slot: usize, cause: Close, now: Instant) {
         let Some(conn) = self.conns.get_mut(slot) else {
             return;
+        };
+        let reconnect = match self.ctx.cfg.mode {
+            Mode::Restart => conn.reconnect_delay(&cause, &mut self.ctx.backoff),
+            _ => None,
         };
         if let Some(stream) = conn.finish(&cause, now, &mut self.ctx) {
             if cause.resets() {
@@ -316,6 +375,10 @@ impl Engine {
             && !matches!(cause, Close::ConnectFailed(_) | Close::EndOfRun);
         if requeue {
             self.connect_queue.push_back(slot);
+        }
+        if let Some(delay) = reconnect {
+            self.ctx.results.counters.reconnects += 1;
+            conn.schedule_reconnect(now + delay, &mut self.ctx.timers);
         }
     }
 
@@ -344,16 +407,13 @@ impl Engine {
             return;
         }
         self.next_progress = (self.next_progress + Duration::from_secs(1)).max(now);
+        self.check_restart_cmd();
         let connected = self
             .conns
             .iter()
             .filter(|c| !matches!(c.phase, Phase::Idle | Phase::Connecting))
             .count();
-        let logged_in = self
-            .conns
-            .iter()
-            .filter(|c| matches!(c.phase, Phase::Active | Phase::Silent | Phase::Leaving))
-            .count();
+        let logged_in = self.conns.iter().filter(|c| c.logged_in()).count();
         let counters = &self.ctx.results.counters;
         let rt_last_second = counters.round_trips - self.last_round_trips;
         self.last_round_trips = counters.round_trips;
@@ -374,6 +434,11 @@ impl Engine {
     /// Measures the end of the window, then closes every connection.
     fn finish(&mut self) -> Results {
         let end = Instant::now().min(self.ctx.window.end);
+        self.check_restart_cmd();
+        if self.restart_cmd.is_some() {
+            // Not killed: it may be the one starting the server again.
+            eprintln!("lifeline-load: --restart-cmd still running at the end of the run");
+        }
         if let Some(probe) = &self.probe {
             match probe.end() {
                 Ok(usage) => self.ctx.results.server = Some(usage),

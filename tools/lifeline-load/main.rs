@@ -7,7 +7,12 @@
 //! outstanding), `silent` (a fraction stops sending; measures how late the
 //! server closes them), `churn` (log in and leave, half `<bye/>`, half RST),
 //! `push` (steady, plus pushes through the admin API at a fixed rate to random
-//! online clients, which ack them; measures push-to-receive latency).
+//! online clients, which ack them; measures push-to-receive latency),
+//! `restart` (steady, and every connection the server closes comes back on its
+//! own after the server's `retry-ms` or a backoff; measures the login rate per
+//! 100 ms after a server restart and the time until all are back).
+//! Every mode runs over raw TCP or, with `--transport ws`, over a WebSocket
+//! upgrade on the same port.
 //!
 //! Output: a progress line per second and a human summary on stderr; one
 //! `RESULT key=value ...` line (or, with `--json`, a JSON object) on stdout.
@@ -18,7 +23,9 @@
 //! I/O), `session` (one connection), `engine` (the poll loop), `sched`
 //! (timers, rates, window), `stats` (results and their worker line), `report`
 //! (output), `workers` (the parent of `--workers`), `observe` (server CPU/RSS
-//! and admin metrics), `push` (the admin API client of push mode).
+//! and admin metrics), `push` (the admin API client of push mode), `wsclient`
+//! (the WebSocket handshake and framing, no I/O), `restart` (the restart
+//! command and the recovery figures).
 
 mod args;
 mod engine;
@@ -26,10 +33,12 @@ mod observe;
 mod proto;
 mod push;
 mod report;
+mod restart;
 mod sched;
 mod session;
 mod stats;
 mod workers;
+mod wsclient;
 
 use std::io;
 use std::process::ExitCode;

@@ -38,8 +38,12 @@ pub enum Inbound<'a> {
     Pong { seq: Option<u64> },
     /// A liveness probe from the server; answer with a pong echoing `seq`.
     Probe { seq: Option<&'a [u8]> },
-    /// `<bye reason="..."/>`: the server is about to close.
-    Bye { reason: Option<&'a [u8]> },
+    /// `<bye reason="..." retry-ms="D"/>`: the server is about to close;
+    /// `retry_ms` is its advice on when to come back (version 1.1).
+    Bye {
+        reason: Option<&'a [u8]>,
+        retry_ms: Option<u64>,
+    },
     /// `<error code="..."/>`, or a redis `-ERR` line.
     Error { code: Option<&'a [u8]> },
     /// `<msg id="...">body</msg>` routed to this client; `body` is the raw
@@ -451,6 +455,7 @@ fn classify<'a>(tag: &'a [u8], body: &'a [u8]) -> Inbound<'a> {
         },
         b"bye" => Inbound::Bye {
             reason: attr(tag, b"reason"),
+            retry_ms: number(attr(tag, b"retry-ms")),
         },
         b"error" => Inbound::Error {
             code: attr(tag, b"code"),
@@ -535,7 +540,8 @@ mod tests {
                 format!(
                     "{:?}",
                     Inbound::Bye {
-                        reason: Some(&b"timeout"[..])
+                        reason: Some(&b"timeout"[..]),
+                        retry_ms: Some(10)
                     }
                 ),
             ]

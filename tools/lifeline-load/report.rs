@@ -10,7 +10,12 @@ use hdrhistogram::Histogram;
 use serde_json::{Map, Value};
 
 use crate::args::{Config, Mode};
+use crate::restart::{Recovery, BUCKET};
 use crate::stats::Results;
+
+/// Rows of the restart chart in the summary, and the width of its bars.
+const CHART_ROWS: usize = 30;
+const CHART_WIDTH: usize = 50;
 
 /// One second of progress, from one process or summed over workers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -166,6 +171,7 @@ impl Report {
             Mode::Silent => report.silent(results),
             Mode::Churn => report.churn(results),
             Mode::Push => report.push(cfg, results),
+            Mode::Restart => report.restart(cfg, results),
             Mode::Steady | Mode::Max => {}
         }
         report.online(online);
@@ -189,8 +195,10 @@ impl Report {
         let proto = format!("{:?}", cfg.proto).to_lowercase();
         let ramp_done = results.ramp_done_us.map(|us| us as f64 / 1e6);
 
+        let transport = cfg.transport.name();
         self.put("mode", mode.clone().into());
         self.put("proto", proto.clone().into());
+        self.put("transport", transport.into());
         self.put("target", cfg.target.to_string().into());
         self.put("conns", cfg.total_conns.into());
         self.put("workers", cfg.workers.into());
@@ -209,7 +217,7 @@ impl Report {
             n => format!("{n} processes"),
         };
         self.summary.push(format!(
-            "lifeline-load: {mode} {proto}, {} conns -> {} ({processes})",
+            "lifeline-load: {mode} {proto} over {transport}, {} conns -> {} ({processes})",
             cfg.total_conns, cfg.target
         ));
         let ramp = match ramp_done {
@@ -241,6 +249,7 @@ impl Report {
             ("other_byes", c.other_byes),
             ("server_errors", c.server_errors),
             ("protocol_errors", c.protocol_errors),
+            ("upgrade_errors", c.upgrade_errors),
         ] {
             self.put(key, value.into());
         }
@@ -249,8 +258,13 @@ impl Report {
             c.connects_ok, c.connect_errors, c.logins, c.login_errors, c.login_timeouts
         ));
         self.summary.push(format!(
-            "  closes      {} unexpected, {} wrong timeouts, {} other byes, {} protocol errors",
-            c.unexpected_closes, c.wrong_timeouts, c.other_byes, c.protocol_errors
+            "  closes      {} unexpected, {} wrong timeouts, {} other byes, {} protocol errors, \
+             {} refused upgrades",
+            c.unexpected_closes,
+            c.wrong_timeouts,
+            c.other_byes,
+            c.protocol_errors,
+            c.upgrade_errors
         ));
     }
 
@@ -409,6 +423,86 @@ impl Report {
             for (q, value) in quantiles {
                 self.put(&format!("{name}_{q}_us"), value);
             }
+        }
+    }
+
+    fn restart(&mut self, cfg: &Config, results: &Results) {
+        let c = &results.counters;
+        for (key, value) in [
+            ("server_closes", c.server_closes),
+            ("shutdown_byes", c.shutdown_byes),
+            ("retry_advised", c.retry_advised),
+            ("reconnects", c.reconnects),
+        ] {
+            self.put(key, value.into());
+        }
+        self.put(
+            "backoff_base_ms",
+            (cfg.backoff_base.as_millis() as u64).into(),
+        );
+        self.put(
+            "backoff_cap_ms",
+            (cfg.backoff_cap.as_millis() as u64).into(),
+        );
+        self.summary.push(format!(
+            "  restart     {} closed by the server ({} shutdown byes, {} with retry-ms); \
+             {} reconnects scheduled (backoff {}..{} ms when no retry-ms)",
+            c.server_closes,
+            c.shutdown_byes,
+            c.retry_advised,
+            c.reconnects,
+            cfg.backoff_base.as_millis(),
+            cfg.backoff_cap.as_millis(),
+        ));
+        let Some(r) = Recovery::from_results(results) else {
+            self.put("first_close_s", Value::Null);
+            self.summary
+                .push("  recovery    the server closed no logged-in connection".into());
+            return;
+        };
+        let ms_value = |ms: Option<f64>| ms.map_or(Value::Null, |ms| float(ms, 1));
+        let ms_text = |ms: Option<f64>| ms.map_or("-".to_string(), |ms| format!("{ms:.0} ms"));
+        let bucket_ms = BUCKET.as_millis() as u64;
+        self.put("first_close_s", float(r.first_close_s, 3));
+        self.put("relogins", r.relogins.into());
+        self.put("all_back_ms", ms_value(r.all_back_ms));
+        self.put("relogin_p50_ms", ms_value(r.p50_ms));
+        self.put("relogin_p99_ms", ms_value(r.p99_ms));
+        self.put(&format!("peak_logins_per_{bucket_ms}ms"), r.peak.into());
+        self.put("peak_at_ms", r.peak_at_ms.into());
+        self.put("login_bucket_ms", bucket_ms.into());
+        self.put(
+            "logins_per_bucket",
+            Value::Array(r.buckets.iter().map(|n| Value::from(*n)).collect()),
+        );
+        self.summary.push(format!(
+            "  recovery    first close at {:.2} s; {} logins after it; all {} back after {}; \
+             re-login p50 {}  p99 {}",
+            r.first_close_s,
+            r.relogins,
+            cfg.total_conns,
+            r.all_back_ms
+                .map_or("- (not within the run)".to_string(), |ms| format!(
+                    "{ms:.0} ms"
+                )),
+            ms_text(r.p50_ms),
+            ms_text(r.p99_ms),
+        ));
+        self.summary.push(format!(
+            "  login rate  peak {} per {bucket_ms} ms ({}/s) at +{} ms; logins per {bucket_ms} ms after the first close:",
+            r.peak,
+            r.peak * 1000 / bucket_ms,
+            r.peak_at_ms
+        ));
+        let chart = r.chart(CHART_ROWS, CHART_WIDTH);
+        let per_row = r.buckets.len().div_ceil(CHART_ROWS).max(1) as u64;
+        for (start_ms, logins, bar) in chart {
+            let end_ms = start_ms + per_row * bucket_ms;
+            self.summary.push(format!(
+                "    +{:>6.1}..{:>6.1} s {logins:>7} {bar}",
+                start_ms as f64 / 1000.0,
+                end_ms as f64 / 1000.0
+            ));
         }
     }
 

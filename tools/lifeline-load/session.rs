@@ -1,11 +1,17 @@
 //! One client connection: its socket, buffers and heartbeat schedule, and how
 //! it reacts to readiness, frames and its timer. Every way a connection can
 //! end goes through `Conn::finish`, which also does the close accounting.
+//!
+//! Over `--transport ws` the connection first upgrades (`Upgrading`), then
+//! sends every XML frame as one masked text message (`send_frame`) and feeds
+//! the text payloads it receives to the same frame scanner (`absorb_ws`).
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
+use lifeline::client::Backoff;
+use lifeline::ws::KEY_LEN;
 use mio::net::TcpStream;
 
 use crate::args::{Config, Mode};
@@ -13,6 +19,7 @@ use crate::proto::{self, Inbound, Proto, Scan};
 use crate::push;
 use crate::sched::{Rng, Timers, Window};
 use crate::stats::{Results, SilentClose};
+use crate::wsclient::{self, Event, Transport};
 
 /// Interval used when neither the server nor `--interval-ms` gives one.
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
@@ -33,6 +40,12 @@ pub struct Ctx {
     pub worker: u32,
     /// Push mode: pushes written and not yet received, by sequence → when written.
     pub pushes: HashMap<u64, Instant>,
+    /// One outgoing XML frame before it is framed as a WebSocket message.
+    pub frame: Vec<u8>,
+    /// Restart mode: reconnect delays when the server gave no `retry-ms`.
+    pub backoff: Backoff,
+    /// Connections of this process logged in right now.
+    pub online: u32,
 }
 
 /// Where a connection is in its life.
@@ -42,6 +55,8 @@ pub enum Phase {
     Idle,
     /// Non-blocking connect in progress.
     Connecting,
+    /// WebSocket upgrade request sent, waiting for the 101.
+    Upgrading,
     /// Login sent, waiting for the welcome.
     LoggingIn,
     /// Logged in and pinging.
@@ -63,6 +78,8 @@ pub enum Close {
     LoginTimeout,
     /// The server refused the login.
     Refused,
+    /// The server did not accept the WebSocket upgrade, with the reason.
+    Upgrade(String),
     /// The server sent bytes we cannot frame.
     Protocol,
     /// Churn: we leave abruptly.
@@ -115,6 +132,26 @@ pub struct Conn {
     deadline: Option<Duration>,
     /// A silent connection received `<bye reason="timeout"/>`.
     timeout_bye: bool,
+    /// WebSocket state; `None` on the raw TCP transport.
+    ws: Option<WsConn>,
+    /// Restart mode: attempts that failed since the last login.
+    failures: u32,
+    /// The `retry-ms` of the server's last goodbye.
+    retry_after: Option<Duration>,
+    /// The server's last goodbye was terminal (`replaced`, `kicked`).
+    terminal_bye: bool,
+}
+
+/// One connection's WebSocket state.
+struct WsConn {
+    /// Our `Sec-WebSocket-Key`, to check the server's Accept against.
+    key: [u8; KEY_LEN],
+    /// The 101 arrived and was checked.
+    upgraded: bool,
+    reader: wsclient::Reader,
+    /// Unconsumed raw bytes: the answer head while upgrading, afterwards at
+    /// most a partial frame header or control frame.
+    raw: Vec<u8>,
 }
 
 impl Conn {
@@ -137,18 +174,32 @@ impl Conn {
             interval: DEFAULT_INTERVAL,
             deadline: None,
             timeout_bye: false,
+            ws: None,
+            failures: 0,
+            retry_after: None,
+            terminal_bye: false,
         }
     }
 
-    /// The login id: `load-W-I`, with `.N` appended for the N-th re-login.
-    fn login_id(&self, worker: u32) -> String {
-        session_id(worker, self.slot, self.sessions)
+    /// The login id: `load-W-I`, with `.N` appended for the N-th re-login
+    /// (churn, push); restart mode comes back under the same id, as a real
+    /// client does.
+    fn login_id(&self, ctx: &Ctx) -> String {
+        match ctx.cfg.mode {
+            Mode::Restart => session_id(ctx.worker, self.slot, 0),
+            _ => session_id(ctx.worker, self.slot, self.sessions),
+        }
     }
 
     /// The id this connection is logged in with, while it is.
     pub fn online_id(&self, worker: u32) -> Option<String> {
         (self.phase == Phase::Active && self.sessions > 0)
             .then(|| session_id(worker, self.slot, self.sessions - 1))
+    }
+
+    /// Logged in (whatever it does now).
+    pub fn logged_in(&self) -> bool {
+        matches!(self.phase, Phase::Active | Phase::Silent | Phase::Leaving)
     }
 
     fn arm(&mut self, at: Instant, timers: &mut Timers) {
@@ -161,7 +212,39 @@ impl Conn {
         self.stream = Some(stream);
         self.generation = self.generation.wrapping_add(1);
         self.phase = Phase::Connecting;
+        self.ws = (ctx.cfg.transport == Transport::Ws).then(|| WsConn {
+            key: wsclient::new_key([ctx.rng.next_u64(), ctx.rng.next_u64()]),
+            upgraded: false,
+            reader: wsclient::Reader::default(),
+            raw: Vec::new(),
+        });
         self.arm(now + ctx.cfg.login_timeout, &mut ctx.timers);
+    }
+
+    /// Restart mode: wakes the idle slot at `at`, when the engine connects it again.
+    pub fn schedule_reconnect(&mut self, at: Instant, timers: &mut Timers) {
+        self.arm(at, timers);
+    }
+
+    /// Restart mode: how long to wait before reconnecting after `cause`, or
+    /// `None` when this slot stays down. The server's `retry-ms` is already
+    /// a per-client random spread, so it replaces the backoff for the one
+    /// attempt that follows it; failed attempts back off from there (as
+    /// `lifeline::client` does). Call before `finish`.
+    pub fn reconnect_delay(&mut self, cause: &Close, backoff: &mut Backoff) -> Option<Duration> {
+        if matches!(cause, Close::EndOfRun | Close::Abort | Close::LeaveTimeout)
+            || self.terminal_bye
+        {
+            return None;
+        }
+        if !self.logged_in() {
+            self.failures = self.failures.saturating_add(1);
+        }
+        Some(
+            self.retry_after
+                .take()
+                .unwrap_or_else(|| backoff.delay(self.failures)),
+        )
     }
 
     /// Handles a readiness event. `drain` means the peer hung up or the socket
@@ -206,25 +289,47 @@ impl Conn {
 
     fn on_connected(&mut self, now: Instant, ctx: &mut Ctx) {
         ctx.results.counters.connects_ok += 1;
+        if let Some(ws) = &self.ws {
+            self.phase = Phase::Upgrading;
+            let host = ctx.cfg.target.to_string();
+            wsclient::write_upgrade(&mut self.outbound, &host, &ws.key);
+            return;
+        }
+        self.start_login(now, ctx);
+    }
+
+    fn start_login(&mut self, now: Instant, ctx: &mut Ctx) {
         if !proto::has_login(ctx.cfg.proto) {
             self.on_welcome(None, None, None, now, ctx);
             return;
         }
         self.phase = Phase::LoggingIn;
-        let id = self.login_id(ctx.worker);
+        let id = self.login_id(ctx);
         let token = ctx
             .cfg
             .auth_secret
             .as_deref()
             .map(|secret| proto::auth_token(secret, &id));
-        proto::login(
-            ctx.cfg.proto,
-            &id,
-            token.as_deref(),
-            ctx.cfg.mqtt_keepalive,
-            &mut self.outbound,
-        );
+        let (proto, keepalive) = (ctx.cfg.proto, ctx.cfg.mqtt_keepalive);
+        self.send_frame(ctx, |out| {
+            proto::login(proto, &id, token.as_deref(), keepalive, out)
+        });
         self.last_sent = now;
+    }
+
+    /// Appends one outgoing frame written by `encode`: as it is on TCP, as
+    /// one masked text message on WebSocket.
+    fn send_frame(&mut self, ctx: &mut Ctx, encode: impl FnOnce(&mut Vec<u8>)) {
+        if self.ws.is_none() {
+            encode(&mut self.outbound);
+            return;
+        }
+        let mut frame = std::mem::take(&mut ctx.frame);
+        frame.clear();
+        encode(&mut frame);
+        let mask = wsclient::mask(ctx.rng.next_u64());
+        wsclient::write_text(&mut self.outbound, mask, &frame);
+        ctx.frame = frame;
     }
 
     fn read_available(
@@ -241,7 +346,11 @@ impl Conn {
             match stream.read(scratch) {
                 Ok(0) => return Err(Close::Peer),
                 Ok(n) => {
-                    self.absorb(&scratch[..n], now, ctx)?;
+                    if self.ws.is_some() {
+                        self.absorb_ws(&scratch[..n], now, ctx)?;
+                    } else {
+                        self.absorb(&scratch[..n], now, ctx)?;
+                    }
                     // Edge-triggered: a short read emptied the socket, and any
                     // later arrival raises a new edge. Saves one read per event.
                     if n < scratch.len() && !drain {
@@ -251,6 +360,79 @@ impl Conn {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => return Err(Close::Peer),
+            }
+        }
+    }
+
+    /// WebSocket: decodes `data` after whatever raw bytes are pending (the
+    /// upgrade answer, then frames); text payloads go on to `absorb`.
+    fn absorb_ws(&mut self, data: &[u8], now: Instant, ctx: &mut Ctx) -> Result<(), Close> {
+        let mut raw = match self.ws.as_mut() {
+            Some(ws) => std::mem::take(&mut ws.raw),
+            None => return self.absorb(data, now, ctx),
+        };
+        if raw.is_empty() {
+            let used = self.decode_ws(data, now, ctx)?;
+            raw.extend_from_slice(&data[used..]);
+        } else {
+            raw.extend_from_slice(data);
+            let used = self.decode_ws(&raw, now, ctx)?;
+            raw.drain(..used);
+        }
+        if let Some(ws) = self.ws.as_mut() {
+            ws.raw = raw;
+        }
+        Ok(())
+    }
+
+    /// Handles the upgrade answer and every whole event in `buf`; returns
+    /// how many bytes were used.
+    fn decode_ws(&mut self, buf: &[u8], now: Instant, ctx: &mut Ctx) -> Result<usize, Close> {
+        let Some(ws) = self.ws.as_mut() else {
+            return Err(Close::Protocol);
+        };
+        let mut at = 0;
+        if !ws.upgraded {
+            match wsclient::parse_accept(buf, &ws.key) {
+                Ok(None) => return Ok(0),
+                Ok(Some(head)) => {
+                    ws.upgraded = true;
+                    at = head;
+                    self.start_login(now, ctx);
+                }
+                Err(e) => return Err(Close::Upgrade(e.to_string())),
+            }
+        }
+        loop {
+            let Some(ws) = self.ws.as_mut() else {
+                return Err(Close::Protocol);
+            };
+            let (event, used) = match ws.reader.next(&buf[at..]) {
+                Ok(Some(next)) => next,
+                Ok(None) => return Ok(at),
+                Err(e) => {
+                    ctx.results.counters.protocol_errors += 1;
+                    ctx.results.last_error = Some(format!("WebSocket: {e}"));
+                    return Err(Close::Protocol);
+                }
+            };
+            at += used;
+            match event {
+                Event::Text(piece) => self.absorb(piece, now, ctx)?,
+                Event::Ping(payload) => {
+                    ctx.results.counters.ws_pings_answered += 1;
+                    let mask = wsclient::mask(ctx.rng.next_u64());
+                    wsclient::write_pong(&mut self.outbound, mask, payload);
+                }
+                Event::Pong => {}
+                Event::Close(code) => {
+                    // Answer in kind, best effort; the server closes the
+                    // socket next, so this ends like an EOF.
+                    let mask = wsclient::mask(ctx.rng.next_u64());
+                    wsclient::write_close(&mut self.outbound, mask, code);
+                    let _ = self.flush();
+                    return Err(Close::Peer);
+                }
             }
         }
     }
@@ -310,25 +492,37 @@ impl Conn {
             Inbound::Probe { seq } => match self.phase {
                 Phase::Active | Phase::LoggingIn => {
                     ctx.results.counters.probes_answered += 1;
-                    proto::probe_answer(seq, &mut self.outbound);
+                    self.send_frame(ctx, |out| proto::probe_answer(seq, out));
                     self.last_sent = now;
                 }
                 _ => ctx.results.counters.probes_ignored += 1,
             },
-            Inbound::Bye {
-                reason: Some(b"timeout"),
-            } => match self.phase {
-                Phase::Silent => self.timeout_bye = true,
-                Phase::Leaving => {}
-                _ => ctx.results.counters.wrong_timeouts += 1,
-            },
-            Inbound::Bye { .. } => ctx.results.counters.other_byes += 1,
+            Inbound::Bye { reason, retry_ms } => self.on_bye(reason, retry_ms, ctx),
             Inbound::Msg { id, body } => self.on_msg(id, body, now, ctx),
             Inbound::Welcome { .. } | Inbound::ConnAck { .. } | Inbound::Other => {
                 ctx.results.counters.other_frames += 1
             }
         }
         Ok(())
+    }
+
+    fn on_bye(&mut self, reason: Option<&[u8]>, retry_ms: Option<u64>, ctx: &mut Ctx) {
+        let counters = &mut ctx.results.counters;
+        self.retry_after = retry_ms.map(Duration::from_millis);
+        counters.retry_advised += u64::from(retry_ms.is_some());
+        self.terminal_bye = matches!(reason, Some(b"replaced" | b"kicked"));
+        match reason {
+            Some(b"timeout") => match self.phase {
+                Phase::Silent => self.timeout_bye = true,
+                Phase::Leaving => {}
+                _ => counters.wrong_timeouts += 1,
+            },
+            Some(b"shutdown") => {
+                counters.shutdown_byes += 1;
+                counters.other_byes += 1;
+            }
+            _ => counters.other_byes += 1,
+        }
     }
 
     /// Push mode acks every message and times the ones the pusher sent.
@@ -339,8 +533,9 @@ impl Conn {
             return;
         }
         if let Some(id) = id {
-            proto::ack(id, &mut self.outbound);
+            self.send_frame(ctx, |out| proto::ack(id, out));
             self.last_sent = now;
+            let counters = &mut ctx.results.counters;
             counters.acks_sent += 1;
             if ctx.window.contains(now) {
                 counters.acks_in_window += 1;
@@ -368,14 +563,23 @@ impl Conn {
         self.phase = Phase::Active;
         self.sessions += 1;
         self.wake_at = None;
+        self.failures = 0;
+        ctx.online += 1;
 
         let counters = &mut ctx.results.counters;
         counters.logins += 1;
         if ctx.window.contains(now) {
             counters.logins_in_window += 1;
         }
+        let since_start = micros(now - ctx.window.started);
         if counters.logins == u64::from(cfg.conns) {
-            ctx.results.ramp_done_us = Some(micros(now - ctx.window.started));
+            ctx.results.ramp_done_us = Some(since_start);
+        }
+        if ctx.results.first_close_us.is_some() {
+            ctx.results.relogins_us.push(since_start);
+            if ctx.online == cfg.conns && ctx.results.all_back_us.is_none() {
+                ctx.results.all_back_us = Some(since_start);
+            }
         }
 
         let announced = interval_ms.filter(|ms| *ms > 0).map(Duration::from_millis);
@@ -422,7 +626,8 @@ impl Conn {
     fn send_ping(&mut self, now: Instant, ctx: &mut Ctx) {
         let seq = self.next_seq;
         self.next_seq += 1;
-        proto::ping(ctx.cfg.proto, seq, &mut self.outbound);
+        let proto = ctx.cfg.proto;
+        self.send_frame(ctx, |out| proto::ping(proto, seq, out));
         self.in_flight.push_back((seq, now));
         self.last_sent = now;
         let counters = &mut ctx.results.counters;
@@ -469,7 +674,9 @@ impl Conn {
     /// Handles this connection's timer.
     pub fn on_timer(&mut self, now: Instant, ctx: &mut Ctx) -> Fate {
         match self.phase {
-            Phase::Connecting | Phase::LoggingIn => Fate::Closed(Close::LoginTimeout),
+            Phase::Connecting | Phase::Upgrading | Phase::LoggingIn => {
+                Fate::Closed(Close::LoginTimeout)
+            }
             Phase::Leaving => Fate::Closed(Close::LeaveTimeout),
             Phase::Active if self.silent_at.is_some_and(|at| now >= at) => {
                 self.phase = Phase::Silent;
@@ -493,7 +700,8 @@ impl Conn {
         if !clean {
             return Fate::Closed(Close::Abort);
         }
-        proto::bye(ctx.cfg.proto, &mut self.outbound);
+        let proto = ctx.cfg.proto;
+        self.send_frame(ctx, |out| proto::bye(proto, out));
         self.phase = Phase::Leaving;
         self.arm(now + LEAVE_TIMEOUT, &mut ctx.timers);
         self.flush()
@@ -535,6 +743,10 @@ impl Conn {
             }
             (Close::LoginTimeout, _) => counters.login_timeouts += 1,
             (Close::Refused, _) => counters.login_errors += 1,
+            (Close::Upgrade(error), _) => {
+                counters.upgrade_errors += 1;
+                results.last_error = Some(error.clone());
+            }
             (Close::Protocol, _) => {}
             (Close::Abort, _) => counters.leaves_abrupt += 1,
             (Close::LeaveTimeout, _) => counters.leave_timeouts += 1,
@@ -542,6 +754,13 @@ impl Conn {
             (Close::EndOfRun, _) => {}
             (Close::Peer, Phase::Leaving) => counters.leaves_clean += 1,
             (Close::Peer, Phase::Silent) => self.record_silent_close(now, results),
+            // What restart mode is about: counted, not an error.
+            (Close::Peer, Phase::Active) if mode == Mode::Restart => {
+                counters.server_closes += 1;
+                if results.first_close_us.is_none() {
+                    results.first_close_us = Some(micros(now - ctx.window.started));
+                }
+            }
             (Close::Peer, phase) => {
                 counters.unexpected_closes += 1;
                 if mode == Mode::Silent && phase == Phase::Active {
@@ -556,10 +775,16 @@ impl Conn {
             .count();
         results.counters.pings_unanswered += lost as u64;
 
+        if self.logged_in() {
+            ctx.online = ctx.online.saturating_sub(1);
+        }
         self.phase = Phase::Idle;
         self.wake_at = None;
         self.silent_at = None;
         self.timeout_bye = false;
+        self.retry_after = None;
+        self.terminal_bye = false;
+        self.ws = None;
         self.in_flight = VecDeque::new();
         self.inbound = Vec::new();
         self.outbound = Vec::new();

@@ -1,6 +1,6 @@
 //! What one run measured: counters, the round-trip and push latency
-//! histograms, push answers by HTTP status, silent-close samples and the
-//! server's resource use. Results from workers are merged by the parent, so
+//! histograms, push answers by HTTP status, silent-close samples, restart
+//! recovery instants and the server's resource use. Results from workers are merged by the parent, so
 //! everything here knows how to serialize to one JSON line and back.
 
 use std::collections::BTreeMap;
@@ -65,6 +65,18 @@ counters! {
     server_errors,
     /// Bytes the client could not frame; the connection was dropped.
     protocol_errors,
+    /// WebSocket upgrades the server did not accept (status, Accept key, ...).
+    upgrade_errors,
+    /// WebSocket Pings from the server answered with a Pong.
+    ws_pings_answered,
+    /// `<bye reason="shutdown"/>` received.
+    shutdown_byes,
+    /// `<bye/>` carrying `retry-ms` received.
+    retry_advised,
+    /// Restart: logged-in connections the server closed.
+    server_closes,
+    /// Restart: reconnects scheduled (after a close or a failed attempt).
+    reconnects,
     /// Server probes answered with a pong.
     probes_answered,
     /// Server probes a silent connection deliberately left unanswered.
@@ -134,6 +146,7 @@ impl Counters {
             + self.unexpected_closes
             + self.wrong_timeouts
             + self.protocol_errors
+            + self.upgrade_errors
             + self.leave_timeouts
     }
 }
@@ -181,6 +194,13 @@ pub struct Results {
     pub server: Option<ServerUsage>,
     /// The most recent connect error, to tell the user why.
     pub last_error: Option<String>,
+    /// Restart: the server's first close of a logged-in connection, from the start.
+    pub first_close_us: Option<u64>,
+    /// Restart: every login at or after `first_close_us`, from the start.
+    pub relogins_us: Vec<u64>,
+    /// Restart: when all connections were logged in again after the first
+    /// close, from the start (`None`: not within the run).
+    pub all_back_us: Option<u64>,
 }
 
 /// A worker line that could not be read back.
@@ -215,6 +235,9 @@ impl Default for Results {
             deadline_ms: None,
             server: None,
             last_error: None,
+            first_close_us: None,
+            relogins_us: Vec::new(),
+            all_back_us: None,
         }
     }
 }
@@ -263,6 +286,16 @@ impl Results {
         if other.last_error.is_some() {
             self.last_error.clone_from(&other.last_error);
         }
+        self.first_close_us = match (self.first_close_us, other.first_close_us) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.relogins_us.extend_from_slice(&other.relogins_us);
+        // All are back only once every process has all of its share back.
+        self.all_back_us = match (self.all_back_us, other.all_back_us) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            _ => None,
+        };
     }
 
     /// One JSON line for the parent (see `decode`).
@@ -312,6 +345,10 @@ impl Results {
         if let Some(error) = &self.last_error {
             map.insert("last_error".into(), error.as_str().into());
         }
+        map.insert("first_close_us".into(), self.first_close_us.into());
+        let relogins: Vec<String> = self.relogins_us.iter().map(u64::to_string).collect();
+        map.insert("relogins".into(), relogins.join(",").into());
+        map.insert("all_back_us".into(), self.all_back_us.into());
         Value::Object(map).to_string()
     }
 
@@ -367,6 +404,10 @@ impl Results {
                 .get("last_error")
                 .and_then(Value::as_str)
                 .map(str::to_string),
+            first_close_us: uint(map, "first_close_us"),
+            relogins_us: parse_list(map.get("relogins").and_then(Value::as_str).unwrap_or(""))
+                .ok_or(DecodeError::Field("relogins"))?,
+            all_back_us: uint(map, "all_back_us"),
         };
         Ok((worker, results))
     }
@@ -396,6 +437,13 @@ fn decode_histogram(
     Deserializer::new()
         .deserialize(&mut bytes.as_slice())
         .map_err(|_| DecodeError::Field(key))
+}
+
+fn parse_list(text: &str) -> Option<Vec<u64>> {
+    if text.is_empty() {
+        return Some(Vec::new());
+    }
+    text.split(',').map(|item| item.parse().ok()).collect()
 }
 
 fn parse_silent(text: &str) -> Option<Vec<SilentClose>> {
@@ -450,6 +498,9 @@ mod tests {
             rss_anon_kb: None,
         });
         results.last_error = Some("Connection refused \"x\"".into());
+        results.first_close_us = Some(5_000_000);
+        results.relogins_us = vec![5_000_100, 5_200_000];
+        results.all_back_us = Some(5_200_000);
 
         let (worker, back) = Results::decode(&results.encode(3)).unwrap();
         assert_eq!(worker, 3);
@@ -465,6 +516,12 @@ mod tests {
         assert_eq!(back.deadline_ms, Some(1500));
         assert_eq!(back.server, results.server);
         assert_eq!(back.last_error, results.last_error);
+        assert_eq!(back.first_close_us, Some(5_000_000));
+        assert_eq!(back.relogins_us, results.relogins_us);
+        assert_eq!(back.all_back_us, Some(5_200_000));
+        let (_, empty) = Results::decode(&Results::default().encode(0)).unwrap();
+        assert!(empty.relogins_us.is_empty());
+        assert_eq!(empty.first_close_us, None);
     }
 
     #[test]
@@ -486,5 +543,27 @@ mod tests {
         assert_eq!(a.push_status(404), 1);
         assert_eq!(a.push_answer_us.len(), 2);
         assert_eq!(a.window_us, 9);
+    }
+
+    #[test]
+    fn merge_takes_the_earliest_close_and_the_latest_recovery() {
+        let mut a = Results {
+            first_close_us: Some(300),
+            relogins_us: vec![400],
+            all_back_us: Some(900),
+            ..Results::default()
+        };
+        let b = Results {
+            first_close_us: Some(200),
+            relogins_us: vec![250, 950],
+            all_back_us: Some(950),
+            ..Results::default()
+        };
+        a.merge(&b);
+        assert_eq!(a.first_close_us, Some(200));
+        assert_eq!(a.relogins_us, vec![400, 250, 950]);
+        assert_eq!(a.all_back_us, Some(950));
+        a.merge(&Results::default());
+        assert_eq!(a.all_back_us, None, "one process never got all back");
     }
 }
