@@ -34,8 +34,10 @@ const REPLAY_CHUNK: usize = 64 * 1024;
 const LINGER: Duration = Duration::from_secs(5);
 /// ...or after discarding this much of a refused request.
 const MAX_LINGER_DISCARD: usize = 64 << 20;
-/// Admin connections beyond this are refused: the API is for a few back ends.
-pub const MAX_ADMIN_CONNECTIONS: usize = 256;
+/// Admin connections beyond this are refused: the API is for a few back
+/// ends, and they live in the descriptors reserved beside the clients'
+/// (`config::FD_RESERVE`), so they can never take a client's place.
+pub const MAX_ADMIN_CONNECTIONS: usize = 32;
 /// Largest push or broadcast body (before XML escaping), and largest request body.
 const MAX_BODY: usize = 1 << 20;
 const MAX_PAGE: usize = 1000;
@@ -69,7 +71,12 @@ impl Server {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    warn!("admin accept failed: {e}");
+                    // Out of descriptors, most likely: retried with the client
+                    // listener (edge-triggered, the pending request would
+                    // otherwise wait for the next connection).
+                    self.log_accept_error(&e, now);
+                    self.accept_retry_at
+                        .get_or_insert(now + Duration::from_millis(100));
                     return;
                 }
             }

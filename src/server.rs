@@ -110,7 +110,7 @@ pub struct Server {
     read_again: Vec<ConnRef>,
     /// Held so that, out of descriptors, one can be freed to refuse a client politely.
     spare_fd: Option<File>,
-    accept_retry_at: Option<Instant>,
+    pub(crate) accept_retry_at: Option<Instant>,
     accept_errors_unlogged: u64,
     accept_error_logged_at: Option<Instant>,
     drain_deadline: Option<Instant>,
@@ -147,6 +147,12 @@ impl Server {
             Some(n) => n,
             None => fd_capacity,
         };
+        if capacity == 0 {
+            warn!(
+                "the open-file limit ({fd_limit}) leaves no room for clients: {FD_RESERVE} descriptors \
+                 are kept for the server itself; raise the limit (ulimit -n)"
+            );
+        }
         let poll = Poll::new().map_err(ServerError::Poll)?;
         let mut listener =
             bind_listener(config.listen, config.backlog).map_err(|source| ServerError::Listen {
@@ -285,6 +291,7 @@ impl Server {
             if self.accept_retry_at.is_some_and(|at| now >= at) {
                 self.accept_retry_at = None;
                 self.accept(now);
+                self.accept_admin(now);
             }
             self.on_deadlines(now);
             self.expire_pushes(now);
@@ -356,6 +363,11 @@ impl Server {
     // ---------------------------------------------------------------- accept
 
     fn accept(&mut self, now: Instant) {
+        // Take back a spare descriptor lost to an earlier shortage first, so
+        // that the next shortage can still refuse politely.
+        if self.spare_fd.is_none() {
+            self.spare_fd = File::open("/dev/null").ok();
+        }
         loop {
             let Some(listener) = &self.listener else {
                 return;
@@ -384,6 +396,11 @@ impl Server {
     /// `overload`, close it, take the spare back. Returns false when that
     /// is not possible either.
     fn refuse_with_spare_fd(&mut self) -> bool {
+        // A spare lost to an earlier shortage is taken back as soon as a
+        // descriptor frees up.
+        if self.spare_fd.is_none() {
+            self.spare_fd = File::open("/dev/null").ok();
+        }
         if self.spare_fd.take().is_none() {
             return false;
         }
@@ -407,7 +424,7 @@ impl Server {
         let _ = io::Write::write(&mut &stream, &self.scratch);
     }
 
-    fn log_accept_error(&mut self, e: &io::Error, now: Instant) {
+    pub(crate) fn log_accept_error(&mut self, e: &io::Error, now: Instant) {
         let due = self
             .accept_error_logged_at
             .is_none_or(|at| now.duration_since(at) >= ACCEPT_ERROR_LOG_EVERY);
@@ -466,7 +483,12 @@ impl Server {
                 .with_time(k.idle)
                 .with_interval(k.interval)
                 .with_retries(k.count);
-            socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive)?;
+            let socket = socket2::SockRef::from(stream);
+            socket.set_tcp_keepalive(&keepalive)?;
+            // Keepalive only probes an idle connection; with unacknowledged
+            // output the kernel retransmits instead, for up to ~15 minutes.
+            // The user timeout gives that case the same bound.
+            socket.set_tcp_user_timeout(Some(k.idle + k.interval * k.count))?;
         }
         Ok(())
     }
@@ -1177,6 +1199,10 @@ impl Server {
         // Dropping the stream closes the descriptor, which also removes it
         // from the epoll set; a deregister call would be one more syscall.
         drop(c);
+        if self.spare_fd.is_none() {
+            // A descriptor just freed up: take back the spare lost to a shortage.
+            self.spare_fd = File::open("/dev/null").ok();
+        }
     }
 
     // -------------------------------------------------------------- shutdown
