@@ -41,7 +41,7 @@ const READ_CHUNK: usize = 64 * 1024;
 /// others get their turn: a client that never stops sending cannot starve
 /// them, nor grow the reply buffer without bound.
 const READ_BUDGET: usize = 4 * READ_CHUNK;
-const EVENTS_CAPACITY: usize = 1024;
+const EVENTS_CAPACITY: usize = 256;
 /// After the process runs out of descriptors, accepting is retried this often.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// Accept errors are logged at most this often (with a count of the rest).
@@ -623,8 +623,10 @@ impl Server {
                 .find(|b| !matches!(b, b' ' | b'\t' | b'\r' | b'\n' | 0xEF | 0xBB | 0xBF));
             match first {
                 None => {} // nothing decisive yet: the raw path keeps or discards it
-                Some(b'<') => c.transport = Transport::Raw,
-                Some(_) => c.transport = Transport::Handshake,
+                // An HTTP method (GET, ...) opens a WebSocket upgrade or a page.
+                Some(b'A'..=b'Z') => c.transport = Transport::Handshake,
+                // Anything else is the raw stream, where garbage is a bad-frame.
+                Some(_) => c.transport = Transport::Raw,
             }
         }
         match c.transport {

@@ -14,6 +14,17 @@ const FAST: &[(&str, &str)] = &[
     ("LIFELINE_TICK_MS", "5"),
 ];
 
+/// A `<bye>` with this reason, advising a reconnect delay within the default
+/// spread of 10 s (PROTOCOL.md 1.1: timeout, shutdown and overload carry one).
+fn assert_bye(frame: &str, reason: &str) {
+    assert!(frame.starts_with("<bye "), "{frame}");
+    assert_eq!(attr(frame, "reason").as_deref(), Some(reason), "{frame}");
+    let retry: u64 = attr(frame, "retry-ms")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no retry-ms in {frame}"));
+    assert!(retry <= 10_000, "{frame}");
+}
+
 #[test]
 fn login_is_welcomed_with_interval_and_misses() {
     let server = ServerProc::start(FAST);
@@ -68,13 +79,14 @@ fn a_silent_client_is_probed_then_closed_within_the_precision_window() {
     );
     assert!(frames[0].starts_with("<welcome"));
     assert_eq!(
-        &frames[1..],
+        &frames[1..3],
         &[
             "<heartbeat mode=\"ping\" seq=\"1\"/>",
             "<heartbeat mode=\"ping\" seq=\"2\"/>",
-            "<bye reason=\"timeout\"/>",
         ]
     );
+    assert_bye(&frames[3], "timeout");
+    assert_eq!(frames.len(), 4);
     let line = server
         .wait_log("offline id=quiet reason=timeout", WAIT)
         .expect("offline event logged");
@@ -354,10 +366,11 @@ fn connections_over_capacity_get_bye_overload() {
     let mut a = server.login("a");
     let mut b = server.login("b");
     let mut extra = server.connect();
-    assert_eq!(
-        extra.wait_closed(WAIT),
-        Closed::Yes(vec!["<bye reason=\"overload\"/>".to_string()])
-    );
+    let Closed::Yes(frames) = extra.wait_closed(WAIT) else {
+        panic!("the extra connection was not closed");
+    };
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_bye(&frames[0], "overload");
     for c in [&mut a, &mut b] {
         c.send("<heartbeat mode=\"ping\"/>");
         assert_eq!(c.expect_frame(), "<heartbeat mode=\"pong\"/>");
@@ -370,10 +383,11 @@ fn sigterm_says_goodbye_to_everyone_and_exits_zero() {
     let mut clients: Vec<_> = (0..20).map(|i| server.login(&format!("c{i}"))).collect();
     server.signal(libc::SIGTERM);
     for c in &mut clients {
-        assert_eq!(
-            c.wait_closed(WAIT),
-            Closed::Yes(vec!["<bye reason=\"shutdown\"/>".to_string()])
-        );
+        let Closed::Yes(frames) = c.wait_closed(WAIT) else {
+            panic!("a client was not closed at shutdown");
+        };
+        assert_eq!(frames.len(), 1, "{frames:?}");
+        assert_bye(&frames[0], "shutdown");
     }
     assert_eq!(server.wait_exit(WAIT), Some(0));
     assert_eq!(server.wait_count("reason=shutdown", 20, WAIT), 20);
