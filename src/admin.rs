@@ -515,7 +515,14 @@ impl Server {
                 }
             },
         };
-        let target = self.registry.lookup(id);
+        // An online client still receiving its backlog gets new pushes
+        // behind it, so that order holds.
+        let backlog = self.offline.holds(id);
+        let target = self.registry.lookup(id).filter(|_| !backlog);
+        let queue_ttl_ms = match (backlog, queue_ttl_ms) {
+            (true, None) => Some(self.config.receipt_ttl.as_millis() as u64),
+            (_, ttl) => ttl,
+        };
         if target.is_none() && queue_ttl_ms.is_none() {
             self.not_online(id, keep);
             return next(keep);

@@ -179,6 +179,28 @@ impl OfflineQueue {
         held
     }
 
+    /// Whether anything is held for anyone (a cheap check for hot paths).
+    pub fn is_empty(&self) -> bool {
+        self.by_client.is_empty()
+    }
+
+    /// Whether pushes are held for `client`.
+    pub fn holds(&self, client: &str) -> bool {
+        self.by_client.contains_key(client)
+    }
+
+    /// Puts back, in front and in order, what could not be delivered yet.
+    pub fn put_back(&mut self, client: &Rc<str>, mut held: VecDeque<Held>) {
+        if held.is_empty() {
+            return;
+        }
+        self.bytes += held.iter().map(|h| h.frame.len()).sum::<usize>();
+        if let Some(rest) = self.by_client.remove(client) {
+            held.extend(rest);
+        }
+        self.by_client.insert(client.clone(), held);
+    }
+
     /// Removes pushes whose time to live has passed; returns their ids.
     /// O(expired · log n): the heap hands out the earliest expiry first.
     pub fn expire(&mut self, now: Micros) -> Vec<Rc<str>> {
@@ -194,12 +216,17 @@ impl OfflineQueue {
             let Some(queue) = self.by_client.get_mut(&client) else {
                 continue;
             };
-            while queue.front().is_some_and(|h| h.expires <= now) {
-                if let Some(h) = queue.pop_front() {
+            // Time to live differs per push: an expired one may stand behind
+            // a live one. A queue is short (bounded per client).
+            queue.retain(|h| {
+                if h.expires <= now {
                     self.bytes -= h.frame.len();
-                    expired.push(h.message);
+                    expired.push(h.message.clone());
+                    false
+                } else {
+                    true
                 }
-            }
+            });
             if queue.is_empty() {
                 self.by_client.remove(&client);
             }
@@ -255,6 +282,14 @@ mod tests {
         assert_eq!(q.hold(&a, held("3", 100)), Err(QueueFull::PerClient(2)));
         assert_eq!(q.hold(&b, held("4", 100)), Err(QueueFull::Total(20)));
         assert_eq!(q.expire(60), vec![Rc::from("1")]);
+        // An expired push behind a live one frees its slot too.
+        let c: Rc<str> = "c".into();
+        let mut q2 = OfflineQueue::new(2, 100);
+        q2.hold(&c, held("long", 500)).unwrap();
+        q2.hold(&c, held("short", 50)).unwrap();
+        assert_eq!(q2.expire(60), vec![Rc::from("short")]);
+        assert_eq!(q2.bytes(), 10);
+        q2.hold(&c, held("again", 500)).unwrap();
         assert_eq!(q.bytes(), 10);
         let taken: Vec<_> = q.take("a").into_iter().map(|h| h.message).collect();
         assert_eq!(taken, vec![Rc::from("2")]);

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use log::{debug, info, warn};
+use log::{debug, error, info, warn};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -279,7 +279,7 @@ impl Server {
                     SIGNALS => self.on_signal(now),
                     token => {
                         if let Some(conn) = ConnRef::from_token(token) {
-                            self.on_ready(conn, event.is_writable(), now);
+                            self.serve_guarded(conn, event.is_writable(), now);
                         }
                     }
                 }
@@ -303,6 +303,26 @@ impl Server {
                     return Ok(());
                 }
             }
+        }
+    }
+
+    /// Serves one ready connection. No panic is known to be reachable from
+    /// the network, but should one remain, it costs that connection only,
+    /// not the loop and every other client.
+    fn serve_guarded(&mut self, conn: ConnRef, writable: bool, now: Instant) {
+        let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.on_ready(conn, writable, now)
+        }));
+        if served.is_err() {
+            error!(
+                "internal error while serving connection {}: closing it, the server carries on",
+                conn.generation
+            );
+            // Loop-wide buffers are taken out while in use; put them back.
+            if self.read_buf.len() != READ_CHUNK {
+                self.read_buf = vec![0; READ_CHUNK];
+            }
+            self.close(conn, CloseReason::IoError, now);
         }
     }
 
@@ -511,11 +531,14 @@ impl Server {
         if writable && self.is_live(conn) {
             let c = &mut self.conns[conn.key as usize];
             let flushed = c.flush(&mut self.metrics.bytes_out);
+            let closing = c.is_closing();
             if matches!(flushed, Ok(Flushed::Done)) {
                 self.metrics.pushes_delivered += u64::from(std::mem::take(&mut c.pushes_queued));
             }
             match flushed {
-                Ok(Flushed::Done) if c.is_closing() => self.close(conn, CloseReason::Shutdown, now),
+                Ok(Flushed::Done) if closing => self.close(conn, CloseReason::Shutdown, now),
+                // Drained: the rest of a held backlog may follow.
+                Ok(Flushed::Done) if !self.offline.is_empty() => self.deliver_held(conn, now),
                 Ok(_) => {}
                 Err(_) => self.close(conn, CloseReason::IoError, now),
             }
@@ -592,6 +615,10 @@ impl Server {
                 }
                 Ok(_) => {}
             }
+        }
+        // Pushes held while it was offline follow its welcome (once replied).
+        if fate == Fate::Keep && !self.offline.is_empty() && self.is_live(conn) {
+            self.deliver_held(conn, now);
         }
         if let Fate::Close(reason) = fate {
             let reason = if reason == CloseReason::PeerClosed && self.conn_phase_is_closing(conn) {
@@ -879,7 +906,8 @@ impl Server {
                 let now_us = self.micros(now);
                 // Only the recipient's ack counts: push ids are easy to guess.
                 if let Some(r) = self.receipts.get_mut(id) {
-                    if acker.as_deref() == Some(&*r.to) {
+                    // Only a push that reached this client can be acked.
+                    if acker.as_deref() == Some(&*r.to) && r.status == Status::Sent {
                         r.status = Status::Acked;
                         r.acked = Some(now_us);
                     }
@@ -953,7 +981,6 @@ impl Server {
         }
         info!("online id={id} peer={peer} conn={}", conn.generation);
         self.publish_presence(PresenceKind::Online, &id, conn, peer, None, now);
-        self.deliver_held(&id, now);
         Fate::Keep
     }
 
@@ -988,25 +1015,52 @@ impl Server {
         }
     }
 
-    /// Delivers, right after its welcome, the pushes held for a client that
-    /// just logged in, in the order they were accepted.
-    fn deliver_held(&mut self, id: &str, now: Instant) {
+    /// Delivers the pushes held for a logged-in client, in the order they
+    /// were accepted: right after its welcome, and as far as its outbound
+    /// limit allows; the rest follow as the socket drains (`on_ready`).
+    fn deliver_held(&mut self, conn: ConnRef, now: Instant) {
+        let Some(c) = self.conns.get(conn.key as usize) else {
+            return;
+        };
+        let Some(id) = c.id().cloned() else {
+            return;
+        };
+        if !self.offline.holds(&id) {
+            return;
+        }
         let now_us = self.micros(now);
-        for held in self.offline.take(id) {
-            let status = if held.expires <= now_us {
-                Status::Expired
-            } else {
-                self.reply_with(|out| out.extend_from_slice(&held.frame));
-                self.metrics.pushes_delivered += 1;
-                Status::Sent
-            };
-            if let Some(r) = self.receipts.get_mut(&held.message) {
-                r.status = status;
-                if status == Status::Sent {
-                    r.sent = Some(now_us);
+        let mut held = self.offline.take(&id);
+        while let Some(h) = held.pop_front() {
+            if h.expires <= now_us {
+                if let Some(r) = self.receipts.get_mut(&h.message) {
+                    r.status = Status::Expired;
                 }
+                continue;
+            }
+            let c = &mut self.conns[conn.key as usize];
+            if c.queued() > 0 && c.queued() + h.frame.len() > self.config.max_outbound {
+                held.push_front(h);
+                break;
+            }
+            let mut scratch = std::mem::take(&mut self.scratch);
+            scratch.clear();
+            scratch.extend_from_slice(&h.frame);
+            self.frame_for(conn, &mut scratch, 0);
+            let c = &mut self.conns[conn.key as usize];
+            let sent = c.send(&scratch, &mut self.metrics.bytes_out);
+            self.scratch = scratch;
+            if sent.is_err() {
+                held.push_front(h);
+                break;
+            }
+            self.metrics.frames_out += 1;
+            self.metrics.pushes_delivered += 1;
+            if let Some(r) = self.receipts.get_mut(&h.message) {
+                r.status = Status::Sent;
+                r.sent = Some(now_us);
             }
         }
+        self.offline.put_back(&id, held);
     }
 
     /// Appends `self.scratch` to `target`'s outbound queue, to be written once

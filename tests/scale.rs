@@ -61,7 +61,7 @@ impl Peer {
         };
         let text = String::from_utf8_lossy(&self.inbound[..=end]).into_owned();
         self.welcomed |= text.contains("<welcome ");
-        self.got_timeout_bye |= text.contains("<bye reason=\"timeout\"/>");
+        self.got_timeout_bye |= text.contains("<bye reason=\"timeout\"");
         self.pongs += text.matches("mode=\"pong\"").count() as u64;
         self.inbound.drain(..=end);
     }
