@@ -375,10 +375,13 @@ fn stream() -> impl Strategy<Value = (String, Vec<Expected>, usize)> {
         .prop_map(|(decl, frames, end)| {
             let mut text = decl.unwrap_or_default().to_string();
             let mut expected = Vec::new();
-            let mut longest = 0;
+            // Comments and the declaration count against max_frame too (one
+            // longer than the limit is refused however the stream is cut), so
+            // the tight limit covers the separators as well as the frames.
+            let mut longest = text.len().max(end.len());
             for (space, (frame, exp)) in frames {
                 text.push_str(&space);
-                longest = longest.max(frame.len());
+                longest = longest.max(frame.len()).max(space.len());
                 text.push_str(&frame);
                 expected.push(exp);
             }
