@@ -3,7 +3,8 @@
 //! Requests are parsed from the connection's buffer ([`crate::http`]); every
 //! handler runs to completion on the loop except a push with `wait_ack_ms`,
 //! which parks the admin connection in `AdminPhase::AwaitingAck` until the
-//! client's ack arrives or the wheel entry for the wait fires.
+//! client's ack arrives or its wait ends (`Server::ack_deadlines`, checked every
+//! loop iteration).
 
 use std::io::{self, Read};
 use std::rc::Rc;

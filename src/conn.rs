@@ -250,16 +250,6 @@ impl Connection {
     pub fn queued(&self) -> usize {
         self.outbound.len()
     }
-
-    /// Keeps the unparsed tail of the inbound stream (or releases the buffer).
-    pub fn keep_tail(&mut self, tail: &[u8]) {
-        if tail.is_empty() {
-            self.inbound = BytesMut::new();
-        } else {
-            self.inbound.clear();
-            self.inbound.extend_from_slice(tail);
-        }
-    }
 }
 
 #[cfg(test)]
