@@ -12,11 +12,10 @@ use std::time::{Duration, Instant};
 
 use log::{debug, warn};
 use mio::net::TcpStream;
-use mio::Interest;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
-use crate::conn::{AdminPhase, CloseReason, ConnRef, Connection, Flushed, Micros, Phase};
+use crate::conn::{AdminPhase, CloseReason, ConnRef, Flushed, Micros, Phase};
 use crate::http::{self, HttpError, Method, Parsed, Request};
 use crate::metrics::Gauges;
 use crate::presence::{self, PresenceEvent, PresenceKind, Resume};
@@ -84,26 +83,13 @@ impl Server {
         }
     }
 
-    fn admit_admin(&mut self, mut stream: TcpStream, peer: std::net::SocketAddr, now: Instant) {
+    fn admit_admin(&mut self, stream: TcpStream, peer: std::net::SocketAddr, now: Instant) {
         let _ = stream.set_nodelay(true);
-        let generation = self.new_generation();
-        let now_us = self.micros(now);
-        let entry = self.conns.vacant_entry();
-        let conn = ConnRef {
-            key: entry.key() as u32,
-            generation,
-        };
-        if let Err(e) = self.poll.registry().register(
-            &mut stream,
-            conn.token(),
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
-            warn!("cannot register admin connection {peer}: {e}");
+        let Some(conn) =
+            self.insert_connection(stream, peer, Phase::Admin(AdminPhase::Requests), now)
+        else {
             return;
-        }
-        let mut c = Connection::new(stream, generation, peer, now_us);
-        c.phase = Phase::Admin(AdminPhase::Requests);
-        entry.insert(c);
+        };
         self.admin_connections += 1;
         self.wheel.schedule(conn, now + ADMIN_IDLE);
     }

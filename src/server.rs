@@ -472,6 +472,23 @@ impl Server {
             debug!("dropping {peer}: cannot set socket options: {e}");
             return;
         }
+        let Some(conn) = self.insert_connection(stream, peer, Phase::Connected, now) else {
+            return;
+        };
+        self.metrics.accepted += 1;
+        self.wheel.schedule(conn, now + self.config.heartbeat);
+        debug!("accepted {peer} as connection {}", conn.generation);
+    }
+
+    /// Gives an accepted socket a slab slot under a fresh generation and
+    /// registers it; `None` (the socket dropped) when it cannot be registered.
+    pub(crate) fn insert_connection(
+        &mut self,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        phase: Phase,
+        now: Instant,
+    ) -> Option<ConnRef> {
         let generation = self.new_generation();
         let now_us = self.micros(now);
         let entry = self.conns.vacant_entry();
@@ -479,7 +496,6 @@ impl Server {
             key: entry.key() as u32,
             generation,
         };
-        let mut stream = stream;
         // Readable and writable once, edge-triggered: no re-registration per
         // write, which would cost an epoll_ctl per round trip.
         if let Err(e) = self.poll.registry().register(
@@ -488,12 +504,12 @@ impl Server {
             Interest::READABLE | Interest::WRITABLE,
         ) {
             warn!("cannot register {peer}: {e}");
-            return;
+            return None;
         }
-        entry.insert(Connection::new(stream, conn.generation, peer, now_us));
-        self.metrics.accepted += 1;
-        self.wheel.schedule(conn, now + self.config.heartbeat);
-        debug!("accepted {peer} as connection {}", conn.generation);
+        let mut c = Connection::new(stream, generation, peer, now_us);
+        c.phase = phase;
+        entry.insert(c);
+        Some(conn)
     }
 
     fn configure_socket(&self, stream: &TcpStream) -> io::Result<()> {
