@@ -6,12 +6,12 @@
 mod common;
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{attr, Client, Closed, ServerProc, WAIT};
+use common::{attr, Client, Closed, Fill, ServerProc, WAIT};
 use serde_json::Value;
 
 // ------------------------------------------------------------------ helpers
@@ -231,12 +231,6 @@ struct SseEvent {
     data: Value,
 }
 
-enum Fill {
-    Data,
-    Eof,
-    Timeout,
-}
-
 impl Raw {
     fn connect(addr: SocketAddr) -> Raw {
         let stream = TcpStream::connect(addr).expect("connect to the admin API");
@@ -252,26 +246,7 @@ impl Raw {
     }
 
     fn fill(&mut self, deadline: Instant) -> Fill {
-        let now = Instant::now();
-        if now >= deadline {
-            return Fill::Timeout;
-        }
-        self.stream
-            .set_read_timeout(Some((deadline - now).max(Duration::from_millis(1))))
-            .unwrap();
-        let mut chunk = [0u8; 65536];
-        match self.stream.read(&mut chunk) {
-            Ok(0) => Fill::Eof,
-            Ok(n) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                Fill::Data
-            }
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                Fill::Timeout
-            }
-            Err(e) if e.kind() == ErrorKind::Interrupted => Fill::Data,
-            Err(_) => Fill::Eof,
-        }
+        common::fill(&mut self.stream, &mut self.buf, deadline)
     }
 
     /// The next whole response within `WAIT` (the head only for an event

@@ -238,26 +238,7 @@ impl Client {
     }
 
     fn fill(&mut self, deadline: Instant) -> Fill {
-        let now = Instant::now();
-        if now >= deadline {
-            return Fill::Timeout;
-        }
-        self.stream
-            .set_read_timeout(Some((deadline - now).max(Duration::from_millis(1))))
-            .unwrap();
-        let mut chunk = [0u8; 65536];
-        match self.stream.read(&mut chunk) {
-            Ok(0) => Fill::Eof,
-            Ok(n) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                Fill::Data
-            }
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                Fill::Timeout
-            }
-            Err(e) if e.kind() == ErrorKind::Interrupted => Fill::Data,
-            Err(_) => Fill::Eof, // reset by the server counts as closed
-        }
+        fill(&mut self.stream, &mut self.buf, deadline)
     }
 
     /// Splits one complete top-level element off the front of the buffer.
@@ -287,10 +268,34 @@ impl Client {
     }
 }
 
-enum Fill {
+/// What one bounded read brought.
+pub enum Fill {
     Data,
     Eof,
     Timeout,
+}
+
+/// One read from `stream` into `buf`, waiting no later than `deadline`; a
+/// reset by the server counts as closed.
+pub fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>, deadline: Instant) -> Fill {
+    let now = Instant::now();
+    if now >= deadline {
+        return Fill::Timeout;
+    }
+    stream
+        .set_read_timeout(Some((deadline - now).max(Duration::from_millis(1))))
+        .unwrap();
+    let mut chunk = [0u8; 65536];
+    match stream.read(&mut chunk) {
+        Ok(0) => Fill::Eof,
+        Ok(n) => {
+            buf.extend_from_slice(&chunk[..n]);
+            Fill::Data
+        }
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => Fill::Timeout,
+        Err(e) if e.kind() == ErrorKind::Interrupted => Fill::Data,
+        Err(_) => Fill::Eof,
+    }
 }
 
 /// The value of attribute `name` in a frame's start tag.
