@@ -20,16 +20,16 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use common::{attr, Client, Closed, WAIT};
+use common::{attr, Client, Closed, ServerProc, WAIT};
 
 /// Open-file limit the server is started with: capacity 96 - 64 = 32.
 const NOFILE: u64 = 96;
@@ -52,26 +52,24 @@ fn serial() -> MutexGuard<'static, ()> {
 
 /// The real binary started with RLIMIT_NOFILE = `nofile`:`nofile` (set in the
 /// child before exec), killed by its PID when dropped.
+/// A server started with both open-file limits at `nofile`; the rest of the
+/// harness is `ServerProc`'s.
 struct Limited {
-    child: Child,
-    addr: SocketAddr,
+    server: ServerProc,
     admin: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl std::ops::Deref for Limited {
+    type Target = ServerProc;
+    fn deref(&self) -> &ServerProc {
+        &self.server
+    }
 }
 
 impl Limited {
     fn start(nofile: u64, env: &[(&str, &str)]) -> Limited {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_lifeline"));
-        cmd.env_clear()
-            .env("LIFELINE_LISTEN", "127.0.0.1:0")
-            .env("LIFELINE_ADMIN_ADDR", "127.0.0.1:0")
-            .env("LIFELINE_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
+        ServerProc::configure(&mut cmd, env);
         let limit = libc::rlimit {
             rlim_cur: nofile as libc::rlim_t,
             rlim_max: nofile as libc::rlim_t,
@@ -85,83 +83,13 @@ impl Limited {
                 Ok(())
             });
         }
-        let mut child = cmd.spawn().expect("spawn lifeline");
-        let stderr = child.stderr.take().expect("stderr piped");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&log);
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let mut server = Limited {
-            child,
-            addr: "127.0.0.1:0".parse().unwrap(),
-            admin: "127.0.0.1:0".parse().unwrap(),
-            log,
-        };
-        let line = server
-            .wait_log("listening on ", Duration::from_secs(10))
-            .unwrap_or_else(|| panic!("server did not start; log: {:?}", server.log_lines()));
-        server.addr = line
-            .split("listening on ")
-            .nth(1)
-            .and_then(|rest| rest.split(';').next())
-            .and_then(|a| a.trim().parse().ok())
-            .expect("address in the listening line");
-        server.admin = server
-            .log_lines()
-            .iter()
-            .find_map(|l| l.split("admin API on http://").nth(1).map(str::to_string))
-            .and_then(|a| a.trim().parse().ok())
-            .expect("admin address in the log");
-        server
+        let server = ServerProc::spawn(cmd);
+        let admin = server.admin.expect("admin address in the log");
+        Limited { server, admin }
     }
 
     fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    fn log_lines(&self) -> Vec<String> {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn wait_log(&self, needle: &str, timeout: Duration) -> Option<String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(line) = self.log.lock().unwrap().iter().find(|l| l.contains(needle)) {
-                return Some(line.clone());
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    fn count_log(&self, needle: &str) -> usize {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(needle))
-            .count()
-    }
-
-    fn connect(&self) -> Client {
-        Client::connect(self.addr)
-    }
-
-    fn login(&self, id: &str) -> Client {
-        let mut c = self.connect();
-        c.send(&format!("<login id=\"{id}\"/>"));
-        let welcome = c.expect_frame();
-        assert!(
-            welcome.starts_with(&format!("<welcome id=\"{id}\"")),
-            "expected welcome for {id}, got {welcome}"
-        );
-        c
+        self.server.pid() as i32
     }
 
     /// Waits until the server has logged `id` offline (its descriptor is closed then).
@@ -228,13 +156,6 @@ impl Limited {
         let (cpu0, t0) = (self.cpu_seconds(), Instant::now());
         thread::sleep(window);
         (self.cpu_seconds() - cpu0) / t0.elapsed().as_secs_f64()
-    }
-}
-
-impl Drop for Limited {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -702,7 +623,7 @@ fn a_limit_that_leaves_no_capacity_is_not_started_silently() {
     eprintln!("{line}");
     let outcome = server.connect().wait_closed(WAIT);
     eprintln!("a client at capacity 0: {outcome:?}");
-    let exited = server.child.try_wait().ok().flatten();
+    let exited = server.server.exited();
     let warned = server
         .log_lines()
         .iter()

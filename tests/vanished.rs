@@ -22,13 +22,13 @@ mod common;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::{AsRawFd, FromRawFd};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{Client, WAIT};
+use common::{Client, ServerProc, WAIT};
 
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 231, 0, 1);
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 231, 0, 2);
@@ -218,10 +218,17 @@ impl Drop for Net {
 
 /// The real binary in the server namespace, killed by its PID on drop
 /// (`ip netns exec` execs the binary, so the child is the server itself).
+/// The server inside the server namespace; the rest of the harness is
+/// `ServerProc`'s.
 struct NsServer {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
+    server: ServerProc,
+}
+
+impl std::ops::Deref for NsServer {
+    type Target = ServerProc;
+    fn deref(&self) -> &ServerProc {
+        &self.server
+    }
 }
 
 impl NsServer {
@@ -232,43 +239,18 @@ impl NsServer {
             "exec",
             &net.server_ns,
             env!("CARGO_BIN_EXE_lifeline"),
-        ])
-        .env_clear()
-        .env("LIFELINE_LISTEN", "10.231.0.1:0")
-        .env("LIFELINE_ADMIN_ADDR", "")
-        .env("LIFELINE_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().expect("spawn ip netns exec lifeline");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&log);
-        thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let mut server = NsServer {
-            child,
-            addr: SocketAddr::new(IpAddr::V4(SERVER_IP), 0),
-            log,
+        ]);
+        let listen = format!("{SERVER_IP}:0");
+        let mut all = vec![
+            ("LIFELINE_LISTEN", listen.as_str()),
+            ("LIFELINE_ADMIN_ADDR", ""),
+        ];
+        all.extend_from_slice(env);
+        ServerProc::configure(&mut cmd, &all);
+        let server = NsServer {
+            server: ServerProc::spawn(cmd),
         };
-        let line = server
-            .wait_log("listening on ", Duration::from_secs(10))
-            .unwrap_or_else(|| panic!("server did not start: {:?}", server.log_lines()));
-        server.addr = line
-            .split("listening on ")
-            .nth(1)
-            .and_then(|rest| rest.split(';').next())
-            .and_then(|a| a.trim().parse().ok())
-            .expect("address in the listening line");
-        let exe = std::fs::read_link(format!("/proc/{}/exe", server.child.id())).unwrap();
+        let exe = std::fs::read_link(format!("/proc/{}/exe", server.pid())).unwrap();
         assert!(
             exe.to_string_lossy().contains("lifeline"),
             "the child is {exe:?}, not the server"
@@ -277,24 +259,7 @@ impl NsServer {
     }
 
     fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    fn log_lines(&self) -> Vec<String> {
-        self.log.lock().unwrap().clone()
-    }
-
-    fn wait_log(&self, needle: &str, timeout: Duration) -> Option<String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(line) = self.log.lock().unwrap().iter().find(|l| l.contains(needle)) {
-                return Some(line.clone());
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            thread::sleep(Duration::from_millis(2));
-        }
+        self.server.pid() as i32
     }
 
     fn login(&self, mut c: Client, id: &str) -> Client {
@@ -321,13 +286,6 @@ impl NsServer {
             .unwrap_or_default()
             .to_string();
         (reason, log_time_ms(&line))
-    }
-}
-
-impl Drop for NsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

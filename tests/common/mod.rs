@@ -28,6 +28,14 @@ impl ServerProc {
     /// environment, and waits for its "listening on" line.
     pub fn start(env: &[(&str, &str)]) -> ServerProc {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_lifeline"));
+        ServerProc::configure(&mut cmd, env);
+        ServerProc::spawn(cmd)
+    }
+
+    /// A clean environment with loopback ports chosen by the OS (client and
+    /// admin), info logs on a piped stderr, then `env` on top. For callers
+    /// that run the server another way (a namespace, a lower rlimit).
+    pub fn configure(cmd: &mut Command, env: &[(&str, &str)]) {
         cmd.env_clear()
             .env("LIFELINE_LISTEN", "127.0.0.1:0")
             .env("LIFELINE_ADMIN_ADDR", "127.0.0.1:0")
@@ -38,6 +46,11 @@ impl ServerProc {
         for (k, v) in env {
             cmd.env(k, v);
         }
+    }
+
+    /// Runs a configured command, collects its log, and waits for the
+    /// server's "listening on" line (and its admin address, when enabled).
+    pub fn spawn(mut cmd: Command) -> ServerProc {
         let mut child = cmd.spawn().expect("spawn lifeline");
         let stderr = child.stderr.take().expect("stderr piped");
         let log = Arc::new(Mutex::new(Vec::new()));
@@ -71,6 +84,11 @@ impl ServerProc {
             .find_map(|l| l.split("admin API on http://").nth(1).map(str::to_string))
             .and_then(|a| a.trim().parse().ok());
         server
+    }
+
+    /// The exit status, if the process has ended.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 
     pub fn pid(&self) -> u32 {
