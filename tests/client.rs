@@ -324,6 +324,8 @@ fn a_replaced_bye_stops_the_client_for_good() {
         client.events().recv_timeout(WAIT),
         Err(RecvTimeoutError::Disconnected)
     ));
+    // The log reaches the harness through a reader thread: poll for it.
+    assert_eq!(server.wait_count("online id=dup", 2, WAIT), 2);
     assert_eq!(server.count_log("online id=dup"), 2);
 }
 
