@@ -54,14 +54,10 @@ impl Admin {
     }
 
     fn with_token(server: &ServerProc, token: Option<&str>) -> Admin {
-        let addr = server.admin.expect("the admin API is on");
-        let config = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(15)))
-            .build();
+        let (base, agent) = common::admin_agent(server, Duration::from_secs(15));
         Admin {
-            base: format!("http://{addr}"),
-            agent: ureq::Agent::new_with_config(config),
+            base,
+            agent,
             token: token.map(str::to_string),
         }
     }

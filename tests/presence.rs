@@ -29,15 +29,8 @@ struct Admin {
 
 impl Admin {
     fn new(server: &ServerProc) -> Admin {
-        let addr = server.admin.expect("the admin API is on");
-        let config = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(10)))
-            .build();
-        Admin {
-            base: format!("http://{addr}"),
-            agent: ureq::Agent::new_with_config(config),
-        }
+        let (base, agent) = common::admin_agent(server, Duration::from_secs(10));
+        Admin { base, agent }
     }
 
     /// (status, body) of a GET.

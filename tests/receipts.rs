@@ -40,15 +40,8 @@ impl Reply {
 
 impl Admin {
     fn new(server: &ServerProc) -> Admin {
-        let addr = server.admin.expect("the admin API is on");
-        let config = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(15)))
-            .build();
-        Admin {
-            base: format!("http://{addr}"),
-            agent: ureq::Agent::new_with_config(config),
-        }
+        let (base, agent) = common::admin_agent(server, Duration::from_secs(15));
+        Admin { base, agent }
     }
 
     fn get(&self, path: &str) -> Reply {

@@ -179,6 +179,20 @@ impl Drop for ServerProc {
     }
 }
 
+/// A ureq agent for the server's admin API, and its base URL: statuses are
+/// data, not errors, and every request is bounded in time.
+pub fn admin_agent(server: &ServerProc, timeout: Duration) -> (String, ureq::Agent) {
+    let addr = server.admin.expect("the admin API is on");
+    let config = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(timeout))
+        .build();
+    (
+        format!("http://{addr}"),
+        ureq::Agent::new_with_config(config),
+    )
+}
+
 /// How a wait for the server's close ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Closed {
