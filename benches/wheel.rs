@@ -23,6 +23,16 @@ fn deadlines(n: usize) -> Vec<u64> {
         .collect()
 }
 
+/// A wheel holding one entry per deadline (ms after its origin).
+fn filled(at: &[u64]) -> (Instant, TimerWheel<u32>) {
+    let origin = Instant::now();
+    let mut wheel = TimerWheel::new(origin, TICK);
+    for (i, &ms) in at.iter().enumerate() {
+        wheel.schedule(i as u32, origin + Duration::from_millis(ms));
+    }
+    (origin, wheel)
+}
+
 fn wheel(c: &mut Criterion) {
     let mut group = c.benchmark_group("wheel");
     group.sample_size(10);
@@ -53,11 +63,7 @@ fn wheel(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    let origin = Instant::now();
-                    let mut wheel = TimerWheel::new(origin, TICK);
-                    for (i, &ms) in at.iter().enumerate() {
-                        wheel.schedule(i as u32, origin + Duration::from_millis(ms));
-                    }
+                    let (origin, mut wheel) = filled(&at);
                     let mut expired = Vec::with_capacity(n);
                     let started = Instant::now();
                     let mut now = 0;
@@ -78,11 +84,7 @@ fn wheel(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    let origin = Instant::now();
-                    let mut wheel = TimerWheel::new(origin, TICK);
-                    for (i, &ms) in at.iter().enumerate() {
-                        wheel.schedule(i as u32, origin + Duration::from_millis(ms));
-                    }
+                    let (origin, mut wheel) = filled(&at);
                     let mut expired = Vec::with_capacity(n);
                     let mut rearmed = 0usize;
                     let started = Instant::now();
