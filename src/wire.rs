@@ -25,7 +25,8 @@ pub const MAX_ID_LEN: usize = 64;
 /// Longest message id, in bytes.
 pub const MAX_MESSAGE_ID_LEN: usize = 128;
 /// More attributes than this on one element is refused: it bounds the
-/// duplicate check, and no frame of the protocol has more than three.
+/// duplicate check of attributes the protocol does not define, and no frame of
+/// the protocol has more than three.
 pub const MAX_ATTRIBUTES: usize = 16;
 
 /// One decoded client frame; strings and bodies borrow from the read buffer.
@@ -242,7 +243,10 @@ impl<'a> FrameReader<'a> {
         // `buf`. It may only open the stream: later, it is text outside a frame.
         const BOM: &str = "\u{feff}";
         let base = if text.starts_with(BOM) { BOM.len() } else { 0 };
-        let stray_bom = base > 0 && position != StreamPosition::Start;
+        // quick-xml would skip a second mark right after the first silently,
+        // but cut between them the second is stray: refuse it either way.
+        let stray_bom =
+            base > 0 && (position != StreamPosition::Start || text[base..].starts_with(BOM));
         let mut reader = Reader::from_str(&text[base..]);
         let config = reader.config_mut();
         config.check_end_names = true;
@@ -453,51 +457,65 @@ fn is_predefined_entity(r: &quick_xml::events::BytesRef<'_>) -> bool {
     matches!(r.as_ref(), "lt" | "gt" | "amp" | "apos" | "quot")
 }
 
-/// The attributes of one tag, read in one pass into a fixed array.
+/// The attributes the protocol defines; a tag's other attributes are checked
+/// but not kept.
+const KNOWN_ATTRIBUTES: [&str; 5] = ["id", "token", "mode", "seq", "to"];
+
+/// The attributes of one tag, checked in one pass. Only the values of the
+/// attributes the protocol defines are kept, so reading a tag writes and
+/// moves a few words rather than a table of every attribute (that table's
+/// copies showed in the heartbeat profile).
+#[derive(Default)]
 struct Attrs<'a> {
-    items: [(&'a str, &'a str); MAX_ATTRIBUTES],
-    len: usize,
+    known: [Option<&'a str>; KNOWN_ATTRIBUTES.len()],
 }
 
 impl<'a> Attrs<'a> {
-    /// Reads and checks every attribute: no duplicate keys, no '<' in values,
-    /// no undeclared entity references. Nothing is allocated. Values stay raw
-    /// (not unescaped): every attribute the protocol defines is restricted to
-    /// characters that need no escaping, so a value with a reference in it
-    /// fails validation where it is used.
+    /// Reads and checks every attribute: at most [`MAX_ATTRIBUTES`], no
+    /// duplicate keys, no '<' in values, no undeclared entity references.
+    /// Nothing is allocated. Values stay raw (not unescaped): every attribute
+    /// the protocol defines is restricted to characters that need no
+    /// escaping, so a value with a reference in it fails validation where it
+    /// is used.
     fn read(tag: &'a str, name_len: usize) -> Result<Attrs<'a>, WireError> {
-        let mut attrs = Attrs {
-            items: [("", ""); MAX_ATTRIBUTES],
-            len: 0,
-        };
+        let mut attrs = Attrs::default();
         let mut attributes = Attributes::new(tag, name_len);
         attributes.with_checks(false);
-        for attribute in attributes {
+        for (count, attribute) in attributes.enumerate() {
             let attribute = attribute?;
             let key: &'a str = attribute.key.0;
             // Attributes over a borrowed &str hand out borrowed values.
             let std::borrow::Cow::Borrowed(value) = attribute.value else {
                 return Err(WireError::Undelimited);
             };
-            if attrs.len == MAX_ATTRIBUTES {
+            if count == MAX_ATTRIBUTES {
                 return Err(WireError::TooManyAttributes);
             }
-            if attrs.items[..attrs.len].iter().any(|(k, _)| *k == key) {
+            let duplicate = match KNOWN_ATTRIBUTES.iter().position(|k| *k == key) {
+                Some(slot) => attrs.known[slot].replace(value).is_some(),
+                // No frame of the protocol has other attributes: comparing
+                // with the keys before this one costs only a peer that sends them.
+                None => earlier_keys(tag, name_len, count).any(|k| k == key),
+            };
+            if duplicate {
                 return Err(WireError::DuplicateAttribute);
             }
             check_attribute_value(value)?;
-            attrs.items[attrs.len] = (key, value);
-            attrs.len += 1;
         }
         Ok(attrs)
     }
 
     fn get(&self, key: &str) -> Option<&'a str> {
-        self.items[..self.len]
-            .iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, v)| *v)
+        let slot = KNOWN_ATTRIBUTES.iter().position(|k| *k == key)?;
+        self.known[slot]
     }
+}
+
+/// The keys of the first `n` attributes of a tag already read without error.
+fn earlier_keys(tag: &str, name_len: usize, n: usize) -> impl Iterator<Item = &str> {
+    let mut attributes = Attributes::new(tag, name_len);
+    attributes.with_checks(false);
+    attributes.take(n).filter_map(Result::ok).map(|a| a.key.0)
 }
 
 fn check_attribute_value(value: &str) -> Result<(), WireError> {
@@ -727,6 +745,17 @@ mod tests {
     }
 
     #[test]
+    fn attributes_the_protocol_does_not_define_are_checked_not_kept() {
+        let frames =
+            decode_all("<heartbeat x=\"1\" mode=\"ping\" y=\"2\" seq=\"3\" z=\"&amp;\"/>").unwrap();
+        assert_eq!(frames, vec!["Ping { seq: Some(3) }"]);
+        let sixteen: String = (0..16).map(|i| format!(" a{i}=\"v\"")).collect();
+        assert!(decode_all(&format!("<x{sixteen}/>")).is_ok());
+        let seventeen = format!("<x{sixteen} b=\"v\"/>");
+        assert_eq!(decode_all(&seventeen).unwrap_err(), "bad-frame");
+    }
+
+    #[test]
     fn every_split_gives_the_same_frames() {
         let whole = decode_all(STREAM).unwrap();
         let bytes = STREAM.as_bytes();
@@ -751,6 +780,11 @@ mod tests {
             ("</a>", "bad-frame"),
             ("hello", "bad-frame"),
             ("<heartbeat mode=\"ping\" mode=\"ping\"/>", "bad-frame"),
+            (
+                "<heartbeat mode=\"ping\" x=\"1\" y=\"2\" x=\"3\"/>",
+                "bad-frame",
+            ),
+            ("<msg to=\"b\"><i a=\"1\" a=\"1\"/></msg>", "bad-frame"),
             (
                 "<!DOCTYPE lol [<!ENTITY lol \"lol\">]><lol>&lol;</lol>",
                 "bad-frame",

@@ -576,3 +576,22 @@ fn a_byte_order_mark_after_leading_whitespace_gives_the_same_result_for_every_cu
         assert_every_cut_agrees(stream.as_bytes(), DEFAULT_MAX_FRAME);
     }
 }
+
+/// Two byte order marks in a row (found by the property above). quick-xml
+/// skipped the second silently when both came in one read, while a read
+/// starting with the second refused it as text outside a frame.
+#[test]
+fn a_second_byte_order_mark_is_refused_however_the_stream_is_cut() {
+    for stream in [
+        "\u{feff}\u{feff}",
+        "\u{feff}\u{feff}<bye/>",
+        "\u{feff}\u{feff} ",
+    ] {
+        assert_every_cut_agrees(stream.as_bytes(), DEFAULT_MAX_FRAME);
+        assert_eq!(
+            decode_pieces(&[stream.as_bytes()], DEFAULT_MAX_FRAME).error,
+            Some("bad-frame"),
+            "{stream:?}"
+        );
+    }
+}
