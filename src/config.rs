@@ -41,7 +41,7 @@ pub struct RawConfig {
     #[arg(long, env = "LIFELINE_MISSES", default_value = "5")]
     pub misses: String,
 
-    /// Timer wheel resolution in milliseconds; closes happen at most one tick late [1..=1000, <= heartbeat].
+    /// Timer wheel resolution in milliseconds; closes happen at most one tick late, 20 ms more right after all traffic stops [1..=1000, <= heartbeat].
     #[arg(long, env = "LIFELINE_TICK_MS", default_value = "2")]
     pub tick_ms: String,
 

@@ -164,6 +164,17 @@ impl Connection {
         }
     }
 
+    /// Reads the fields serving a heartbeat touches, which lie across all of
+    /// the entry's cache lines (see `Server::warm_entries`).
+    pub fn warm(&self) -> u64 {
+        u64::from(self.generation)
+            ^ self.last_seen
+            ^ self.inbound.len() as u64
+            ^ self.outbound.len() as u64
+            ^ u64::from(self.is_admin())
+            ^ u64::from(self.is_websocket())
+    }
+
     /// The logged-in id, if any.
     pub fn id(&self) -> Option<&Rc<str>> {
         match &self.phase {

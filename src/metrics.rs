@@ -102,7 +102,8 @@ impl Metrics {
         }
     }
 
-    /// Records how long one loop iteration spent working (not waiting).
+    /// Records how long one loop iteration spent serving ready sockets (not
+    /// waiting; deadline work shows as close lateness instead).
     pub fn loop_iteration(&mut self, busy: Duration) {
         let seconds = busy.as_secs_f64();
         self.loop_count += 1;
@@ -255,7 +256,7 @@ impl Metrics {
         histogram(
             &mut out,
             "lifeline_loop_iteration_seconds",
-            "Time one loop iteration spent working.",
+            "Time one loop iteration spent serving ready sockets.",
             &LOOP_BUCKETS,
             &self.loop_buckets,
             self.loop_count,

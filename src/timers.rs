@@ -9,10 +9,18 @@
 //! ones, and re-arms lazily when an entry fires (see `server::on_deadline`).
 
 use std::fmt::Debug;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use hierarchical_hash_wheel_timer::wheels::quad_wheel::{no_prune, QuadWheelWithOverflow};
 use hierarchical_hash_wheel_timer::wheels::Skip;
+use mio::unix::SourceFd;
+use mio::{Interest, Registry, Token};
+use rustix::time::{
+    clock_gettime, timerfd_create, timerfd_settime, ClockId, Itimerspec, TimerfdClockId,
+    TimerfdFlags, TimerfdTimerFlags, Timespec,
+};
 
 /// A timer wheel whose time is `origin + ticks × tick`.
 pub struct TimerWheel<T: Debug> {
@@ -93,16 +101,107 @@ impl<T: Debug> TimerWheel<T> {
         }
     }
 
-    /// How long the loop may sleep before the next tick that can expire something;
-    /// `None` when the wheel is empty.
-    pub fn next_timeout(&self, now: Instant) -> Option<Duration> {
+    /// The next tick that can expire something; `None` when the wheel is empty.
+    pub fn next_due(&self) -> Option<Instant> {
         let ticks_ahead = match self.wheel.can_skip() {
             Skip::Empty => return None,
             Skip::None => 1,
             Skip::Millis(n) => u64::from(n) + 1,
         };
-        let due = self.origin + self.tick * u32::try_from(self.ticks + ticks_ahead).ok()?;
-        Some(due.saturating_duration_since(now))
+        let ticks = u32::try_from(self.ticks + ticks_ahead).ok()?;
+        self.origin.checked_add(self.tick.checked_mul(ticks)?)
+    }
+}
+
+/// Wakes the loop for the wheel: a one-shot timerfd registered with the
+/// poll, set again only once it has fired or must fire sooner.
+///
+/// Why not the `epoll_wait` timeout: a wait that blocks with a timeout arms
+/// a kernel hrtimer and cancels it when an event comes first. Under load that
+/// happens on thousands of waits a second, and in a VM each arm and cancel
+/// reprograms the local APIC timer, a VM exit: the floor server spends about
+/// 1.25x the CPU per round trip with a 2 ms timeout as with none
+/// (BENCHMARKS.md). A timer that fires every tick is not free either (a
+/// wakeup and a syscall each time), so the loop asks for one only as often
+/// as it needs (see `server::BUSY_TICKER_SLACK`).
+pub struct Ticker {
+    fd: OwnedFd,
+    /// What the timerfd is set to; `None` when disarmed or spent.
+    armed: Option<Instant>,
+    /// One instant read on both clocks, to turn an `Instant` into the
+    /// CLOCK_MONOTONIC time the timerfd takes.
+    base: Instant,
+    base_mono: Duration,
+}
+
+impl Ticker {
+    pub fn new() -> io::Result<Ticker> {
+        let fd = timerfd_create(
+            TimerfdClockId::Monotonic,
+            TimerfdFlags::NONBLOCK | TimerfdFlags::CLOEXEC,
+        )?;
+        // Instant first: the monotonic reading is then no earlier, so the
+        // timer never fires before the instant it was set for.
+        let base = Instant::now();
+        let base_mono = from_timespec(clock_gettime(ClockId::Monotonic));
+        Ok(Ticker {
+            fd,
+            armed: None,
+            base,
+            base_mono,
+        })
+    }
+
+    pub fn register(&self, registry: &Registry, token: Token) -> io::Result<()> {
+        registry.register(
+            &mut SourceFd(&self.fd.as_raw_fd()),
+            token,
+            Interest::READABLE,
+        )
+    }
+
+    /// Makes sure the timer fires by `due`. A timer set for no later than
+    /// that is left alone (a syscall saved; firing early costs one idle
+    /// iteration). With `None`, a timer still set may fire once for nothing.
+    pub fn set(&mut self, due: Option<Instant>, now: Instant) -> io::Result<()> {
+        if self.armed.is_some_and(|at| at <= now) {
+            self.armed = None; // it has fired
+        }
+        let Some(due) = due else {
+            return Ok(());
+        };
+        if self.armed.is_some_and(|at| at <= due) {
+            return Ok(());
+        }
+        let value = to_timespec(self.base_mono + due.saturating_duration_since(self.base));
+        let spec = Itimerspec {
+            it_interval: Timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            // Zero would disarm; one nanosecond is safely in the past.
+            it_value: value.max(Timespec {
+                tv_sec: 0,
+                tv_nsec: 1,
+            }),
+        };
+        timerfd_settime(&self.fd, TimerfdTimerFlags::ABSTIME, &spec)?;
+        self.armed = Some(due);
+        Ok(())
+    }
+}
+
+fn from_timespec(t: Timespec) -> Duration {
+    Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or(0),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    )
+}
+
+fn to_timespec(d: Duration) -> Timespec {
+    Timespec {
+        tv_sec: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        tv_nsec: i64::from(d.subsec_nanos()),
     }
 }
 
@@ -169,12 +268,48 @@ mod tests {
     }
 
     #[test]
-    fn next_timeout_points_at_the_next_tick_or_nothing() {
+    fn ticker_fires_once_at_its_time_and_never_later_than_asked() {
+        let mut poll = mio::Poll::new().unwrap();
+        let mut events = mio::Events::with_capacity(4);
+        let mut ticker = Ticker::new().unwrap();
+        ticker.register(poll.registry(), Token(7)).unwrap();
+        let start = Instant::now();
+        let wait_for_tick = |poll: &mut mio::Poll, events: &mut mio::Events| {
+            let give_up = Instant::now() + Duration::from_secs(2);
+            loop {
+                poll.poll(events, Some(ms(100))).unwrap();
+                if events.iter().any(|e| e.token() == Token(7)) {
+                    return Instant::now();
+                }
+                assert!(Instant::now() < give_up, "the ticker never fired");
+            }
+        };
+        ticker.set(Some(start + ms(30)), start).unwrap();
+        // A later time does not postpone it.
+        ticker.set(Some(start + ms(500)), start).unwrap();
+        let fired = wait_for_tick(&mut poll, &mut events);
+        assert!(fired >= start + ms(30), "fired early: {:?}", fired - start);
+        assert!(fired < start + ms(400), "postponed: {:?}", fired - start);
+        // Spent: the next request sets it again, and an earlier one wins.
+        let now = Instant::now();
+        ticker.set(Some(now + ms(300)), now).unwrap();
+        ticker.set(Some(now + ms(20)), now).unwrap();
+        let fired = wait_for_tick(&mut poll, &mut events);
+        assert!(fired >= now + ms(20), "fired early: {:?}", fired - now);
+        assert!(
+            fired < now + ms(250),
+            "the earlier time was lost: {:?}",
+            fired - now
+        );
+    }
+
+    #[test]
+    fn next_due_points_at_the_next_tick_or_nothing() {
         let origin = Instant::now();
         let mut wheel: TimerWheel<u32> = TimerWheel::new(origin, ms(10));
-        assert_eq!(wheel.next_timeout(origin), None);
+        assert_eq!(wheel.next_due(), None);
         wheel.schedule(1, origin + ms(25));
-        let t = wheel.next_timeout(origin).unwrap();
+        let t = wheel.next_due().unwrap() - origin;
         assert!(t <= ms(30) && t >= ms(10), "{t:?}");
     }
 }
