@@ -253,7 +253,9 @@ impl Connection {
                 Err(e) => return Err(e),
             }
         }
-        self.outbound = BytesMut::new();
+        if self.outbound.capacity() > 0 {
+            self.outbound = BytesMut::new(); // give the drained buffer back
+        }
         Ok(Flushed::Done)
     }
 

@@ -35,6 +35,9 @@ const SIGNALS: Token = Token(2);
 const ADMIN_LISTENER: Token = Token(3);
 const TICKER: Token = Token(4);
 
+/// The loop times at most one iteration per this many microseconds.
+const LOOP_SAMPLE_EVERY_US: Micros = 1000;
+
 /// While connections keep waking the loop (one was served within the last
 /// tick), every iteration advances the wheel, so the ticker only has to catch
 /// a sudden silence: it may then fire this long after the wheel's next tick,
@@ -95,6 +98,8 @@ pub struct Server {
     pub(crate) wheel: TimerWheel<ConnRef>,
     /// Wakes the loop for the wheel's next tick.
     ticker: Ticker,
+    /// This iteration's timestamp, and its `micros`.
+    woke: (Instant, Micros),
     /// The ticker could not be set once: warned, and the poll timeout covers the wheel.
     ticker_failed: bool,
     pub(crate) epoch: Instant,
@@ -223,6 +228,7 @@ impl Server {
         Ok(Server {
             wheel: TimerWheel::new(epoch, config.tick),
             ticker,
+            woke: (epoch, 0),
             ticker_failed: false,
             config,
             poll,
@@ -283,15 +289,15 @@ impl Server {
     /// Runs until SIGINT/SIGTERM and the shutdown drain are done.
     pub fn run(&mut self) -> Result<(), ServerError> {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
-        // Two clock reads per iteration (one after the wait, one after serving):
-        // at tens of thousands of iterations a second, each read shows.
-        let mut now = Instant::now();
+        let tick_us = self.config.tick.as_micros() as Micros;
         // When the loop last served a connection: within a tick of that,
         // more are likely to wake it before the next tick.
-        let mut last_served = now;
+        let mut last_served: Micros = 0;
+        let mut next_sample: Micros = 0;
         loop {
+            let (now, now_us) = self.woke;
             let wheel_due = self.wheel.next_due();
-            let busy = now.saturating_duration_since(last_served) <= self.config.tick;
+            let busy = now_us.saturating_sub(last_served) <= tick_us;
             let ticker_due = wheel_due.map(|at| if busy { at + BUSY_TICKER_SLACK } else { at });
             let mut timeout = self.poll_timeout(now);
             if let Err(e) = self.ticker.set(ticker_due, now) {
@@ -305,27 +311,33 @@ impl Server {
                 }
                 return Err(ServerError::Poll(e));
             }
-            let woke = Instant::now();
+            // One clock read per iteration (tens of thousands a second; each
+            // read shows in the profile): every timestamp below is this one.
+            let now = Instant::now();
+            let now_us = micros_between(self.epoch, now);
+            self.woke = (now, now_us);
+            self.metrics.loop_iterations += 1;
             self.warm_entries(&events);
             for event in events.iter() {
                 match event.token() {
-                    LISTENER => self.accept(woke),
-                    ADMIN_LISTENER => self.accept_admin(woke),
-                    SIGNALS => self.on_signal(woke),
-                    TICKER => {} // deadlines are looked at every iteration
+                    LISTENER => self.accept(now),
+                    ADMIN_LISTENER => self.accept_admin(now),
+                    SIGNALS => self.on_signal(now),
+                    TICKER => {} // the deadlines are looked at every iteration
                     token => {
                         if let Some(conn) = ConnRef::from_token(token) {
-                            last_served = woke;
-                            self.serve_guarded(conn, event.is_writable(), woke);
+                            last_served = now_us;
+                            self.serve_guarded(conn, event.is_writable(), now);
                         }
                     }
                 }
             }
-            self.read_pending(woke);
+            self.read_pending(now);
             self.flush_queued();
-            now = Instant::now();
-            self.metrics
-                .loop_iteration(now.saturating_duration_since(woke));
+            // Deadlines after the batch: a frame that was waiting in a socket
+            // when the loop woke counts, even if its deadline has just passed.
+            // Ticks that come due while the batch is served wait for the next
+            // iteration, which a busy loop starts at once.
             if self.accept_retry_at.is_some_and(|at| now >= at) {
                 self.accept_retry_at = None;
                 self.accept(now);
@@ -334,8 +346,13 @@ impl Server {
             self.on_deadlines(now);
             self.expire_pushes(now);
             self.expire_ack_waits(now);
+            // The iteration's duration costs a second clock read: sampled.
+            if now_us >= next_sample {
+                next_sample = now_us + LOOP_SAMPLE_EVERY_US;
+                self.metrics.loop_iteration(now.elapsed());
+            }
             if let Some(deadline) = self.drain_deadline {
-                if self.conns.is_empty() || now >= deadline {
+                if self.conns.is_empty() || Instant::now() >= deadline {
                     self.finish_shutdown(now);
                     return Ok(());
                 }
@@ -404,11 +421,13 @@ impl Server {
         .min()
     }
 
-    /// Microseconds since the loop started; called per frame, so it avoids
-    /// `as_micros` (a 128-bit division).
+    /// Microseconds since the loop started. Called per frame, almost always
+    /// with the iteration's own timestamp, whose value is kept.
     pub(crate) fn micros(&self, at: Instant) -> Micros {
-        let d = at.saturating_duration_since(self.epoch);
-        d.as_secs() * 1_000_000 + u64::from(d.subsec_micros())
+        if at == self.woke.0 {
+            return self.woke.1;
+        }
+        micros_between(self.epoch, at)
     }
 
     /// Unix milliseconds of a loop timestamp.
@@ -733,6 +752,17 @@ impl Server {
             }
         }
         match c.transport {
+            // The common case: no partial frame waiting, whole frames straight
+            // from the loop's buffer.
+            Transport::Sniffing | Transport::Raw if c.inbound.is_empty() => {
+                let (fate, rest) = self.serve_fresh(conn, bytes, now);
+                if !rest.is_empty() {
+                    self.conns[conn.key as usize]
+                        .inbound
+                        .extend_from_slice(rest);
+                }
+                fate
+            }
             Transport::Sniffing | Transport::Raw => {
                 let mut tail = std::mem::take(&mut c.inbound);
                 let fate = self.feed_xml(conn, bytes, &mut tail, now);
@@ -746,6 +776,23 @@ impl Server {
         }
     }
 
+    /// Serves the complete frames of `bytes` when no partial frame is kept
+    /// (the common case: straight from the loop's buffer). Returns the fate
+    /// and, if the connection stays, the start of a frame to keep.
+    fn serve_fresh<'b>(
+        &mut self,
+        conn: ConnRef,
+        bytes: &'b [u8],
+        now: Instant,
+    ) -> (Fate, &'b [u8]) {
+        let (fate, consumed) = self.serve_frames(conn, bytes, now);
+        let rest = match fate {
+            Fate::Keep => bytes.get(consumed..).unwrap_or_default(),
+            _ => &[],
+        };
+        (fate, rest)
+    }
+
     /// Parses `bytes` after the partial XML frame kept in `tail`, serves every
     /// complete frame, and leaves the unparsed rest in `tail` (which holds no
     /// capacity when there is none).
@@ -757,11 +804,8 @@ impl Server {
         now: Instant,
     ) -> Fate {
         if tail.is_empty() {
-            // The common case: whole frames straight from the loop's buffer.
-            let (fate, consumed) = self.serve_frames(conn, bytes, now);
-            if fate == Fate::Keep && consumed < bytes.len() {
-                tail.extend_from_slice(&bytes[consumed..]);
-            }
+            let (fate, rest) = self.serve_fresh(conn, bytes, now);
+            tail.extend_from_slice(rest);
             return fate;
         }
         tail.extend_from_slice(bytes);
@@ -1405,6 +1449,13 @@ impl Server {
         }
         info!("stopped");
     }
+}
+
+/// Microseconds from `from` to `to` (zero if `to` is earlier), without the
+/// 128-bit division of `as_micros`.
+fn micros_between(from: Instant, to: Instant) -> Micros {
+    let d = to.saturating_duration_since(from);
+    d.as_secs() * 1_000_000 + u64::from(d.subsec_micros())
 }
 
 fn bind_listener(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {

@@ -285,6 +285,11 @@ impl<'a> FrameReader<'a> {
         if self.stray_bom {
             return Err(WireError::TextOutsideFrame);
         }
+        if self.consumed == self.buf_len {
+            // The usual end of a read: the last frame ended the buffer, and
+            // asking quick-xml would only be told so.
+            return self.need_more();
+        }
         let mut depth = 0usize;
         let mut frame_start = 0usize;
         let mut top: Option<(&'a str, Attrs<'a>, usize)> = None; // (name, attributes, body start)
@@ -394,10 +399,13 @@ impl<'a> FrameReader<'a> {
         name_len: usize,
     ) -> Result<(&'a str, &'a str), WireError> {
         let text: &'a str = self.text;
-        let lt = text
-            .get(before..after)
-            .and_then(|s| s.find('<'))
-            .ok_or(WireError::Undelimited)?;
+        let lt = if text.as_bytes().get(before) == Some(&b'<') {
+            0 // the usual case; only a skipped byte order mark comes first
+        } else {
+            text.get(before..after)
+                .and_then(|s| s.find('<'))
+                .ok_or(WireError::Undelimited)?
+        };
         let tag = text
             .get(before + lt + 1..after.saturating_sub(trailer))
             .ok_or(WireError::Undelimited)?;
@@ -457,9 +465,18 @@ fn is_predefined_entity(r: &quick_xml::events::BytesRef<'_>) -> bool {
     matches!(r.as_ref(), "lt" | "gt" | "amp" | "apos" | "quot")
 }
 
-/// The attributes the protocol defines; a tag's other attributes are checked
-/// but not kept.
-const KNOWN_ATTRIBUTES: [&str; 5] = ["id", "token", "mode", "seq", "to"];
+/// The attributes the protocol defines (a tag's others are checked but not
+/// kept), and where [`Attrs`] keeps each.
+fn known_attribute(key: &str) -> Option<usize> {
+    match key {
+        "id" => Some(0),
+        "token" => Some(1),
+        "mode" => Some(2),
+        "seq" => Some(3),
+        "to" => Some(4),
+        _ => None,
+    }
+}
 
 /// The attributes of one tag, checked in one pass. Only the values of the
 /// attributes the protocol defines are kept, so reading a tag writes and
@@ -467,7 +484,7 @@ const KNOWN_ATTRIBUTES: [&str; 5] = ["id", "token", "mode", "seq", "to"];
 /// copies showed in the heartbeat profile).
 #[derive(Default)]
 struct Attrs<'a> {
-    known: [Option<&'a str>; KNOWN_ATTRIBUTES.len()],
+    known: [Option<&'a str>; 5],
 }
 
 impl<'a> Attrs<'a> {
@@ -491,8 +508,8 @@ impl<'a> Attrs<'a> {
             if count == MAX_ATTRIBUTES {
                 return Err(WireError::TooManyAttributes);
             }
-            let duplicate = match KNOWN_ATTRIBUTES.iter().position(|k| *k == key) {
-                Some(slot) => attrs.known[slot].replace(value).is_some(),
+            let duplicate = match known_attribute(key).and_then(|i| attrs.known.get_mut(i)) {
+                Some(slot) => slot.replace(value).is_some(),
                 // No frame of the protocol has other attributes: comparing
                 // with the keys before this one costs only a peer that sends them.
                 None => earlier_keys(tag, name_len, count).any(|k| k == key),
@@ -506,8 +523,7 @@ impl<'a> Attrs<'a> {
     }
 
     fn get(&self, key: &str) -> Option<&'a str> {
-        let slot = KNOWN_ATTRIBUTES.iter().position(|k| *k == key)?;
-        self.known[slot]
+        *self.known.get(known_attribute(key)?)?
     }
 }
 
@@ -519,11 +535,17 @@ fn earlier_keys(tag: &str, name_len: usize, n: usize) -> impl Iterator<Item = &s
 }
 
 fn check_attribute_value(value: &str) -> Result<(), WireError> {
-    if value.contains('<') {
-        return Err(WireError::LtInAttribute);
+    // One pass over what is usually a few bytes.
+    let mut reference = false;
+    for b in value.bytes() {
+        match b {
+            b'<' => return Err(WireError::LtInAttribute),
+            b'&' => reference = true,
+            _ => {}
+        }
     }
     // Unescaping allocates, but only for values that hold a reference at all.
-    if value.contains('&') && quick_xml::escape::unescape(value).is_err() {
+    if reference && quick_xml::escape::unescape(value).is_err() {
         return Err(WireError::UnknownEntity);
     }
     Ok(())
