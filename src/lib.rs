@@ -3,8 +3,9 @@
 //!
 //! Modules, one concern each: [`config`] (environment → validated settings),
 //! [`wire`] (frame codec), [`conn`] (one connection's state and buffers),
-//! [`timers`] (deadline wheel), [`registry`] (who is online), [`auth`] (login
-//! tokens), [`metrics`], and [`server`] (the event loop).
+//! [`timers`] (deadline wheel and the timerfd that wakes the loop for it),
+//! [`registry`] (who is online), [`auth`] (login tokens), [`metrics`], and
+//! [`server`] (the event loop).
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
