@@ -14,11 +14,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use lifeline::ws::{self, Opcode};
-use quick_xml::events::Event;
-use quick_xml::Reader;
 use sha1::Digest as _;
 
-use common::{attr, Closed, ServerProc, WAIT};
+use common::{attr, first_element_len, Closed, ServerProc, WAIT};
 
 /// Short liveness settings so timeouts are observable in a test.
 const FAST: &[(&str, &str)] = &[
@@ -115,24 +113,10 @@ fn text(payload: &str) -> Vec<u8> {
 /// Panics unless `text` is exactly one complete top-level XML element.
 fn assert_one_element(text: &str) {
     assert!(text.starts_with('<'), "text message {text:?}");
-    let mut reader = Reader::from_str(text);
-    let mut depth = 0usize;
-    loop {
-        match reader.read_event() {
-            Ok(Event::Start(_)) => depth += 1,
-            Ok(Event::End(_)) => {
-                depth -= 1;
-                if depth == 0 {
-                    break;
-                }
-            }
-            Ok(Event::Empty(_)) if depth == 0 => break,
-            Ok(Event::Eof) | Err(_) => panic!("text message is not one whole element: {text:?}"),
-            Ok(_) => {}
-        }
-    }
+    let len = first_element_len(text)
+        .unwrap_or_else(|| panic!("text message is not one whole element: {text:?}"));
     assert_eq!(
-        reader.buffer_position() as usize,
+        len,
         text.len(),
         "text message carries more than one element: {text:?}"
     );

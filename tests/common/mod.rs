@@ -277,26 +277,31 @@ impl Client {
     fn take_frame(&mut self) -> Option<String> {
         let text = std::str::from_utf8(&self.buf).ok()?;
         let start = text.len() - text.trim_start().len();
-        let mut reader = Reader::from_str(&text[start..]);
-        let mut depth = 0usize;
-        loop {
-            match reader.read_event() {
-                Ok(Event::Start(_)) => depth += 1,
-                Ok(Event::End(_)) => {
-                    depth -= 1;
-                    if depth == 0 {
-                        break;
-                    }
-                }
-                Ok(Event::Empty(_)) if depth == 0 => break,
-                Ok(Event::Eof) | Err(_) => return None,
-                Ok(_) => {}
-            }
-        }
-        let end = start + reader.buffer_position() as usize;
+        let end = start + first_element_len(&text[start..])?;
         let frame = text[start..end].to_string();
         self.buf.drain(..end);
         Some(frame)
+    }
+}
+
+/// The length of the complete top-level XML element `text` starts with;
+/// `None` when it is cut short or malformed.
+pub fn first_element_len(text: &str) -> Option<usize> {
+    let mut reader = Reader::from_str(text);
+    let mut depth = 0usize;
+    loop {
+        match reader.read_event() {
+            Ok(Event::Start(_)) => depth += 1,
+            Ok(Event::End(_)) => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(reader.buffer_position() as usize);
+                }
+            }
+            Ok(Event::Empty(_)) if depth == 0 => return Some(reader.buffer_position() as usize),
+            Ok(Event::Eof) | Err(_) => return None,
+            Ok(_) => {}
+        }
     }
 }
 
