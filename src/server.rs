@@ -1023,7 +1023,6 @@ impl Server {
                 }
                 self.metrics.acks += 1;
                 let acker = c.id().cloned();
-                let now_us = self.micros(now);
                 // Only the recipient's ack counts: push ids are easy to guess.
                 if let Some(r) = self.receipts.get_mut(id) {
                     // Only a push that reached this client can be acked.
