@@ -73,6 +73,10 @@ pub struct RawConfig {
     #[arg(long, env = "LIFELINE_BACKLOG", default_value = "4096")]
     pub backlog: String,
 
+    /// Bind the listeners with SO_REUSEPORT, so several processes share one port and the kernel spreads connections [0, 1].
+    #[arg(long, env = "LIFELINE_REUSEPORT", default_value = "0")]
+    pub reuseport: String,
+
     /// Admin HTTP API address (same loop as the clients); empty disables it.
     #[arg(long, env = "LIFELINE_ADMIN_ADDR", default_value = "127.0.0.1:9090")]
     pub admin_addr: String,
@@ -129,6 +133,8 @@ pub struct Config {
     pub tcp_keepalive: Option<Keepalive>,
     pub log: LevelFilter,
     pub backlog: i32,
+    /// Listeners bind with SO_REUSEPORT.
+    pub reuseport: bool,
     pub drain: Duration,
     /// `None`: the admin API is disabled.
     pub admin_addr: Option<SocketAddr>,
@@ -292,6 +298,7 @@ impl Config {
             tcp_keepalive: keepalive(&raw.tcp_keepalive)?,
             log: log_level(&raw.log)?,
             backlog: int_in(&raw.backlog, 1, 65_535, "LIFELINE_BACKLOG", "backlog")? as i32,
+            reuseport: int_in(&raw.reuseport, 0, 1, "LIFELINE_REUSEPORT", "reuseport")? == 1,
             drain: Duration::from_millis(int_in(
                 &raw.drain_ms,
                 0,

@@ -1,11 +1,20 @@
 //! Lifeline: one mio loop that keeps many long-lived TCP connections alive with
 //! application-level heartbeats, knows who is online, and pushes messages.
 //!
-//! Modules, one concern each: [`config`] (environment → validated settings),
-//! [`wire`] (frame codec), [`conn`] (one connection's state and buffers),
-//! [`timers`] (deadline wheel and the timerfd that wakes the loop for it),
-//! [`registry`] (who is online), [`auth`] (login tokens), [`metrics`], and
-//! [`server`] (the event loop).
+//! Modules, one concern each:
+//! - [`config`]: environment and flags → a validated `Config`;
+//! - [`wire`], [`ws`], [`http`]: pure codecs (XML frames, WebSocket, the
+//!   admin API's HTTP), bytes in and out, no I/O;
+//! - [`server`]: the event loop and its parts — listeners, the client
+//!   table and its one outbound path, the connection state machine,
+//!   liveness (timer wheel, ticker, the heartbeat rule), frame handling,
+//!   shutdown;
+//! - [`admin`]: the admin HTTP API, its own connections and routes;
+//! - [`registry`] (who is online, behind a trait cluster mode implements),
+//!   [`presence`] (numbered events and their ring), [`pushes`] and
+//!   [`receipts`] (push ids, receipts, the offline queue, ack waits);
+//! - [`timers`] (the wheel and the timerfd), [`clock`], [`writeq`] (a
+//!   socket's write queue), [`auth`] (login tokens), [`metrics`].
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
@@ -15,14 +24,16 @@ compile_error!("Lifeline packs slab key and generation into a 64-bit mio token")
 pub mod admin;
 pub mod auth;
 pub mod client;
+pub mod clock;
 pub mod config;
-pub mod conn;
 pub mod http;
 pub mod metrics;
 pub mod presence;
+pub mod pushes;
 pub mod receipts;
 pub mod registry;
 pub mod server;
 pub mod timers;
 pub mod wire;
+pub mod writeq;
 pub mod ws;

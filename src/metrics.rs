@@ -3,7 +3,8 @@
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use crate::conn::CloseReason;
+use crate::pushes::PushStats;
+use crate::server::CloseReason;
 use crate::wire::ErrorCode;
 
 /// Upper bounds (seconds) of the loop iteration time histogram.
@@ -37,17 +38,14 @@ pub struct Metrics {
     pub heartbeats_received: u64,
     pub probes_sent: u64,
     pub frames_in: u64,
-    pub frames_out: u64,
     pub bytes_in: u64,
-    pub bytes_out: u64,
     /// Bytes written to admin API connections (not in `bytes_out`).
     pub admin_bytes_out: u64,
     pub errors_sent: [u64; ERROR_CODES.len()],
     pub messages_routed: u64,
     pub acks: u64,
-    pub pushes_accepted: u64,
-    pub pushes_delivered: u64,
-    pub pushes_acked: u64,
+    /// Accepts that failed (out of descriptors, mostly).
+    pub accept_errors: u64,
     /// (status, count), a handful of distinct statuses.
     pub admin_requests: Vec<(u16, u64)>,
     lateness_buckets: [u64; LATENESS_BUCKETS.len()],
@@ -66,9 +64,14 @@ pub struct Gauges {
     pub connections_open: usize,
     pub clients_online: usize,
     pub admin_connections: usize,
-    pub timer_wheel_entries: usize,
     pub capacity: usize,
     pub event_subscribers: usize,
+    /// Admin requests waiting for a push's ack.
+    pub ack_waits: usize,
+    /// Kept by the outbound path rather than here.
+    pub frames_out: u64,
+    pub bytes_out: u64,
+    pub pushes_delivered: u64,
 }
 
 impl Metrics {
@@ -115,7 +118,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition format (version 0.0.4).
-    pub fn render(&self, g: &Gauges) -> String {
+    pub fn render(&self, g: &Gauges, pushes: &PushStats) -> String {
         let mut out = String::with_capacity(8192);
         let mut gauge = |name: &str, help: &str, value: u64| {
             let _ = write!(
@@ -144,16 +147,16 @@ impl Metrics {
             g.admin_connections as u64,
         );
         gauge(
-            "lifeline_timer_wheel_entries",
-            "Entries in the heartbeat timer wheel.",
-            g.timer_wheel_entries as u64,
+            "lifeline_ack_waits",
+            "Admin push requests waiting for the recipient's ack.",
+            g.ack_waits as u64,
         );
         gauge(
             "lifeline_event_subscribers",
             "Presence event stream subscribers.",
             g.event_subscribers as u64,
         );
-        let counters: [(&str, &str, u64); 15] = [
+        let counters: [(&str, &str, u64); 16] = [
             (
                 "lifeline_accepted_total",
                 "Client connections accepted.",
@@ -175,7 +178,7 @@ impl Metrics {
                 "Complete frames received.",
                 self.frames_in,
             ),
-            ("lifeline_frames_out_total", "Frames sent.", self.frames_out),
+            ("lifeline_frames_out_total", "Frames sent.", g.frames_out),
             (
                 "lifeline_bytes_in_total",
                 "Bytes read from client sockets.",
@@ -184,7 +187,7 @@ impl Metrics {
             (
                 "lifeline_bytes_out_total",
                 "Bytes written to client sockets.",
-                self.bytes_out,
+                g.bytes_out,
             ),
             (
                 "lifeline_messages_routed_total",
@@ -195,22 +198,27 @@ impl Metrics {
             (
                 "lifeline_pushes_accepted_total",
                 "Pushes accepted by the admin API.",
-                self.pushes_accepted,
+                pushes.accepted,
             ),
             (
                 "lifeline_pushes_delivered_total",
                 "Pushes fully written to the recipient's socket.",
-                self.pushes_delivered,
+                g.pushes_delivered,
             ),
             (
                 "lifeline_pushes_acked_total",
-                "Pushes acked while the pusher waited.",
-                self.pushes_acked,
+                "Pushes acked by their recipient.",
+                pushes.acked,
             ),
             (
                 "lifeline_loop_iterations_total",
                 "Event loop iterations.",
                 self.loop_iterations,
+            ),
+            (
+                "lifeline_accept_errors_total",
+                "Accepts that failed (out of descriptors, mostly).",
+                self.accept_errors,
             ),
             (
                 "lifeline_admin_bytes_out_total",

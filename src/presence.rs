@@ -56,6 +56,8 @@ pub struct PresenceLog {
     ring: VecDeque<PresenceEvent>,
     capacity: usize,
     recording: bool,
+    /// Events recorded since the subscribers were last sent theirs.
+    fresh: Vec<PresenceEvent>,
 }
 
 /// Where a resuming consumer stands.
@@ -81,6 +83,7 @@ impl PresenceLog {
             ring: VecDeque::new(),
             capacity,
             recording: false,
+            fresh: Vec::new(),
         }
     }
 
@@ -94,8 +97,9 @@ impl PresenceLog {
         self.recording = true;
     }
 
-    /// Numbers the event and keeps it (while recording); returns it.
-    pub fn record(&mut self, mut event: PresenceEvent) -> PresenceEvent {
+    /// Numbers the event and keeps it (in the ring while recording, and
+    /// until the next [`PresenceLog::take_fresh`]); returns its number.
+    pub fn record(&mut self, mut event: PresenceEvent) -> u64 {
         self.last_seq += 1;
         event.seq = self.last_seq;
         if self.recording && self.capacity > 0 {
@@ -104,7 +108,15 @@ impl PresenceLog {
             }
             self.ring.push_back(event.clone());
         }
-        event
+        self.fresh.push(event);
+        self.last_seq
+    }
+
+    /// Moves the events recorded since the last call into `into` (cleared
+    /// first), in order.
+    pub fn take_fresh(&mut self, into: &mut Vec<PresenceEvent>) {
+        into.clear();
+        std::mem::swap(&mut self.fresh, into);
     }
 
     /// Event `seq`, while the ring keeps it.
@@ -208,7 +220,7 @@ mod tests {
     fn numbers_from_an_earlier_process_reset() {
         let mut earlier = PresenceLog::new(10, 1_000);
         earlier.start_recording();
-        let last = earlier.record(event("a")).seq;
+        let last = earlier.record(event("a"));
         let mut later = PresenceLog::new(10, 2_000);
         later.start_recording();
         later.record(event("b"));
@@ -218,9 +230,11 @@ mod tests {
     #[test]
     fn sse_is_byte_exact() {
         let mut log = PresenceLog::new(10, 0);
-        let e = log.record(event("x"));
+        log.record(event("x"));
+        let mut fresh = Vec::new();
+        log.take_fresh(&mut fresh);
         let mut out = Vec::new();
-        write_sse(&mut out, &e);
+        write_sse(&mut out, &fresh[0]);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "id: 1\nevent: online\ndata: {\"at\":0,\"conn\":1,\"event\":\"online\",\"id\":\"x\",\"peer\":\"127.0.0.1:1\",\"reason\":null,\"seq\":1}\n\n"

@@ -9,7 +9,7 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::rc::Rc;
 
-use crate::conn::Micros;
+use crate::clock::Micros;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -21,8 +21,6 @@ pub enum Status {
     Acked,
     /// Its queue time to live passed before the client came back.
     Expired,
-    /// Discarded: the client's connection could not take it at delivery.
-    Dropped,
 }
 
 impl Status {
@@ -32,7 +30,6 @@ impl Status {
             Status::Sent => "sent",
             Status::Acked => "acked",
             Status::Expired => "expired",
-            Status::Dropped => "dropped",
         }
     }
 }
@@ -46,6 +43,8 @@ pub struct Receipt {
     pub acked: Option<Micros>,
     /// When a queued push expires.
     pub expires: Option<Micros>,
+    /// A broadcast: how many clients it was handed to (`to` is then `*`).
+    pub recipients: Option<usize>,
 }
 
 /// Receipts by push id.
@@ -93,6 +92,14 @@ impl Receipts {
 
     pub fn get(&self, id: &str) -> Option<&Receipt> {
         self.by_id.get(id)
+    }
+
+    /// The receipt, unless its time to live has passed (whether or not the
+    /// sweep has run since).
+    pub fn get_live(&self, id: &str, now: Micros) -> Option<&Receipt> {
+        self.by_id
+            .get(id)
+            .filter(|r| now.saturating_sub(r.created) < self.ttl)
     }
 
     pub fn get_mut(&mut self, id: &str) -> Option<&mut Receipt> {
@@ -262,6 +269,7 @@ mod tests {
             sent: None,
             acked: None,
             expires: None,
+            recipients: None,
         };
         r.insert("p1".into(), receipt(0));
         r.insert("p2".into(), receipt(10));

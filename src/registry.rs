@@ -1,33 +1,96 @@
-//! Who is online: client id → the connection that holds it.
+//! Who is online: client id → where its connection is.
 //!
-//! Kept behind a small trait so that a cluster mode can put presence and
-//! routing in Redis without touching the event loop.
+//! The loop asks through the [`Registry`] trait, so that cluster mode can
+//! keep presence and routing in a shared store (Redis) without touching the
+//! loop. Two things make that possible: a lookup answers "here, on this
+//! connection", "on another node" or "nowhere", and it may answer later — a
+//! shared store replies on one of the registry's own sockets, which the loop
+//! polls like any other, and the loop picks the answer up with
+//! [`Registry::answered`]. Nothing blocks.
 
 use std::collections::BTreeMap;
+use std::io;
 use std::ops::Bound;
 use std::rc::Rc;
 
-use crate::conn::ConnRef;
+use mio::Token;
+
+use crate::server::ConnRef;
+
+/// Names a lookup that is answered later.
+pub type Ticket = u64;
+
+/// Where an id is online.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// On this node, on this connection.
+    Here(ConnRef),
+    /// On another node (its id).
+    Elsewhere(Rc<str>),
+    /// Nowhere.
+    Offline,
+}
+
+/// A registry's answer to a lookup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    Ready(Location),
+    /// Asked of the shared store: the answer comes through
+    /// [`Registry::answered`] under this ticket.
+    Pending(Ticket),
+}
+
+/// The first token the registry's own sockets may use, and how many it has.
+#[derive(Debug, Clone, Copy)]
+pub struct Tokens {
+    pub first: usize,
+    pub count: usize,
+}
 
 /// The online registry as the event loop uses it.
 pub trait Registry {
-    /// Marks `id` online at `conn`; returns the connection that held it before
-    /// (the caller closes that one as `replaced`).
-    fn claim(&mut self, id: Rc<str>, conn: ConnRef) -> Option<ConnRef>;
-    /// Marks `id` offline, but only if `conn` still holds it: a late close of a
-    /// replaced connection must not take its successor offline.
+    /// Marks `id` online at `conn`; returns the connection on this node that
+    /// held it before (the caller ends it as `replaced`). A holder on another
+    /// node is the registry's to tell.
+    fn claim(&mut self, id: &Rc<str>, conn: ConnRef) -> Option<ConnRef>;
+
+    /// Marks `id` offline, but only if `conn` still holds it: a late close of
+    /// a replaced connection must not take its successor offline.
     fn release(&mut self, id: &str, conn: ConnRef) -> bool;
-    /// The connection holding `id`, if it is online.
-    fn lookup(&self, id: &str) -> Option<ConnRef>;
-    /// Number of online ids.
-    fn len(&self) -> usize;
-    /// Up to `limit` online ids in id order, starting after `after` (a cursor).
-    fn page(&self, after: Option<&str>, limit: usize) -> Vec<(Rc<str>, ConnRef)>;
-    /// Every online connection (for a broadcast).
-    fn all(&self) -> Vec<ConnRef>;
-    fn is_empty(&self) -> bool {
-        self.len() == 0
+
+    /// The connection on this node that holds `id`.
+    fn local(&self, id: &str) -> Option<ConnRef>;
+
+    /// Where `id` is online, now or later.
+    fn locate(&mut self, id: &str) -> Lookup {
+        Lookup::Ready(match self.local(id) {
+            Some(conn) => Location::Here(conn),
+            None => Location::Offline,
+        })
     }
+
+    /// Moves the answers to pending lookups that arrived since the last call
+    /// into `into`, in the order they arrived.
+    fn answered(&mut self, _into: &mut Vec<(Ticket, Location)>) {}
+
+    /// Registers the registry's own sockets with the loop's poll.
+    fn register(&mut self, _poll: &mio::Registry, _tokens: Tokens) -> io::Result<()> {
+        Ok(())
+    }
+
+    /// One of the registry's own tokens is ready.
+    fn on_ready(&mut self, _token: Token) {}
+
+    /// Number of ids online on this node.
+    fn local_len(&self) -> usize;
+
+    /// Up to `limit` ids online on this node, in id order, starting after
+    /// `after` (a cursor).
+    fn page(&self, after: Option<&str>, limit: usize) -> Vec<(Rc<str>, ConnRef)>;
+
+    /// Calls `f` for every connection online on this node (a broadcast),
+    /// without copying the set.
+    fn for_each_local(&self, f: &mut dyn FnMut(ConnRef));
 }
 
 /// The registry of a single process: one ordered map on the loop's thread
@@ -39,8 +102,10 @@ pub struct LocalRegistry {
 }
 
 impl Registry for LocalRegistry {
-    fn claim(&mut self, id: Rc<str>, conn: ConnRef) -> Option<ConnRef> {
-        self.online.insert(id, conn)
+    fn claim(&mut self, id: &Rc<str>, conn: ConnRef) -> Option<ConnRef> {
+        self.online
+            .insert(id.clone(), conn)
+            .filter(|&old| old != conn)
     }
 
     fn release(&mut self, id: &str, conn: ConnRef) -> bool {
@@ -52,11 +117,11 @@ impl Registry for LocalRegistry {
         }
     }
 
-    fn lookup(&self, id: &str) -> Option<ConnRef> {
+    fn local(&self, id: &str) -> Option<ConnRef> {
         self.online.get(id).copied()
     }
 
-    fn len(&self) -> usize {
+    fn local_len(&self) -> usize {
         self.online.len()
     }
 
@@ -72,8 +137,10 @@ impl Registry for LocalRegistry {
             .collect()
     }
 
-    fn all(&self) -> Vec<ConnRef> {
-        self.online.values().copied().collect()
+    fn for_each_local(&self, f: &mut dyn FnMut(ConnRef)) {
+        for &conn in self.online.values() {
+            f(conn);
+        }
     }
 }
 
@@ -81,36 +148,29 @@ impl Registry for LocalRegistry {
 mod tests {
     use super::*;
 
+    fn conn(key: u32) -> ConnRef {
+        ConnRef { key, generation: 1 }
+    }
+
     #[test]
     fn a_replaced_connection_cannot_release_its_successor() {
         let mut r = LocalRegistry::default();
-        let old = ConnRef {
-            key: 1,
-            generation: 1,
-        };
-        let new = ConnRef {
-            key: 2,
-            generation: 2,
-        };
-        assert_eq!(r.claim("a".into(), old), None);
-        assert_eq!(r.claim("a".into(), new), Some(old));
+        let (old, new) = (conn(1), conn(2));
+        let a: Rc<str> = "a".into();
+        assert_eq!(r.claim(&a, old), None);
+        assert_eq!(r.claim(&a, new), Some(old));
         assert!(!r.release("a", old));
-        assert_eq!(r.lookup("a"), Some(new));
+        assert_eq!(r.locate("a"), Lookup::Ready(Location::Here(new)));
         assert!(r.release("a", new));
-        assert!(r.is_empty());
+        assert_eq!(r.locate("a"), Lookup::Ready(Location::Offline));
+        assert_eq!(r.local_len(), 0);
     }
 
     #[test]
     fn pages_follow_the_cursor() {
         let mut r = LocalRegistry::default();
         for (i, id) in ["d", "a", "c", "b", "e"].iter().enumerate() {
-            r.claim(
-                (*id).into(),
-                ConnRef {
-                    key: i as u32,
-                    generation: 1,
-                },
-            );
+            r.claim(&Rc::from(*id), conn(i as u32));
         }
         let ids = |page: Vec<(Rc<str>, ConnRef)>| {
             page.iter()
@@ -120,6 +180,8 @@ mod tests {
         assert_eq!(ids(r.page(None, 2)), ["a", "b"]);
         assert_eq!(ids(r.page(Some("b"), 2)), ["c", "d"]);
         assert_eq!(ids(r.page(Some("d"), 2)), ["e"]);
-        assert_eq!(r.all().len(), 5);
+        let mut all = 0;
+        r.for_each_local(&mut |_| all += 1);
+        assert_eq!(all, 5);
     }
 }

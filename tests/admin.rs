@@ -498,7 +498,7 @@ fn metrics_name_every_family_and_the_counts_move() {
     for family in [
         "lifeline_connections_open gauge",
         "lifeline_clients_online gauge",
-        "lifeline_timer_wheel_entries gauge",
+        "lifeline_ack_waits gauge",
         "lifeline_logins_total counter",
         "lifeline_logouts_total counter",
         "lifeline_heartbeats_received_total counter",
@@ -530,7 +530,6 @@ fn metrics_name_every_family_and_the_counts_move() {
     let during = admin.metrics();
     assert_eq!(during.get("lifeline_connections_open"), 3.0);
     assert_eq!(during.get("lifeline_clients_online"), 2.0);
-    assert!(during.get("lifeline_timer_wheel_entries") >= 3.0);
 
     // Heartbeats both ways: a pings, b answers the server's probe.
     ping(&mut a, 7, WAIT);
@@ -945,29 +944,27 @@ fn a_kick_pipelined_behind_a_waiting_push_survives_the_ack() {
     assert_eq!(server.count_log("panicked"), 0, "{:?}", server.log_lines());
 }
 
-/// Each push that waits schedules a wheel entry for its deadline; once the
-/// wait is over, the connection must be back to one entry (its idle timer),
-/// not one more per push for as long as it stays open.
+/// Each push that waits is remembered until its ack or the end of its
+/// wait; once the wait is over nothing of it may stay behind, however many
+/// pushes waited on one connection.
 #[test]
-fn waited_pushes_do_not_leave_timer_entries_behind() {
+fn waited_pushes_leave_nothing_behind() {
     let server = ServerProc::start(&[]);
     let admin = Admin::new(&server);
     let _a = server.login("a");
-    let baseline = admin.metrics().get("lifeline_timer_wheel_entries");
+    assert_eq!(admin.metrics().get("lifeline_ack_waits"), 0.0);
     let mut raw = Raw::connect(server.admin.unwrap());
     for _ in 0..100 {
         raw.send(post_request("/clients/a/push?wait_ack_ms=1", "x").as_bytes());
         assert_eq!(raw.expect_response().status, 202);
     }
-    // The pusher's connection is open: its idle timer is one entry.
-    admin.wait_metric(
-        "lifeline_timer_wheel_entries",
-        &format!(
-            "at most {} (baseline {baseline} + the pusher's idle timer)",
-            baseline + 1.0
-        ),
-        |v| v <= baseline + 1.0,
-    );
+    assert_eq!(admin.metrics().get("lifeline_ack_waits"), 0.0);
+    // A pusher that goes away mid-wait takes its wait with it.
+    let mut gone = Raw::connect(server.admin.unwrap());
+    gone.send(post_request("/clients/a/push?wait_ack_ms=60000", "y").as_bytes());
+    admin.wait_metric("lifeline_ack_waits", "one wait", |v| v == 1.0);
+    drop(gone);
+    admin.wait_metric("lifeline_ack_waits", "no wait left", |v| v == 0.0);
 }
 
 // ----------------------------------------------------------------- broadcast

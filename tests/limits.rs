@@ -37,7 +37,7 @@ const CAPACITY: usize = 32;
 /// "Does not spin": utime + stime while saturated, as a share of one core.
 const MAX_CPU_SHARE: f64 = 0.20;
 /// Accept errors are logged at most once per second (plus the first one).
-const ACCEPT_ERROR: &str = "server] accept failed";
+const ACCEPT_ERROR: &str = "server::accept] accept failed";
 /// Any accept error, the admin listener's included (today "admin accept failed").
 const ANY_ACCEPT_ERROR: &str = "accept failed";
 

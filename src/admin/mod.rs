@@ -1,0 +1,624 @@
+//! The admin HTTP API: its own connections (a slab of their own, tokens
+//! with the admin bit), their state machine, and the requests they carry.
+//! It runs on the loop's thread; what it reports or changes goes through
+//! [`Backend`].
+//!
+//! A push that waits for its ack parks its connection (`AwaitingAck`); the
+//! ack is seen by the client side, which puts the request on a list that the
+//! loop hands to [`Admin::wake`] after the connection being served is done —
+//! the admin API never runs inside another connection's frame handling.
+
+mod backend;
+mod routes;
+
+pub use backend::{
+    AdminGauges, Backend, ClientView, ClientsPage, Pushed, ReceiptView, Refused, StreamStart,
+};
+
+use std::collections::BTreeSet;
+use std::io::{self, Read};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use log::{debug, warn};
+use mio::net::TcpStream;
+use mio::{Interest, Token};
+use slab::Slab;
+
+use crate::clock::{micros, Micros};
+use crate::http::{self, Parsed};
+use crate::presence::{self, PresenceEvent};
+use crate::pushes::WaitEnd;
+use crate::server::conn::{ADMIN_BIT, GENERATION_MASK, GENERATION_SHIFT};
+use crate::writeq::{self, Flushed};
+use routes::{Ctx, Outcome};
+
+/// An admin connection silent this long is closed (event streams excepted).
+pub const ADMIN_IDLE: Duration = Duration::from_secs(60);
+/// Event streams get a comment this often, so dead subscribers and idle
+/// proxies are found out.
+const EVENTS_KEEPALIVE: Duration = Duration::from_secs(15);
+/// A resume replay is queued this much at a time, as the socket drains.
+const REPLAY_CHUNK: usize = 64 * 1024;
+/// A lingering close gives up after this long without input.
+const LINGER: Duration = Duration::from_secs(5);
+/// ...or after discarding this much of a refused request.
+const MAX_LINGER_DISCARD: usize = 64 << 20;
+/// Admin connections beyond this are refused: the API is for a few back
+/// ends, and they live in the descriptors reserved beside the clients'
+/// (`config::FD_RESERVE`), so they can never take a client's place.
+pub const MAX_ADMIN_CONNECTIONS: usize = 32;
+/// Largest push or broadcast body (before XML escaping), and largest request body.
+pub const MAX_BODY: usize = 1 << 20;
+/// An event stream queues at most this much for a subscriber that does not read.
+const MAX_STREAM_QUEUE: usize = 1 << 20;
+
+/// An admin connection's identity: slab key and generation, as for clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AdminRef {
+    pub key: u32,
+    pub generation: u32,
+}
+
+impl AdminRef {
+    pub fn token(self) -> Token {
+        Token(ADMIN_BIT | ((self.generation as usize) << GENERATION_SHIFT) | self.key as usize)
+    }
+
+    pub fn from_token(token: Token) -> Option<AdminRef> {
+        if token.0 & ADMIN_BIT == 0 {
+            return None;
+        }
+        let generation = ((token.0 & !ADMIN_BIT) >> GENERATION_SHIFT) as u32;
+        (generation != 0).then_some(AdminRef {
+            key: token.0 as u32,
+            generation,
+        })
+    }
+}
+
+/// Where an admin connection stands.
+enum State {
+    /// Serving requests, keep-alive.
+    Requests,
+    /// A push waits for the client's ack: the response goes out when the ack
+    /// comes or the wait ends; requests behind it wait their turn.
+    AwaitingAck { message: Rc<str>, keep_alive: bool },
+    /// The last response is being flushed; then the write side is shut and
+    /// input discarded until the peer closes (a lingering close, so that a
+    /// client still sending a refused body reads the answer, not a reset).
+    Draining { discarded: usize },
+    /// Streaming presence events (Server-Sent Events); input is ignored.
+    /// `next`: the next event this subscriber needs; `replaying`: it is
+    /// still being caught up from the ring as its socket drains.
+    Events { next: u64, replaying: bool },
+}
+
+struct AdminConn {
+    stream: TcpStream,
+    generation: u32,
+    last_seen: Micros,
+    /// Unparsed request bytes.
+    inbound: BytesMut,
+    /// Response bytes the socket has not taken yet.
+    outbound: BytesMut,
+    state: State,
+}
+
+pub struct Admin {
+    conns: Slab<AdminConn>,
+    next_generation: u32,
+    token: Option<Vec<u8>>,
+    /// When each connection's one timer comes due: (at, key, generation).
+    timers: BTreeSet<(Micros, u32, u32)>,
+    /// The response being written.
+    response: Vec<u8>,
+}
+
+impl Admin {
+    pub fn new(token: Option<Vec<u8>>) -> Admin {
+        Admin {
+            conns: Slab::new(),
+            next_generation: 0,
+            token,
+            timers: BTreeSet::new(),
+            response: Vec::new(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    pub fn gauges(&self) -> AdminGauges {
+        AdminGauges {
+            connections: self.conns.len(),
+            subscribers: self
+                .conns
+                .iter()
+                .filter(|(_, c)| matches!(c.state, State::Events { .. }))
+                .count(),
+        }
+    }
+
+    fn get_mut(&mut self, admin: AdminRef) -> Option<&mut AdminConn> {
+        self.conns
+            .get_mut(admin.key as usize)
+            .filter(|c| c.generation == admin.generation)
+    }
+
+    /// Takes an accepted connection, unless there are too many already.
+    pub fn admit(
+        &mut self,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        poll: &mio::Registry,
+        now: Micros,
+    ) {
+        if self.conns.len() >= MAX_ADMIN_CONNECTIONS {
+            debug!("refusing admin connection from {peer}: too many");
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        self.next_generation = (self.next_generation.wrapping_add(1) & GENERATION_MASK).max(1);
+        let entry = self.conns.vacant_entry();
+        let admin = AdminRef {
+            key: entry.key() as u32,
+            generation: self.next_generation,
+        };
+        if let Err(e) = poll.register(
+            &mut stream,
+            admin.token(),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            warn!("cannot register admin connection from {peer}: {e}");
+            return;
+        }
+        entry.insert(AdminConn {
+            stream,
+            generation: admin.generation,
+            last_seen: now,
+            inbound: BytesMut::new(),
+            outbound: BytesMut::new(),
+            state: State::Requests,
+        });
+        self.timers
+            .insert((now + micros(ADMIN_IDLE), admin.key, admin.generation));
+    }
+
+    /// Serves a ready admin connection: reads and answers its requests,
+    /// flushes its responses when writable.
+    pub fn on_ready(
+        &mut self,
+        admin: AdminRef,
+        writable: bool,
+        buf: &mut [u8],
+        backend: &mut dyn Backend,
+    ) {
+        if self.get_mut(admin).is_none() {
+            return;
+        }
+        if !self.read(admin, buf, backend) {
+            self.end(admin, backend);
+            return;
+        }
+        if writable {
+            self.flush(admin, backend);
+        }
+    }
+
+    /// Reads what the peer sent; false when the connection must end.
+    fn read(&mut self, admin: AdminRef, buf: &mut [u8], backend: &mut dyn Backend) -> bool {
+        let now = backend.now();
+        loop {
+            let Some(c) = self.get_mut(admin) else {
+                return true;
+            };
+            let n = match c.stream.read(buf) {
+                Ok(0) => return false,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return false,
+            };
+            c.last_seen = now;
+            match &mut c.state {
+                State::Events { .. } => {} // input is ignored
+                State::Draining { discarded } => {
+                    *discarded += n;
+                    if *discarded > MAX_LINGER_DISCARD {
+                        return false;
+                    }
+                }
+                State::Requests | State::AwaitingAck { .. } => {
+                    c.inbound.extend_from_slice(&buf[..n]);
+                    // Requests piled up behind a push that waits for its ack.
+                    if c.inbound.len() > http::MAX_HEAD + MAX_BODY + 1024 {
+                        return false;
+                    }
+                    // Parse as data comes, so a refusal (413, 431) goes out
+                    // before the rest of a huge request.
+                    if !self.serve(admin, backend) {
+                        return false;
+                    }
+                }
+            }
+            if n < buf.len() {
+                return true;
+            }
+        }
+    }
+
+    /// Serves the complete requests buffered on a connection, in order,
+    /// stopping while a push waits for its ack. False when it must end.
+    fn serve(&mut self, admin: AdminRef, backend: &mut dyn Backend) -> bool {
+        let gauges = self.gauges();
+        loop {
+            let token = self.token.take();
+            let Some(c) = self
+                .conns
+                .get_mut(admin.key as usize)
+                .filter(|c| c.generation == admin.generation)
+            else {
+                self.token = token;
+                return true;
+            };
+            if !matches!(c.state, State::Requests) || c.inbound.is_empty() {
+                self.token = token;
+                return true;
+            }
+            let inbound = std::mem::take(&mut c.inbound);
+            self.response.clear();
+            let (outcome, used) = match http::parse(&inbound, MAX_BODY + http::MAX_HEAD) {
+                Ok(Parsed::Partial) => {
+                    c.inbound = inbound;
+                    self.token = token;
+                    return true;
+                }
+                Ok(Parsed::Complete { request, len }) => {
+                    let mut ctx = Ctx {
+                        backend: &mut *backend,
+                        admin,
+                        token: token.as_deref(),
+                        gauges,
+                        out: &mut self.response,
+                    };
+                    (routes::handle(&request, &mut ctx), len)
+                }
+                Err(e) => {
+                    routes::refuse(&e, backend, &mut self.response);
+                    (Outcome::Responded { keep_alive: false }, inbound.len())
+                }
+            };
+            self.token = token;
+            let Some(c) = self.get_mut(admin) else {
+                return true;
+            };
+            let mut rest = inbound;
+            bytes::Buf::advance(&mut rest, used);
+            c.inbound = if rest.is_empty() {
+                BytesMut::new()
+            } else {
+                rest
+            };
+            match outcome {
+                Outcome::Responded { keep_alive } => {
+                    if !self.respond(admin, backend) {
+                        return false;
+                    }
+                    if !keep_alive {
+                        self.begin_draining(admin);
+                        return true;
+                    }
+                }
+                Outcome::AwaitAck {
+                    message,
+                    keep_alive,
+                } => {
+                    c.state = State::AwaitingAck {
+                        message,
+                        keep_alive,
+                    };
+                    return true;
+                }
+                Outcome::Stream(start) => {
+                    c.inbound = BytesMut::new();
+                    let (next, replaying, reset) = match start {
+                        StreamStart::Replay { from } => (from, true, None),
+                        StreamStart::Live { next } => (next, false, None),
+                        StreamStart::Reset { last } => (last + 1, false, Some(last)),
+                    };
+                    c.state = State::Events { next, replaying };
+                    if let Some(last) = reset {
+                        presence::write_sse_reset(&mut self.response, last);
+                    }
+                    if !self.respond(admin, backend) {
+                        return false;
+                    }
+                    return self.continue_replay(admin, backend);
+                }
+            }
+        }
+    }
+
+    /// Writes `self.response`; false when the socket failed.
+    fn respond(&mut self, admin: AdminRef, backend: &mut dyn Backend) -> bool {
+        let response = std::mem::take(&mut self.response);
+        let sent = match self.get_mut(admin) {
+            Some(c) => writeq::send(&mut c.stream, &mut c.outbound, &response),
+            None => Ok((Flushed::Done, 0)),
+        };
+        self.response = response;
+        match sent {
+            Ok((_, written)) => {
+                backend.count_admin_bytes(written);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Ends a connection gracefully: its queued response goes out in full,
+    /// then the write side is shut (in `flush`, or here when nothing is
+    /// queued) and input is discarded until the peer closes.
+    fn begin_draining(&mut self, admin: AdminRef) {
+        if let Some(c) = self.get_mut(admin) {
+            c.state = State::Draining { discarded: 0 };
+            c.inbound = BytesMut::new();
+            if c.outbound.is_empty() {
+                let _ = c.stream.shutdown(std::net::Shutdown::Write);
+            }
+        }
+    }
+
+    /// Flushes a connection on its writable edge.
+    fn flush(&mut self, admin: AdminRef, backend: &mut dyn Backend) {
+        let Some(c) = self.get_mut(admin) else {
+            return;
+        };
+        let (flushed, written) = match writeq::flush(&mut c.stream, &mut c.outbound) {
+            Ok(done) => done,
+            Err(_) => return self.end(admin, backend),
+        };
+        backend.count_admin_bytes(written);
+        let (draining, streaming, replaying) = match &c.state {
+            State::Draining { .. } => (true, false, false),
+            State::Events { replaying, .. } => (false, true, *replaying),
+            _ => (false, false, false),
+        };
+        if flushed == Flushed::Done {
+            if draining {
+                let _ = c.stream.shutdown(std::net::Shutdown::Write);
+            } else if replaying && !self.continue_replay(admin, backend) {
+                self.end(admin, backend);
+            }
+        } else if streaming && c.outbound.len() > MAX_STREAM_QUEUE {
+            // An event stream is bounded; a response is not cut short.
+            self.end(admin, backend);
+        }
+    }
+
+    /// Sends a resume replay from the ring as the socket takes it, a chunk
+    /// at a time until the socket is full (its writable edge resumes it) or
+    /// the stream is live: a consumer far behind is caught up at its own
+    /// pace, not with megabytes queued at once. False when the socket failed.
+    fn continue_replay(&mut self, admin: AdminRef, backend: &mut dyn Backend) -> bool {
+        loop {
+            let Some(c) = self
+                .conns
+                .get_mut(admin.key as usize)
+                .filter(|c| c.generation == admin.generation)
+            else {
+                return true;
+            };
+            let State::Events {
+                next,
+                replaying: true,
+            } = &mut c.state
+            else {
+                return true;
+            };
+            let last = backend.last_event();
+            self.response.clear();
+            while self.response.len() < REPLAY_CHUNK && *next <= last {
+                match backend.event(*next) {
+                    Some(e) => presence::write_sse(&mut self.response, e),
+                    // Fell off the ring while being replayed.
+                    None => {
+                        presence::write_sse_reset(&mut self.response, last);
+                        *next = last;
+                    }
+                }
+                *next += 1;
+            }
+            let live = *next > last;
+            if live {
+                c.state = State::Events {
+                    next: last + 1,
+                    replaying: false,
+                };
+            }
+            let sent = writeq::send(&mut c.stream, &mut c.outbound, &self.response);
+            match sent {
+                Err(_) => return false,
+                Ok((flushed, written)) => {
+                    backend.count_admin_bytes(written);
+                    if live || flushed == Flushed::Blocked {
+                        return true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends new presence events to every live subscriber; one that cannot
+    /// keep up is dropped rather than allowed to grow without bound.
+    pub fn publish(&mut self, events: &[PresenceEvent], backend: &mut dyn Backend) {
+        let Some(last) = events.last().map(|e| e.seq) else {
+            return;
+        };
+        let mut slow = Vec::new();
+        for (key, c) in self.conns.iter_mut() {
+            let State::Events {
+                next,
+                replaying: false,
+            } = &mut c.state
+            else {
+                continue; // not a subscriber, or still replaying: its turn comes
+            };
+            self.response.clear();
+            for e in events.iter().filter(|e| e.seq >= *next) {
+                presence::write_sse(&mut self.response, e);
+            }
+            *next = (*next).max(last + 1);
+            if self.response.is_empty() {
+                continue;
+            }
+            match writeq::send(&mut c.stream, &mut c.outbound, &self.response) {
+                Ok((_, written)) if c.outbound.len() <= MAX_STREAM_QUEUE => {
+                    backend.count_admin_bytes(written)
+                }
+                _ => slow.push(AdminRef {
+                    key: key as u32,
+                    generation: c.generation,
+                }),
+            }
+        }
+        for admin in slow {
+            warn!("dropping a slow presence subscriber: more than {MAX_STREAM_QUEUE} bytes queued");
+            self.end(admin, backend);
+        }
+    }
+
+    /// Answers the requests whose push wait ended, then serves what queued
+    /// up behind them.
+    pub fn wake(&mut self, woken: Vec<(AdminRef, Rc<str>, WaitEnd)>, backend: &mut dyn Backend) {
+        for (admin, message, end) in woken {
+            let Some(c) = self.get_mut(admin) else {
+                continue;
+            };
+            let keep_alive = match &c.state {
+                State::AwaitingAck {
+                    message: waiting,
+                    keep_alive,
+                } if *waiting == message => *keep_alive,
+                _ => continue,
+            };
+            c.state = State::Requests;
+            self.response.clear();
+            routes::waited(
+                backend,
+                &message,
+                end == WaitEnd::Acked,
+                keep_alive,
+                &mut self.response,
+            );
+            if !self.respond(admin, backend) {
+                self.end(admin, backend);
+            } else if !keep_alive {
+                self.begin_draining(admin);
+            } else if !self.serve(admin, backend) {
+                self.end(admin, backend);
+            }
+        }
+    }
+
+    /// When the next admin timer comes due.
+    pub fn next_timer(&self) -> Option<Micros> {
+        self.timers.first().map(|&(at, _, _)| at)
+    }
+
+    /// Each connection's one timer: an event stream gets a keepalive
+    /// comment, a lingering close gives up after `LINGER`, an idle
+    /// connection closes after `ADMIN_IDLE`; otherwise it is re-armed.
+    pub fn on_timers(&mut self, backend: &mut dyn Backend) {
+        let now = backend.now();
+        while let Some(&(at, key, generation)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            let admin = AdminRef { key, generation };
+            let Some(c) = self.get_mut(admin) else {
+                continue;
+            };
+            let idle = now.saturating_sub(c.last_seen);
+            let next = match &c.state {
+                State::Events { .. } => {
+                    let sent = writeq::send(&mut c.stream, &mut c.outbound, b": keepalive\n\n");
+                    if sent.is_err() || c.outbound.len() > MAX_STREAM_QUEUE {
+                        self.end(admin, backend);
+                        continue;
+                    }
+                    now + micros(EVENTS_KEEPALIVE)
+                }
+                State::Draining { .. } if idle >= micros(LINGER) => {
+                    self.end(admin, backend);
+                    continue;
+                }
+                State::Draining { .. } => now + (micros(LINGER) - idle),
+                State::AwaitingAck { .. } => now + micros(ADMIN_IDLE),
+                State::Requests if idle >= micros(ADMIN_IDLE) => {
+                    self.end(admin, backend);
+                    continue;
+                }
+                State::Requests => now + (micros(ADMIN_IDLE) - idle),
+            };
+            self.timers.insert((next, key, generation));
+        }
+    }
+
+    /// Closes an admin connection and lets go of what it waited for.
+    pub fn end(&mut self, admin: AdminRef, backend: &mut dyn Backend) {
+        if self.get_mut(admin).is_none() {
+            return;
+        }
+        let c = self.conns.remove(admin.key as usize);
+        if let State::AwaitingAck { message, .. } = &c.state {
+            backend.cancel_wait(message);
+        }
+    }
+
+    /// Closes every admin connection (shutdown).
+    pub fn close_all(&mut self, backend: &mut dyn Backend) {
+        let all: Vec<AdminRef> = self
+            .conns
+            .iter()
+            .map(|(key, c)| AdminRef {
+                key: key as u32,
+                generation: c.generation,
+            })
+            .collect();
+        for admin in all {
+            self.end(admin, backend);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::ConnRef;
+
+    #[test]
+    fn admin_and_client_tokens_never_mix() {
+        let a = AdminRef {
+            key: 7,
+            generation: GENERATION_MASK,
+        };
+        assert_eq!(AdminRef::from_token(a.token()), Some(a));
+        assert_eq!(ConnRef::from_token(a.token()), None);
+        let c = ConnRef {
+            key: 7,
+            generation: 3,
+        };
+        assert_eq!(AdminRef::from_token(c.token()), None);
+        assert_eq!(AdminRef::from_token(Token(2)), None);
+    }
+}

@@ -1,0 +1,306 @@
+//! The admin API's routes: one parsed request in, one response (or the
+//! start of a stream, or a wait) out. Everything they report or change goes
+//! through the [`Backend`].
+
+use std::rc::Rc;
+
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use crate::admin::backend::{AdminGauges, Backend, ClientView, Pushed, StreamStart};
+use crate::admin::AdminRef;
+use crate::http::{self, HttpError, Method, Request};
+
+const MAX_PAGE: usize = 1000;
+const DEFAULT_PAGE: usize = 100;
+/// Longest a pusher may wait for an ack.
+const MAX_WAIT_ACK_MS: u64 = 300_000;
+/// Longest a push may wait for an offline client.
+const MAX_QUEUE_TTL_MS: u64 = 7 * 24 * 3_600_000;
+
+/// What serving a request leaves the connection to do.
+#[derive(Debug)]
+pub(super) enum Outcome {
+    /// The response is written; keep serving requests, or close after it.
+    Responded { keep_alive: bool },
+    /// The response head is written: stream presence events from `start`.
+    Stream(StreamStart),
+    /// Nothing is written yet: the response waits for the push's ack.
+    AwaitAck { message: Rc<str>, keep_alive: bool },
+}
+
+/// What a route needs besides the request.
+pub(super) struct Ctx<'a> {
+    pub backend: &'a mut dyn Backend,
+    pub admin: AdminRef,
+    pub token: Option<&'a [u8]>,
+    pub gauges: AdminGauges,
+    pub out: &'a mut Vec<u8>,
+}
+
+impl Ctx<'_> {
+    fn reply(&mut self, status: u16, body: serde_json::Value, keep: bool) -> Outcome {
+        self.backend.count_request(status);
+        http::write_json(self.out, status, &body, keep);
+        Outcome::Responded { keep_alive: keep }
+    }
+
+    fn error(&mut self, status: u16, error: &str, detail: &str, keep: bool) -> Outcome {
+        self.backend.count_request(status);
+        http::write_error(self.out, status, error, detail, keep);
+        Outcome::Responded { keep_alive: keep }
+    }
+
+    fn not_online(&mut self, id: &str, keep: bool) -> Outcome {
+        self.error(
+            404,
+            "offline",
+            &format!("client {id:?} is not online"),
+            keep,
+        )
+    }
+}
+
+/// Answers a request that could not be parsed; the connection closes after it.
+pub(super) fn refuse(e: &HttpError, backend: &mut dyn Backend, out: &mut Vec<u8>) {
+    let status = e.status();
+    backend.count_request(status);
+    let error = match status {
+        431 => "headers-too-large",
+        413 => "body-too-large",
+        411 => "length-required",
+        _ => "bad-request",
+    };
+    http::write_error(out, status, error, &e.to_string(), false);
+}
+
+fn authorized(token: Option<&[u8]>, request: &Request<'_>) -> bool {
+    let Some(token) = token else {
+        return true;
+    };
+    let presented = request
+        .authorization
+        .and_then(|v| v.strip_prefix(b"Bearer "))
+        .unwrap_or_default();
+    presented.ct_eq(token).into()
+}
+
+/// Routes one request.
+pub(super) fn handle(request: &Request<'_>, ctx: &mut Ctx<'_>) -> Outcome {
+    let keep = request.keep_alive;
+    let segments: Vec<String> = request
+        .path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(http::decode)
+        .collect();
+    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+    if segments != ["healthz"] && !authorized(ctx.token, request) {
+        return ctx.error(
+            401,
+            "unauthorized",
+            "send Authorization: Bearer <LIFELINE_ADMIN_TOKEN>",
+            keep,
+        );
+    }
+    match (request.method, segments.as_slice()) {
+        (Method::Get, ["healthz"]) => ctx.reply(200, json!({"status": "ok"}), keep),
+        (Method::Get, ["metrics"]) => {
+            ctx.backend.count_request(200);
+            let text = ctx.backend.metrics(ctx.gauges);
+            http::write_response(
+                ctx.out,
+                200,
+                "text/plain; version=0.0.4",
+                text.as_bytes(),
+                keep,
+            );
+            Outcome::Responded { keep_alive: keep }
+        }
+        (Method::Get, ["clients"]) => list_clients(request, ctx),
+        (Method::Get, ["clients", id]) => match ctx.backend.client(id) {
+            Some(view) => ctx.reply(200, client_json(&view), keep),
+            None => ctx.not_online(id, keep),
+        },
+        (Method::Post, ["clients", id, "push"]) => push(id, request, ctx),
+        (Method::Post, ["broadcast"]) => match ctx.backend.broadcast(request.body) {
+            Ok((id, recipients)) => {
+                ctx.reply(202, json!({"id": &*id, "recipients": recipients}), keep)
+            }
+            Err(r) => ctx.error(r.status, r.error, &r.detail, keep),
+        },
+        (Method::Get, ["messages", message]) => match ctx.backend.receipt(message) {
+            Some(r) => ctx.reply(
+                200,
+                json!({
+                    "id": message,
+                    "to": &*r.to,
+                    "status": r.status,
+                    "created_at": r.created_at,
+                    "sent_at": r.sent_at,
+                    "acked_at": r.acked_at,
+                    "expires_at": r.expires_at,
+                    "recipients": r.recipients,
+                }),
+                keep,
+            ),
+            None => ctx.error(
+                404,
+                "unknown-message",
+                &format!(
+                    "no receipt for {message:?} (unknown, or older than LIFELINE_RECEIPT_TTL_MS)"
+                ),
+                keep,
+            ),
+        },
+        (Method::Delete, ["clients", id]) => {
+            if ctx.backend.kick(id) {
+                ctx.backend.count_request(204);
+                http::write_response(ctx.out, 204, "application/json", b"", keep);
+                Outcome::Responded { keep_alive: keep }
+            } else {
+                ctx.not_online(id, keep)
+            }
+        }
+        (Method::Get, ["events"]) => {
+            let last = request
+                .last_event_id
+                .map(str::to_string)
+                .or_else(|| http::query_param(request.query, "last_event_id"));
+            match last.map(|v| v.parse::<u64>()).transpose() {
+                Err(_) => ctx.error(
+                    400,
+                    "bad-last-event-id",
+                    "Last-Event-ID must be a sequence number from an earlier event",
+                    keep,
+                ),
+                Ok(last) => {
+                    ctx.backend.count_request(200);
+                    http::write_event_stream_head(ctx.out);
+                    Outcome::Stream(ctx.backend.stream_from(last))
+                }
+            }
+        }
+        (_, ["healthz" | "metrics" | "clients" | "broadcast" | "events" | "messages", ..]) => ctx
+            .error(
+                405,
+                "method-not-allowed",
+                "see the README for each endpoint's method",
+                keep,
+            ),
+        _ => ctx.error(404, "not-found", "no such endpoint", keep),
+    }
+}
+
+fn client_json(c: &ClientView) -> serde_json::Value {
+    json!({
+        "id": &*c.id,
+        "peer": c.peer,
+        "connected_at": c.connected_at,
+        "last_seen_ms_ago": c.last_seen_ms_ago,
+        "conn": c.conn,
+        "state": if c.suspect { "suspect" } else { "online" },
+    })
+}
+
+fn list_clients(request: &Request<'_>, ctx: &mut Ctx<'_>) -> Outcome {
+    let keep = request.keep_alive;
+    let limit = match http::query_param(request.query, "limit") {
+        None => DEFAULT_PAGE,
+        Some(v) => match v.parse::<usize>() {
+            Ok(n) if (1..=MAX_PAGE).contains(&n) => n,
+            _ => {
+                return ctx.error(
+                    400,
+                    "bad-limit",
+                    &format!("limit must be a whole number from 1 to {MAX_PAGE}"),
+                    keep,
+                )
+            }
+        },
+    };
+    let after = http::query_param(request.query, "after");
+    let page = ctx.backend.clients(after.as_deref(), limit);
+    let clients: Vec<serde_json::Value> = page.clients.iter().map(client_json).collect();
+    // The loop is single-threaded: this page is exactly the online set as
+    // of event `seq`; replaying the stream after `seq` brings it up to date.
+    ctx.reply(
+        200,
+        json!({
+            "clients": clients,
+            "next": page.next.as_deref(),
+            "online": page.online,
+            "seq": page.seq,
+        }),
+        keep,
+    )
+}
+
+/// A whole number in `range` from the query, `Ok(None)` when absent.
+fn query_number(
+    request: &Request<'_>,
+    key: &str,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<Option<u64>, ()> {
+    match http::query_param(request.query, key) {
+        None => Ok(None),
+        Some(v) => match v.parse::<u64>() {
+            Ok(n) if range.contains(&n) => Ok(Some(n)),
+            _ => Err(()),
+        },
+    }
+}
+
+fn push(id: &str, request: &Request<'_>, ctx: &mut Ctx<'_>) -> Outcome {
+    let keep = request.keep_alive;
+    let Ok(wait_ms) = query_number(request, "wait_ack_ms", 0..=MAX_WAIT_ACK_MS) else {
+        return ctx.error(
+            400,
+            "bad-wait",
+            &format!("wait_ack_ms must be a whole number from 0 to {MAX_WAIT_ACK_MS}"),
+            keep,
+        );
+    };
+    let Ok(queue_ttl_ms) = query_number(request, "queue_ttl_ms", 1..=MAX_QUEUE_TTL_MS) else {
+        return ctx.error(
+            400,
+            "bad-queue-ttl",
+            &format!("queue_ttl_ms must be a whole number from 1 to {MAX_QUEUE_TTL_MS}"),
+            keep,
+        );
+    };
+    match ctx.backend.push(id, request.body, queue_ttl_ms) {
+        Err(r) => ctx.error(r.status, r.error, &r.detail, keep),
+        Ok(Pushed::Queued { id }) => ctx.reply(202, json!({"id": &*id, "status": "queued"}), keep),
+        Ok(Pushed::Sent { id, target }) => match wait_ms {
+            Some(ms) if ms > 0 => {
+                let until = ctx.backend.now() + ms * 1000;
+                ctx.backend.await_ack(&id, target, ctx.admin, until);
+                Outcome::AwaitAck {
+                    message: id,
+                    keep_alive: keep,
+                }
+            }
+            _ => ctx.reply(202, json!({"id": &*id, "status": "sent"}), keep),
+        },
+    }
+}
+
+/// The response to a push whose wait ended.
+pub(super) fn waited(
+    backend: &mut dyn Backend,
+    message: &str,
+    acked: bool,
+    keep_alive: bool,
+    out: &mut Vec<u8>,
+) {
+    let (status, text) = if acked { (200, "acked") } else { (202, "sent") };
+    backend.count_request(status);
+    http::write_json(
+        out,
+        status,
+        &json!({"id": message, "status": text}),
+        keep_alive,
+    );
+}

@@ -1,0 +1,300 @@
+//! The one way out to a client. Every frame for a client socket goes through
+//! [`Outbound`]: it is framed for the connection's transport (raw XML, or one
+//! WebSocket text message per frame), held to `max_outbound` here and only
+//! here, and written at the right time: replies to the connection being
+//! served are gathered and written with one call when it is done (Redis's
+//! pattern: many replies, one `write`); frames for other connections join
+//! their queues and are flushed once at the end of the loop iteration.
+
+use crate::server::conn::{ClientConn, CloseReason, ConnRef};
+use crate::writeq::{self, Flushed};
+use crate::ws;
+
+/// The connection's queue would pass `max_outbound`: it is a slow consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overflow;
+
+/// Why a write ended the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteFailed {
+    /// The socket failed or was reset.
+    Io,
+    /// More than `max_outbound` bytes stayed queued.
+    Overflow,
+}
+
+impl WriteFailed {
+    /// The end it means for the connection.
+    pub fn reason(self) -> CloseReason {
+        match self {
+            WriteFailed::Io => CloseReason::IoError,
+            WriteFailed::Overflow => CloseReason::SlowConsumer,
+        }
+    }
+}
+
+/// Counters of what went out.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct OutboundStats {
+    pub frames: u64,
+    pub bytes: u64,
+    /// Pushes whose bytes were all written to the recipient's socket.
+    pub pushes_delivered: u64,
+}
+
+/// A frame encoded once for many recipients (a push, a broadcast, a held
+/// message), both as raw XML and as a WebSocket text message.
+#[derive(Debug, Default)]
+pub struct Prepared {
+    raw: Vec<u8>,
+    ws: Vec<u8>,
+}
+
+impl Prepared {
+    /// Encodes the frame; the WebSocket form is made only if asked for.
+    pub fn encode(&mut self, encode: impl FnOnce(&mut Vec<u8>)) {
+        self.raw.clear();
+        self.ws.clear();
+        encode(&mut self.raw);
+    }
+
+    /// A frame already encoded (as raw XML).
+    pub fn new(raw: Vec<u8>) -> Prepared {
+        Prepared {
+            raw,
+            ws: Vec::new(),
+        }
+    }
+
+    pub fn into_raw(self) -> Vec<u8> {
+        self.raw
+    }
+
+    pub fn raw(&self) -> &[u8] {
+        &self.raw
+    }
+
+    fn for_transport(&mut self, websocket: bool) -> &[u8] {
+        if !websocket {
+            return &self.raw;
+        }
+        if self.ws.is_empty() {
+            ws::write_text(&mut self.ws, &self.raw);
+        }
+        &self.ws
+    }
+}
+
+pub struct Outbound {
+    /// Replies to the connection being served, written with one call when
+    /// it is done.
+    staged: Vec<u8>,
+    serving: Option<ConnRef>,
+    /// Encoding room for frames to other connections.
+    scratch: Vec<u8>,
+    /// Connections given bytes while not being served; flushed at the end of
+    /// the iteration.
+    scheduled: Vec<ConnRef>,
+    max_outbound: usize,
+    pub stats: OutboundStats,
+}
+
+impl Outbound {
+    pub fn new(max_outbound: usize) -> Outbound {
+        Outbound {
+            staged: Vec::with_capacity(4096),
+            serving: None,
+            scratch: Vec::with_capacity(4096),
+            scheduled: Vec::new(),
+            max_outbound,
+            stats: OutboundStats::default(),
+        }
+    }
+
+    /// Whether a frame of `len` bytes fits `c`'s queue: it does when the
+    /// queue is empty (a frame may be larger than the limit when `max_frame`
+    /// is), or when the queue stays within `max_outbound` with it.
+    pub fn has_room(&self, c: &ClientConn, len: usize) -> bool {
+        c.outbound.is_empty() || c.outbound.len() + len <= self.max_outbound
+    }
+
+    /// Sends the XML frame `encode` writes to connection `conn`, framed for
+    /// its transport. `Err(Overflow)` means nothing was queued and the
+    /// connection is a slow consumer.
+    pub fn send(
+        &mut self,
+        conn: ConnRef,
+        c: &mut ClientConn,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(), Overflow> {
+        let websocket = c.is_websocket();
+        self.send_with(conn, c, websocket, encode)
+    }
+
+    /// Sends bytes already framed for the transport: WebSocket control
+    /// frames, and the HTTP answers of the client port.
+    pub fn send_framed(
+        &mut self,
+        conn: ConnRef,
+        c: &mut ClientConn,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(), Overflow> {
+        self.send_with(conn, c, false, encode)
+    }
+
+    fn send_with(
+        &mut self,
+        conn: ConnRef,
+        c: &mut ClientConn,
+        wrap_ws: bool,
+        encode: impl FnOnce(&mut Vec<u8>),
+    ) -> Result<(), Overflow> {
+        if c.is_closing() {
+            return Ok(()); // after its goodbye a connection is told nothing more
+        }
+        if self.serving == Some(conn) {
+            let start = self.staged.len();
+            encode(&mut self.staged);
+            if wrap_ws {
+                ws::wrap_text(&mut self.staged, start);
+            }
+            self.stats.frames += 1;
+            // The limit applies to what the one write leaves behind.
+            return Ok(());
+        }
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        encode(&mut scratch);
+        if wrap_ws {
+            ws::wrap_text(&mut scratch, 0);
+        }
+        let queued = self.enqueue(conn, c, &scratch);
+        self.scratch = scratch;
+        queued
+    }
+
+    /// Sends a frame encoded once for many recipients; `push` counts it as
+    /// a push, delivered once its bytes are all written.
+    pub fn send_prepared(
+        &mut self,
+        conn: ConnRef,
+        c: &mut ClientConn,
+        frame: &mut Prepared,
+        push: bool,
+    ) -> Result<(), Overflow> {
+        if c.is_closing() {
+            return Ok(());
+        }
+        let bytes = frame.for_transport(c.is_websocket());
+        if self.serving == Some(conn) {
+            self.staged.extend_from_slice(bytes);
+            self.stats.frames += 1;
+        } else {
+            self.enqueue(conn, c, bytes)?;
+        }
+        if push {
+            c.pushes_unwritten = c.pushes_unwritten.saturating_add(1);
+        }
+        Ok(())
+    }
+
+    fn enqueue(&mut self, conn: ConnRef, c: &mut ClientConn, bytes: &[u8]) -> Result<(), Overflow> {
+        if !self.has_room(c, bytes.len()) {
+            return Err(Overflow);
+        }
+        // A non-empty queue is already scheduled, or waits for the socket's
+        // writable edge, which flushes it.
+        if c.outbound.is_empty() {
+            self.scheduled.push(conn);
+        }
+        c.outbound.extend_from_slice(bytes);
+        self.stats.frames += 1;
+        Ok(())
+    }
+
+    /// From now until [`Outbound::finish_serving`], replies to `conn` are gathered.
+    pub fn begin_serving(&mut self, conn: ConnRef) {
+        self.serving = Some(conn);
+        self.staged.clear();
+    }
+
+    /// Writes the gathered replies with one call.
+    pub fn finish_serving(&mut self, c: Option<&mut ClientConn>) -> Result<(), WriteFailed> {
+        self.serving = None;
+        let Some(c) = c else {
+            return Ok(());
+        };
+        if self.staged.is_empty() {
+            return Ok(());
+        }
+        let staged = std::mem::take(&mut self.staged);
+        let sent = writeq::send(&mut c.stream, &mut c.outbound, &staged);
+        self.staged = staged;
+        self.staged.clear();
+        self.settle(c, sent)?;
+        // The replies a client asked for count against its limit once the
+        // socket has taken what it could: a client that sends without reading
+        // is a slow consumer.
+        if c.outbound.len() > self.max_outbound {
+            return Err(WriteFailed::Overflow);
+        }
+        Ok(())
+    }
+
+    /// Writes what `c` has queued (its writable edge, or its turn in the
+    /// end-of-iteration flush).
+    pub fn flush(&mut self, c: &mut ClientConn) -> Result<Flushed, WriteFailed> {
+        let flushed = writeq::flush(&mut c.stream, &mut c.outbound);
+        self.settle(c, flushed)?;
+        Ok(if c.outbound.is_empty() {
+            Flushed::Done
+        } else {
+            Flushed::Blocked
+        })
+    }
+
+    fn settle(
+        &mut self,
+        c: &mut ClientConn,
+        result: std::io::Result<(Flushed, usize)>,
+    ) -> Result<(), WriteFailed> {
+        match result {
+            Err(_) => Err(WriteFailed::Io),
+            Ok((flushed, written)) => {
+                self.stats.bytes += written as u64;
+                if flushed == Flushed::Done {
+                    self.stats.pushes_delivered +=
+                        u64::from(std::mem::take(&mut c.pushes_unwritten));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// The connections scheduled for the end-of-iteration flush.
+    pub fn take_scheduled(&mut self, into: &mut Vec<ConnRef>) {
+        std::mem::swap(&mut self.scheduled, into);
+    }
+
+    /// A connection's last words before its socket closes (a `bye`, a
+    /// WebSocket Close, an HTTP 408): best effort, one write, whatever was
+    /// queued before them first.
+    pub fn last_words(&mut self, c: &mut ClientConn, encode: impl FnOnce(&mut Vec<u8>, bool)) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.clear();
+        encode(&mut scratch, c.is_websocket());
+        if !scratch.is_empty() {
+            self.stats.frames += 1;
+            if let Ok((_, written)) = writeq::send(&mut c.stream, &mut c.outbound, &scratch) {
+                self.stats.bytes += written as u64;
+            }
+        }
+        self.scratch = scratch;
+    }
+
+    /// After a caught panic: forget the half-served connection.
+    pub fn recover(&mut self) {
+        self.serving = None;
+        self.staged.clear();
+    }
+}

@@ -1,0 +1,93 @@
+//! Stopping: on SIGINT or SIGTERM the loop stops accepting, tells every
+//! client `<bye reason="shutdown"/>`, gives the goodbyes `LIFELINE_DRAIN_MS`
+//! to leave the sockets, and returns.
+
+use log::info;
+use signal_hook::consts::{SIGINT, SIGTERM};
+
+use crate::server::conn::{CloseReason, ConnRef, Transport};
+use crate::server::core::Core;
+use crate::server::{Server, Subject};
+use crate::wire::{self, ByeReason};
+use crate::writeq::Flushed;
+use crate::ws;
+
+impl Server {
+    pub(super) fn on_signal(&mut self) {
+        let mut stop = false;
+        for signal in self.signals.pending() {
+            stop |= signal == SIGINT || signal == SIGTERM;
+        }
+        if stop && self.drain_until.is_none() {
+            self.begin_shutdown();
+        }
+    }
+
+    fn begin_shutdown(&mut self) {
+        info!(
+            "shutting down: {} connections, {} online",
+            self.core.clients().len(),
+            self.core.online()
+        );
+        self.listeners.close(self.poll.registry());
+        self.drain_until = Some(self.core.clock().now() + self.core.drain());
+        self.guarded(Subject::Loop, |s| s.admin.close_all(&mut s.core));
+        for conn in self.core.clients().refs() {
+            self.guarded(Subject::Client(conn), |s| s.core.say_goodbye(conn));
+        }
+    }
+
+    pub(super) fn finish_shutdown(&mut self) {
+        for conn in self.core.clients().refs() {
+            self.guarded(Subject::Client(conn), |s| {
+                s.core.end(conn, CloseReason::Shutdown)
+            });
+        }
+        info!("stopped");
+    }
+}
+
+impl Core {
+    /// Says `<bye reason="shutdown"/>` (and, on a WebSocket, Close 1001)
+    /// and lets the goodbye drain: the connection ends once it is written,
+    /// once the peer closes, or when the drain gives up.
+    pub(super) fn say_goodbye(&mut self, conn: ConnRef) {
+        let Some(c) = self.clients.get(conn) else {
+            return;
+        };
+        if matches!(c.transport, Transport::Handshake) {
+            return self.end(conn, CloseReason::Shutdown);
+        }
+        let websocket = c.is_websocket();
+        let retry = self.advice.retry_ms(ByeReason::Shutdown);
+        let said = self
+            .clients
+            .send(conn, |out| {
+                wire::encode_bye(out, ByeReason::Shutdown, retry)
+            })
+            .and_then(|()| {
+                if !websocket {
+                    return Ok(());
+                }
+                self.clients
+                    .send_framed(conn, |out| ws::write_close(out, 1001, "shutdown"))
+            });
+        if said.is_err() {
+            return self.end(conn, CloseReason::Shutdown);
+        }
+        if let Some(c) = self.clients.get_mut(conn) {
+            if let Transport::WebSocket(state) = &mut c.transport {
+                state.close_sent = true;
+            }
+            c.begin_closing();
+        }
+        match self.clients.flush(conn) {
+            Ok(Flushed::Blocked) => {}
+            _ => self.end(conn, CloseReason::Shutdown),
+        }
+    }
+
+    pub(super) fn drain(&self) -> std::time::Duration {
+        self.config.drain
+    }
+}
