@@ -21,7 +21,7 @@ use crate::metrics::Gauges;
 use crate::presence::{self, PresenceEvent, PresenceKind, Resume};
 use crate::receipts::{Held, Receipt, Status};
 use crate::server::Server;
-use crate::wire;
+use lifeline_wire as wire;
 
 /// An admin connection silent this long is closed (event streams excepted).
 pub const ADMIN_IDLE: Duration = Duration::from_secs(60);
@@ -602,7 +602,7 @@ impl Server {
         }
         if c.is_websocket() {
             self.ws_frame.clear();
-            crate::ws::write_text(&mut self.ws_frame, &self.frame);
+            lifeline_wire::ws::write_text(&mut self.ws_frame, &self.frame);
             c.outbound.extend_from_slice(&self.ws_frame);
         } else {
             c.outbound.extend_from_slice(&self.frame);

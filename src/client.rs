@@ -42,8 +42,8 @@ use quick_xml::errors::{Error as XmlError, SyntaxError};
 use quick_xml::events::{BytesStart, Event};
 use quick_xml::{Reader, XmlVersion};
 
-use crate::auth::token_for;
-use crate::wire::{self, is_valid_id, is_valid_message_id};
+use lifeline_wire::token::mint as token_for;
+use lifeline_wire::{self as wire, is_valid_id, is_valid_message_id};
 
 /// What the client needs to know to connect, and its policy knobs.
 #[derive(Clone)]

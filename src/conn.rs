@@ -100,7 +100,7 @@ pub enum Transport {
 /// a partial WebSocket frame).
 #[derive(Debug, Default)]
 pub struct WsState {
-    pub decoder: crate::ws::Decoder,
+    pub decoder: lifeline_wire::ws::Decoder,
     pub xml_tail: BytesMut,
     /// A Close frame went out: the closing handshake is under way.
     pub close_sent: bool,
@@ -123,7 +123,7 @@ pub struct Connection {
     pub outbound: BytesMut,
     pub transport: Transport,
     /// Where the inbound stream stands for the codec (BOM, declaration rules).
-    pub position: crate::wire::StreamPosition,
+    pub position: lifeline_wire::StreamPosition,
     /// Queued in the loop's flush list for this iteration.
     pub flush_queued: bool,
     /// Admin pushes queued in `outbound` and not yet fully written.
@@ -155,7 +155,7 @@ impl Connection {
             last_seen: now,
             inbound: BytesMut::new(),
             outbound: BytesMut::new(),
-            position: crate::wire::StreamPosition::Start,
+            position: lifeline_wire::StreamPosition::Start,
             transport: Transport::Sniffing,
             flush_queued: false,
             pushes_queued: 0,
@@ -344,8 +344,8 @@ impl CloseReason {
     }
 
     /// The `<bye reason>` the server sends before closing, when it sends one.
-    pub fn bye(self) -> Option<crate::wire::ByeReason> {
-        use crate::wire::ByeReason;
+    pub fn bye(self) -> Option<lifeline_wire::ByeReason> {
+        use lifeline_wire::ByeReason;
         match self {
             CloseReason::Timeout => Some(ByeReason::Timeout),
             CloseReason::Replaced => Some(ByeReason::Replaced),

@@ -2,10 +2,13 @@
 //! application-level heartbeats, knows who is online, and pushes messages.
 //!
 //! Modules, one concern each: [`config`] (environment → validated settings),
-//! [`wire`] (frame codec), [`conn`] (one connection's state and buffers),
-//! [`timers`] (deadline wheel and the timerfd that wakes the loop for it),
-//! [`registry`] (who is online), [`auth`] (login tokens), [`metrics`], and
-//! [`server`] (the event loop).
+//! [`conn`] (one connection's state and buffers), [`timers`] (deadline wheel
+//! and the timerfd that wakes the loop for it), [`registry`] (who is online),
+//! [`presence`] (presence events, their ring and Server-Sent Events),
+//! [`receipts`] (push receipts and the offline queue), [`admin`] (the admin HTTP API, over
+//! [`http`]), [`pages`] (the files a plain `GET` gets), [`auth`] (login
+//! tokens), [`metrics`], and [`server`] (the event loop). The frame codecs,
+//! XML and WebSocket, are the `lifeline-wire` crate.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
@@ -19,10 +22,9 @@ pub mod config;
 pub mod conn;
 pub mod http;
 pub mod metrics;
+pub mod pages;
 pub mod presence;
 pub mod receipts;
 pub mod registry;
 pub mod server;
 pub mod timers;
-pub mod wire;
-pub mod ws;

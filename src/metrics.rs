@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::conn::CloseReason;
-use crate::wire::ErrorCode;
+use lifeline_wire::ErrorCode;
 
 /// Upper bounds (seconds) of the loop iteration time histogram.
 const LOOP_BUCKETS: [f64; 10] = [

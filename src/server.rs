@@ -27,8 +27,8 @@ use crate::presence::{PresenceKind, PresenceLog};
 use crate::receipts::{OfflineQueue, Receipts, Status};
 use crate::registry::{LocalRegistry, Registry};
 use crate::timers::{Ticker, TimerWheel};
-use crate::wire::{self, Decoded, ErrorCode, Frame, FrameReader};
-use crate::ws;
+use lifeline_wire::ws;
+use lifeline_wire::{self as wire, Decoded, ErrorCode, Frame, FrameReader};
 
 const LISTENER: Token = Token(1);
 const SIGNALS: Token = Token(2);
@@ -855,8 +855,8 @@ impl Server {
                     self.consume_websocket(conn, &mut rest, now)
                 }
             }
-            Ok(ws::Handshake::Page { page, .. }) => {
-                ws::write_page(&mut self.replies, page);
+            Ok(ws::Handshake::Get { path, .. }) => {
+                crate::pages::answer_get(&mut self.replies, path);
                 Fate::Close(CloseReason::Http)
             }
             Err(e) => {

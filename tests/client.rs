@@ -166,7 +166,7 @@ fn logs_in_with_a_token_answers_probes_and_acks_byte_exact() {
     })
     .unwrap();
     let mut peer = Peer::accept(&listener, WAIT);
-    let token = lifeline::auth::token_for(&secret, "x");
+    let token = lifeline_wire::token::mint(&secret, "x");
     let login = format!("<login id=\"x\" token=\"{token}\"/>");
     peer.read_until(&login);
 

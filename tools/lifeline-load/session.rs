@@ -11,7 +11,7 @@ use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
 use lifeline::client::Backoff;
-use lifeline::ws::KEY_LEN;
+use lifeline_wire::ws::KEY_LEN;
 use mio::net::TcpStream;
 
 use crate::args::{Config, Mode};
