@@ -17,7 +17,6 @@ compile_error!("Lifeline packs slab key and generation into a 64-bit mio token")
 
 pub mod admin;
 pub mod auth;
-pub mod client;
 pub mod config;
 pub mod conn;
 pub mod http;

@@ -10,7 +10,7 @@ use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
-use lifeline::client::Backoff;
+use lifeline_client::Backoff;
 use lifeline_wire::ws::KEY_LEN;
 use mio::net::TcpStream;
 

@@ -3,6 +3,8 @@
 //! [`crate::is_valid_message_id`]): their alphabet needs no escaping, and
 //! neither does a token, which is hex.
 
+use std::borrow::Cow;
+
 use crate::to_client::encode_heartbeat;
 
 /// `<login id="ID" token="T"/>` (the token only when there is one).
@@ -29,7 +31,7 @@ pub fn encode_pong(out: &mut Vec<u8>, seq: Option<u64>) {
 }
 
 /// `<msg to="RECEIVER" id="MID">body</msg>`; `body` is already escaped XML
-/// content (e.g. by `quick_xml::escape::partial_escape`).
+/// content (e.g. by [`escape_text`]).
 pub fn encode_msg(out: &mut Vec<u8>, to: &str, id: Option<&str>, body: &str) {
     out.extend_from_slice(b"<msg to=\"");
     out.extend_from_slice(to.as_bytes());
@@ -40,6 +42,12 @@ pub fn encode_msg(out: &mut Vec<u8>, to: &str, id: Option<&str>, body: &str) {
     out.extend_from_slice(b"\">");
     out.extend_from_slice(body.as_bytes());
     out.extend_from_slice(b"</msg>");
+}
+
+/// `text` as the content of a `msg`: `<`, `>` and `&` escaped (quotes need
+/// no escaping outside attributes), borrowed when there is nothing to escape.
+pub fn escape_text(text: &str) -> Cow<'_, str> {
+    quick_xml::escape::partial_escape(text)
 }
 
 /// `<ack id="MID"/>`: message `MID` was processed.
@@ -67,10 +75,12 @@ mod tests {
         encode_ping(&mut out, Some(3));
         encode_ping(&mut out, None);
         encode_pong(&mut out, Some(9));
-        encode_msg(&mut out, "b", Some("m1"), "x &amp; y");
+        encode_msg(&mut out, "b", Some("m1"), &escape_text("x & y"));
         encode_msg(&mut out, "b", None, "");
         encode_ack(&mut out, "m1");
         encode_bye(&mut out);
+        assert!(matches!(escape_text("plain \"text\""), Cow::Borrowed(_)));
+        assert_eq!(escape_text("<b> & \u{e9}"), "&lt;b&gt; &amp; \u{e9}");
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "<login id=\"a\"/><login id=\"a\" token=\"ff00\"/>\
