@@ -18,7 +18,7 @@ pub enum Inbound<'a> {
         payload: &'a [u8],
         message_end: bool,
     },
-    /// Answer with [`write_pong`] carrying the same payload.
+    /// Answer with [`write_pong`](super::write_pong) carrying the same payload.
     Ping {
         consumed: usize,
         payload: &'a [u8],
@@ -27,8 +27,8 @@ pub enum Inbound<'a> {
         consumed: usize,
         payload: &'a [u8],
     },
-    /// The client is closing: answer with [`write_close`] (echoing `code`,
-    /// or 1000 when there is none), then close the socket.
+    /// The client is closing: answer with [`write_close`](super::write_close)
+    /// (echoing `code`, or 1000 when there is none), then close the socket.
     Close {
         consumed: usize,
         code: Option<u16>,

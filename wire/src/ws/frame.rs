@@ -136,7 +136,8 @@ pub struct FrameHeader {
 /// complete. Checks what the header alone can tell (reserved bits and
 /// opcodes, control frames final and short, a 64-bit length below 2^63),
 /// each as soon as the byte that carries it is there. Masking and size
-/// limits are the [`Decoder`]'s business, so this also reads server frames.
+/// limits are the [`Decoder`](super::Decoder)'s business, so this also reads
+/// server frames.
 pub fn decode_header(buf: &[u8]) -> Result<Option<FrameHeader>, WsError> {
     let Some(&b0) = buf.first() else {
         return Ok(None);
