@@ -2,7 +2,7 @@
 //! at random boundaries (the server's keep-the-tail path).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use lifeline::wire::{self, Decoded, Frame, FrameReader, StreamPosition};
+use lifeline_wire::{self as wire, Decoded, Frame, FrameReader, StreamPosition};
 use std::hint::black_box;
 
 const MAX_FRAME: usize = 16384;

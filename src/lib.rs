@@ -3,8 +3,9 @@
 //!
 //! Modules, one concern each:
 //! - [`config`]: environment and flags → a validated `Config`;
-//! - [`wire`], [`ws`], [`http`]: pure codecs (XML frames, WebSocket, the
-//!   admin API's HTTP), bytes in and out, no I/O;
+//! - [`http`]: the admin API's HTTP codec, and [`pages`], the files a plain
+//!   `GET` on the client port gets; the frame codecs (XML, WebSocket) are
+//!   the `lifeline-wire` crate, shared with the clients;
 //! - [`server`]: the event loop and its parts — listeners, the client
 //!   table and its one outbound path, the connection state machine,
 //!   liveness (timer wheel, ticker, the heartbeat rule), frame handling,
@@ -23,17 +24,15 @@ compile_error!("Lifeline packs slab key and generation into a 64-bit mio token")
 
 pub mod admin;
 pub mod auth;
-pub mod client;
 pub mod clock;
 pub mod config;
 pub mod http;
 pub mod metrics;
+pub mod pages;
 pub mod presence;
 pub mod pushes;
 pub mod receipts;
 pub mod registry;
 pub mod server;
 pub mod timers;
-pub mod wire;
 pub mod writeq;
-pub mod ws;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::pushes::PushStats;
 use crate::server::CloseReason;
-use crate::wire::ErrorCode;
+use lifeline_wire::ErrorCode;
 
 /// Upper bounds (seconds) of the loop iteration time histogram.
 const LOOP_BUCKETS: [f64; 10] = [

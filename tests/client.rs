@@ -10,7 +10,7 @@ use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use common::{ServerProc, WAIT};
-use lifeline::client::{
+use lifeline_client::{
     Backoff, Client, ClientConfig, ClientError, ClientEvent, Disconnect, StopReason,
 };
 
@@ -159,14 +159,14 @@ fn logs_in_receives_and_acks_and_sends_byte_for_byte() {
 fn logs_in_with_a_token_answers_probes_and_acks_byte_exact() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let secret = b"s3cret".to_vec();
+    // The app gets a token its back end minted; it never sees the secret.
+    let token = lifeline_wire::token::mint(b"s3cret", "x");
     let client = Client::start(ClientConfig {
-        secret: Some(secret.clone()),
+        token: Some(token.clone()),
         ..config(addr, "x")
     })
     .unwrap();
     let mut peer = Peer::accept(&listener, WAIT);
-    let token = lifeline::auth::token_for(&secret, "x");
     let login = format!("<login id=\"x\" token=\"{token}\"/>");
     peer.read_until(&login);
 
@@ -208,13 +208,13 @@ fn logs_in_with_a_token_answers_probes_and_acks_byte_exact() {
 fn a_wrong_secret_is_refused_and_stops_the_client() {
     let server = ServerProc::start(&[("LIFELINE_AUTH_SECRET", "right")]);
     let right = Client::start(ClientConfig {
-        secret: Some(b"right".to_vec()),
+        token: Some(lifeline_wire::token::mint(b"right", "good")),
         ..config(server.addr, "good")
     })
     .unwrap();
     wait_connected(&right);
     let wrong = Client::start(ClientConfig {
-        secret: Some(b"wrong".to_vec()),
+        token: Some(lifeline_wire::token::mint(b"wrong", "bad")),
         ..config(server.addr, "bad")
     })
     .unwrap();

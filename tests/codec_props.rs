@@ -1,4 +1,4 @@
-//! Properties of the frame codec (`src/wire.rs`), fed exactly as the server
+//! Properties of the frame codec (`lifeline_wire::FrameReader`), fed exactly as the server
 //! feeds it: keep the unparsed tail `buf[consumed..]`, append the next read,
 //! decode again.
 //!
@@ -8,7 +8,7 @@
 //! 2. Arbitrary bytes never panic the decoder, the kept tail never exceeds
 //!    `max_frame`, and every cut of the stream gives the uncut stream's result.
 
-use lifeline::wire::{Decoded, Frame, FrameReader, StreamPosition};
+use lifeline_wire::{Decoded, Frame, FrameReader, StreamPosition};
 use proptest::prelude::*;
 use proptest::sample::Index;
 

@@ -302,7 +302,7 @@ fn bye_closes_and_logs_the_reason() {
 fn with_an_auth_secret_only_the_right_token_logs_in() {
     let secret = "correct horse";
     let server = ServerProc::start(&[("LIFELINE_AUTH_SECRET", secret)]);
-    let token = lifeline::auth::token_for(secret.as_bytes(), "carol");
+    let token = lifeline_wire::token::mint(secret.as_bytes(), "carol");
     let mut c = server.connect();
     c.send(&format!("<login id=\"carol\" token=\"{token}\"/>"));
     assert!(c.expect_frame().starts_with("<welcome id=\"carol\""));

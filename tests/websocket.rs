@@ -13,7 +13,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use lifeline::ws::{self, Opcode};
+use lifeline_wire::ws::{self, Opcode};
 use sha1::Digest as _;
 
 use common::{attr, first_element_len, Closed, ServerProc, WAIT};

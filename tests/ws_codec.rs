@@ -1,4 +1,4 @@
-//! The WebSocket codec (`src/ws.rs`) from outside, fed as a connection feeds
+//! The WebSocket codec (`lifeline_wire::ws`) from outside, fed as a connection feeds
 //! it: keep the unconsumed tail, append the next read, decode again.
 //!
 //! 1. Arbitrary bytes never panic the decoder or the handshake parser, the
@@ -13,7 +13,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::sync::mpsc;
 
-use lifeline::ws::{self, Decoder, Handshake, Inbound, Opcode, WsError};
+use lifeline_wire::ws::{self, Decoder, Handshake, Inbound, Opcode, WsError};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -206,8 +206,8 @@ fn serve(mut stream: TcpStream, log: mpsc::Sender<String>) -> io::Result<()> {
                 let _ = log.send(format!("upgrade subprotocol={subprotocol}"));
                 break len;
             }
-            Ok(Handshake::Page { page, .. }) => {
-                ws::write_page(&mut out, page);
+            Ok(Handshake::Get { path, .. }) => {
+                lifeline::pages::answer_get(&mut out, path);
                 return stream.write_all(&out);
             }
             Err(e) => {

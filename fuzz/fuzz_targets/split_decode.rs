@@ -31,7 +31,7 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use lifeline::wire::{Decoded, FrameReader, StreamPosition};
+use lifeline_wire::{Decoded, FrameReader, StreamPosition};
 
 const DEFAULT_MAX_FRAME: usize = 16384;
 const MIN_MAX_FRAME: usize = 64;

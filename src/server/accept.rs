@@ -16,7 +16,7 @@ use mio::{Interest, Token};
 use crate::config::{Config, Keepalive};
 use crate::server::core::Advice;
 use crate::server::ServerError;
-use crate::wire::{self, ByeReason};
+use lifeline_wire::{self as wire, ByeReason};
 
 /// After the process runs out of descriptors, accepting is retried this often.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);

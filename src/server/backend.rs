@@ -14,7 +14,7 @@ use crate::registry::{Location, Lookup};
 use crate::server::conn::{CloseReason, ConnRef};
 use crate::server::core::Core;
 use crate::server::outbound::Prepared;
-use crate::wire;
+use lifeline_wire as wire;
 
 impl Core {
     fn view(&self, id: &Rc<str>, conn: ConnRef) -> Option<ClientView> {

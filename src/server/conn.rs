@@ -20,7 +20,7 @@ use mio::net::TcpStream;
 use mio::Token;
 
 use crate::clock::Micros;
-use crate::wire::{ByeReason, StreamPosition};
+use lifeline_wire::{ByeReason, StreamPosition};
 
 /// A client connection's identity: its slab key plus the generation of the
 /// slot's occupant, so that an event or timer meant for an earlier occupant
@@ -97,7 +97,7 @@ pub enum Transport {
 /// of a partial WebSocket frame).
 #[derive(Debug, Default)]
 pub struct WsState {
-    pub decoder: crate::ws::Decoder,
+    pub decoder: lifeline_wire::ws::Decoder,
     pub xml_tail: BytesMut,
     /// A Close frame went out: the closing handshake is under way.
     pub close_sent: bool,

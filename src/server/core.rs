@@ -25,9 +25,9 @@ use crate::registry::{Location, Registry, Ticket};
 use crate::server::accept::AcceptCounts;
 use crate::server::conn::{CloseReason, ConnRef, Transport};
 use crate::server::table::Clients;
-use crate::wire::{self, ByeReason};
 use crate::writeq::Flushed;
-use crate::ws;
+use lifeline_wire::ws;
+use lifeline_wire::{self as wire, ByeReason};
 
 /// Golden-ratio fraction: successive logins get heartbeat phases spread evenly.
 const PHASE_STEP: f64 = 0.618_033_988_749_895;

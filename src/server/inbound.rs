@@ -8,11 +8,12 @@ use std::io::{self, Read};
 use bytes::BytesMut;
 use log::debug;
 
+use crate::pages;
 use crate::server::conn::{CloseReason, ConnRef, Transport};
 use crate::server::core::{Core, Fate};
-use crate::wire::{self, Decoded, ErrorCode, FrameReader};
 use crate::writeq::Flushed;
-use crate::ws;
+use lifeline_wire::ws;
+use lifeline_wire::{self as wire, Decoded, ErrorCode, FrameReader};
 
 /// Bytes one connection may feed the loop per readiness event before the
 /// others get their turn: a client that never stops sending cannot starve
@@ -251,33 +252,34 @@ impl Core {
         let Some(c) = self.clients.get_mut(conn) else {
             return Fate::Keep;
         };
-        c.inbound.extend_from_slice(bytes);
-        match ws::parse_upgrade(&c.inbound) {
-            Ok(ws::Handshake::Partial) => Fate::Keep,
+        let mut head = std::mem::take(&mut c.inbound);
+        head.extend_from_slice(bytes);
+        match ws::parse_upgrade(&head) {
+            Ok(ws::Handshake::Partial) => {
+                c.inbound = head;
+                Fate::Keep
+            }
             Ok(ws::Handshake::Upgrade {
                 key,
                 subprotocol,
                 len,
             }) => {
-                let mut rest = std::mem::take(&mut c.inbound);
-                bytes::Buf::advance(&mut rest, len);
                 debug!("connection {} from {} is a WebSocket", c.generation, c.peer);
+                c.transport = Transport::WebSocket(Box::default());
                 let _ = self
                     .clients
                     .send_framed(conn, |out| ws::write_accept(out, &key, subprotocol));
-                if let Some(c) = self.clients.get_mut(conn) {
-                    c.transport = Transport::WebSocket(Box::default());
-                }
-                if rest.is_empty() {
+                bytes::Buf::advance(&mut head, len);
+                if head.is_empty() {
                     Fate::Keep
                 } else {
-                    self.consume_websocket(conn, &mut rest)
+                    self.consume_websocket(conn, &mut head)
                 }
             }
-            Ok(ws::Handshake::Page { page, .. }) => {
+            Ok(ws::Handshake::Get { path, .. }) => {
                 let _ = self
                     .clients
-                    .send_framed(conn, |out| ws::write_page(out, page));
+                    .send_framed(conn, |out| pages::answer_get(out, path));
                 Fate::End(CloseReason::Http)
             }
             Err(e) => {

@@ -8,7 +8,7 @@
 
 use crate::server::conn::{ClientConn, CloseReason, ConnRef};
 use crate::writeq::{self, Flushed};
-use crate::ws;
+use lifeline_wire::ws;
 
 /// The connection's queue would pass `max_outbound`: it is a slow consumer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

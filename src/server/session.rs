@@ -14,8 +14,8 @@ use crate::registry::{Location, Lookup};
 use crate::server::conn::{CloseReason, ConnRef};
 use crate::server::core::{Core, Fate, PendingMsg};
 use crate::server::outbound::Prepared;
-use crate::wire::{self, ErrorCode, Frame};
 use crate::writeq::Flushed;
+use lifeline_wire::{self as wire, ErrorCode, Frame};
 
 impl Core {
     /// Serves one complete frame from `conn`.

@@ -8,9 +8,9 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use crate::server::conn::{CloseReason, ConnRef, Transport};
 use crate::server::core::Core;
 use crate::server::{Server, Subject};
-use crate::wire::{self, ByeReason};
 use crate::writeq::Flushed;
-use crate::ws;
+use lifeline_wire::ws;
+use lifeline_wire::{self as wire, ByeReason};
 
 impl Server {
     pub(super) fn on_signal(&mut self) {

@@ -1,16 +1,13 @@
 //! The client side of the three protocols the tool speaks: encoders that append
-//! to an outbound buffer, and a scanner that finds the next complete server
-//! frame in a byte slice. No I/O and no state: the caller keeps the unparsed
+//! to an outbound buffer (Lifeline's frames come from `lifeline_wire::to_server`),
+//! and a scanner that finds the next complete server frame in a byte slice. No I/O and no state: the caller keeps the unparsed
 //! tail of a split frame and scans again once more bytes arrived.
 //!
 //! The Lifeline scanner is not an XML parser. It finds where each top-level
 //! element ends (quotes, comments, CDATA and nesting respected) and reads the
 //! few attributes a load client needs; everything else is `Inbound::Other`.
 
-use std::io::Write as _;
-
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use lifeline_wire::to_server;
 
 /// Which wire protocol to speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -100,12 +97,7 @@ const MQTT_CLEAN_SESSION: u8 = 0x02;
 /// Appends the login for `id` (nothing for redis, which has none).
 pub fn login(proto: Proto, id: &str, token: Option<&str>, keepalive_s: u16, out: &mut Vec<u8>) {
     match proto {
-        Proto::Lifeline => {
-            let _ = match token {
-                Some(token) => write!(out, r#"<login id="{id}" token="{token}"/>"#),
-                None => write!(out, r#"<login id="{id}"/>"#),
-            };
-        }
+        Proto::Lifeline => to_server::encode_login(out, id, token),
         Proto::Redis => {}
         Proto::Mqtt => {
             let mut body = Vec::with_capacity(12 + id.len());
@@ -132,52 +124,31 @@ pub fn has_login(proto: Proto) -> bool {
 /// Appends one ping carrying `seq` (only Lifeline can carry it).
 pub fn ping(proto: Proto, seq: u64, out: &mut Vec<u8>) {
     match proto {
-        Proto::Lifeline => {
-            let _ = write!(out, r#"<heartbeat mode="ping" seq="{seq}"/>"#);
-        }
+        Proto::Lifeline => to_server::encode_ping(out, Some(seq)),
         Proto::Redis => out.extend_from_slice(b"PING\r\n"),
         Proto::Mqtt => out.extend_from_slice(&MQTT_PINGREQ),
     }
 }
 
-/// Appends the answer to a Lifeline server probe, echoing its `seq` verbatim.
+/// Appends the answer to a Lifeline server probe, echoing its `seq` (the
+/// protocol's `seq` is a number; one that is not is left out).
 pub fn probe_answer(seq: Option<&[u8]>, out: &mut Vec<u8>) {
-    match seq {
-        Some(seq) => {
-            out.extend_from_slice(br#"<heartbeat mode="pong" seq=""#);
-            out.extend_from_slice(seq);
-            out.extend_from_slice(br#""/>"#);
-        }
-        None => out.extend_from_slice(br#"<heartbeat mode="pong"/>"#),
-    }
+    to_server::encode_pong(out, number(seq));
 }
 
-/// Appends `<ack id="MID"/>`, echoing the (still escaped) id verbatim.
+/// Appends `<ack id="MID"/>` for the id as scanned. Message ids are of the id
+/// alphabet, ASCII that needs no escaping; the lossy conversion only copies
+/// what no Lifeline server sends.
 pub fn ack(id: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(br#"<ack id=""#);
-    out.extend_from_slice(id);
-    out.extend_from_slice(br#""/>"#);
+    to_server::encode_ack(out, &String::from_utf8_lossy(id));
 }
 
 /// Appends a clean goodbye: `<bye/>`, MQTT DISCONNECT, or redis `QUIT`.
 pub fn bye(proto: Proto, out: &mut Vec<u8>) {
     match proto {
-        Proto::Lifeline => out.extend_from_slice(b"<bye/>"),
+        Proto::Lifeline => to_server::encode_bye(out),
         Proto::Redis => out.extend_from_slice(b"QUIT\r\n"),
         Proto::Mqtt => out.extend_from_slice(&MQTT_DISCONNECT),
-    }
-}
-
-/// The login token: lowercase hex of HMAC-SHA256(secret, id).
-pub fn auth_token(secret: &[u8], id: &str) -> String {
-    // HMAC accepts keys of any length, so this cannot fail; an empty token
-    // would only make the server answer auth-failed.
-    match Hmac::<Sha256>::new_from_slice(secret) {
-        Ok(mut mac) => {
-            mac.update(id.as_bytes());
-            hex::encode(mac.finalize().into_bytes())
-        }
-        Err(_) => String::new(),
     }
 }
 
@@ -635,16 +606,6 @@ mod tests {
         assert_eq!(
             out,
             [0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 2, b'c', b'1']
-        );
-    }
-
-    #[test]
-    fn token_is_lowercase_hex_hmac_sha256() {
-        // RFC 4231 test case 2.
-        let token = auth_token(b"Jefe", "what do ya want for nothing?");
-        assert_eq!(
-            token,
-            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
     }
 }

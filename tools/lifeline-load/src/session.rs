@@ -10,8 +10,8 @@ use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant};
 
-use lifeline::client::Backoff;
-use lifeline::ws::KEY_LEN;
+use lifeline_client::Backoff;
+use lifeline_wire::ws::KEY_LEN;
 use mio::net::TcpStream;
 
 use crate::args::{Config, Mode};
@@ -230,7 +230,7 @@ impl Conn {
     /// `None` when this slot stays down. The server's `retry-ms` is already
     /// a per-client random spread, so it replaces the backoff for the one
     /// attempt that follows it; failed attempts back off from there (as
-    /// `lifeline::client` does). Call before `finish`.
+    /// `lifeline_client` does). Call before `finish`.
     pub fn reconnect_delay(&mut self, cause: &Close, backoff: &mut Backoff) -> Option<Duration> {
         if matches!(cause, Close::EndOfRun | Close::Abort | Close::LeaveTimeout)
             || self.terminal_bye
@@ -309,7 +309,7 @@ impl Conn {
             .cfg
             .auth_secret
             .as_deref()
-            .map(|secret| proto::auth_token(secret, &id));
+            .map(|secret| lifeline_wire::token::mint(secret, &id));
         let (proto, keepalive) = (ctx.cfg.proto, ctx.cfg.mqtt_keepalive);
         self.send_frame(ctx, |out| {
             proto::login(proto, &id, token.as_deref(), keepalive, out)

@@ -1,7 +1,7 @@
 //! The client half of Lifeline's WebSocket transport (`--transport ws`): the
 //! opening handshake, our masked outgoing frames, and a reader that turns the
 //! server's frames back into the XML stream. Bytes only, no I/O; the frame
-//! codec itself is the server's (`lifeline::ws`), used here from the other side.
+//! codec itself is the server's (`lifeline_wire::ws`), used here from the other side.
 //!
 //! Each XML frame we send is one masked, final text message. The server sends
 //! one XML frame per unmasked text message, so the XML stream is the
@@ -10,7 +10,7 @@
 //! one partial control frame of raw bytes.
 
 use base64::Engine as _;
-use lifeline::ws::{self, Opcode, WsError};
+use lifeline_wire::ws::{self, Opcode, WsError};
 
 /// A response head longer than this is not a WebSocket accept.
 const MAX_RESPONSE_HEAD: usize = 8192;

@@ -11,7 +11,7 @@ use std::os::fd::AsRawFd;
 use std::process::Child;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use lifeline::client::Backoff;
+use lifeline_client::Backoff;
 
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
