@@ -311,18 +311,20 @@ for (const path of ['/', '/lifeline.js', '/nope']) {
   const res = await fetch(`http://${base}${path}`);
   result.pages.push([path, res.status, res.headers.get('content-type'), (await res.text()).length > 0]);
 }
-// The client library, end to end.
-await new Promise((resolve) => {
-  const c = new LifelineClient({
-    url: `ws://${base}/`, id: 'a', events: new EventTarget(),
-    onMessage: (m) => { result.message = m; },
-    onState: (s, d) => {
-      (result.states ??= []).push(s);
-      if (s === 'stopped') { result.reason = d.reason; result.rtt = typeof c.rtt; resolve(); }
-    },
+// The client library, end to end: the script server welcomes, pushes m1,
+// probes, and once pinged and answered says bye reason="replaced".
+{
+  const c = new LifelineClient({ url: `ws://${base}/`, id: 'a' });
+  c.addEventListener('message', (e) => { result.message = e.detail; });
+  const stopped = new Promise((resolve) => {
+    c.addEventListener('state', ({ detail }) => {
+      (result.states ??= []).push(detail.state);
+      if (detail.state === 'stopped') { result.reason = detail.reason; result.rtt = typeof c.rtt; resolve(); }
+    });
   });
-  c.start();
-});
+  await c.start();
+  await stopped;
+}
 // A bare WebSocket: one message over 64 KiB, then a close with a code.
 await new Promise((resolve, reject) => {
   const ws = new WebSocket(`ws://${base}/`, 'lifeline.v1');
