@@ -299,11 +299,11 @@ test('stop() before online rejects start()', async () => {
 
 test('a hidden tab gets no extra wake-ups; visible again, an overdue heartbeat runs at once', () => {
   const { c, document } = client();
-  const { ws } = welcome(c, 'interval="1000" misses="5" phase-ms="20"');
+  const { ws } = welcome(c, 'interval="1000" misses="5" phase-ms="100"');
   document.show('hidden');
   document.show('visible');
   assert.equal(ws.sent.length, 1, 'visibility alone sends nothing');
-  freezeFor(40);
+  freezeFor(110);
   document.show('hidden');
   assert.equal(ws.sent.length, 1, 'hiding wakes nothing');
   document.show('visible');
