@@ -10,7 +10,6 @@ use crate::clock::Micros;
 use crate::metrics::Gauges;
 use crate::presence::{PresenceEvent, Resume};
 use crate::receipts::Status;
-use crate::registry::{Location, Lookup};
 use crate::server::conn::{CloseReason, ConnRef};
 use crate::server::core::Core;
 use crate::server::outbound::Prepared;
@@ -150,12 +149,10 @@ impl Backend for Core {
         // An online client still receiving its backlog gets new pushes
         // behind it, so that order holds.
         let backlog = self.pushes.holds(to);
-        let target = match self.registry.locate(to) {
-            Lookup::Ready(Location::Here(conn)) if !backlog && self.clients.is_live(conn) => {
-                Some(conn)
-            }
-            _ => None,
-        };
+        let target = self
+            .registry
+            .local(to)
+            .filter(|&conn| !backlog && self.clients.is_live(conn));
         let queue_ttl_ms = match (backlog, queue_ttl_ms) {
             (true, None) => Some(self.config.receipt_ttl.as_millis() as u64),
             (_, ttl) => ttl,
