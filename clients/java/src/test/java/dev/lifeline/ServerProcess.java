@@ -9,6 +9,8 @@ import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import java.util.Set;
+import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.TimeUnit;
 
 /**
@@ -19,6 +21,15 @@ import java.util.concurrent.TimeUnit;
  */
 final class ServerProcess implements AutoCloseable {
     private static final long START_WAIT_MILLIS = 10_000;
+    /**
+     * Servers not yet killed. A JVM stopped from outside (SIGTERM from the Rust
+     * harness's time limit) runs no finally blocks, so a hook kills these.
+     */
+    private static final Set<Process> RUNNING = ConcurrentHashMap.newKeySet();
+
+    static {
+        Runtime.getRuntime().addShutdownHook(new Thread(() -> RUNNING.forEach(Process::destroyForcibly)));
+    }
 
     final InetSocketAddress address;
     final InetSocketAddress admin;
@@ -57,6 +68,7 @@ final class ServerProcess implements AutoCloseable {
         builder.redirectInput(ProcessBuilder.Redirect.PIPE);
         builder.redirectOutput(ProcessBuilder.Redirect.DISCARD);
         process = builder.start();
+        RUNNING.add(process);
         Thread reader = new Thread(this::collectLog, "lifeline-server-log");
         reader.setDaemon(true);
         reader.start();
@@ -168,6 +180,7 @@ final class ServerProcess implements AutoCloseable {
         if (!process.waitFor(10, TimeUnit.SECONDS)) {
             throw new AssertionError("server " + process.pid() + " survived SIGKILL for 10 s");
         }
+        RUNNING.remove(process);
     }
 
     @Override
