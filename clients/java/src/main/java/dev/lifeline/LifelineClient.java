@@ -222,7 +222,7 @@ public final class LifelineClient implements AutoCloseable {
     private final String messageIdTag;
     private final Random jitter;
 
-    /** Guards the fields below it, and is what the client's thread waits on while WAITING. */
+    /** Guards the four fields below it; the client's thread waits on it while WAITING. */
     private final Object lock = new Object();
     private Thread thread;
     private boolean closeRequested;
@@ -520,10 +520,13 @@ public final class LifelineClient implements AutoCloseable {
             synchronized (lock) {
                 current = null;
             }
-            if (link != null) {
-                closeQuietly(link.socket); // under TLS, a close_notify from this thread
-            }
+            // The TCP socket first: an SSLSocket's close waits for its record lock
+            // to send close_notify, and an app thread stuck writing to a server
+            // that stopped reading holds that lock until its socket is gone.
             closeQuietly(plain);
+            if (link != null) {
+                closeQuietly(link.socket);
+            }
         }
     }
 

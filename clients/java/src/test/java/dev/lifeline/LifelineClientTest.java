@@ -188,8 +188,9 @@ class LifelineClientTest {
             assertEquals("lost", lost.reason, "events: " + recorder.events());
             long took = millisSince(frozenAt, lost.at);
             assertTrue(took <= interval * misses + interval, "lost after " + took + " ms");
-            // The last pong came at most one interval before the freeze.
-            assertTrue(took >= interval * misses - interval - 100, "lost after only " + took + " ms");
+            // Not sooner than the rule allows: the last pong came at most one interval
+            // before the freeze, and `kill -STOP` itself takes a moment.
+            assertTrue(took >= interval * misses - 2 * interval, "lost after only " + took + " ms");
         }
     }
 

@@ -49,7 +49,8 @@ class ScriptedServerTest {
                 Frame second = peer.expect("heartbeat", WAIT_MILLIS);
                 long gap = millis(System.nanoTime() - firstAt);
                 assertEquals("2", second.attribute("seq"));
-                assertTrue(gap >= 250 && gap <= 450, "second ping " + gap + " ms after the first; interval 300");
+                // The schedule is kept from the welcome, so a late first ping makes this gap shorter.
+                assertTrue(gap >= 200 && gap <= 450, "second ping " + gap + " ms after the first; interval 300");
                 peer.send("<heartbeat mode=\"pong\" seq=\"2\"/>");
 
                 // A probe is answered at once, echoing its seq, before the next ping is due.
