@@ -6,7 +6,7 @@
 //! [`TimerWheel::advance`] is proportional to the ticks elapsed and the entries
 //! that expire — never to the number of connections. Entries are never
 //! cancelled: the owner tags them (slab key + generation) and ignores stale
-//! ones, and re-arms lazily when an entry fires (see `server::on_deadline`).
+//! ones, and re-arms lazily when an entry fires (see `server::liveness`).
 
 use std::fmt::Debug;
 use std::io;

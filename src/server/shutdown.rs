@@ -52,11 +52,20 @@ impl Core {
     /// and lets the goodbye drain: the connection ends once it is written,
     /// once the peer closes, or when the drain gives up.
     pub(super) fn say_goodbye(&mut self, conn: ConnRef) {
+        if !self.goodbye_drains(conn) {
+            self.end(conn, CloseReason::Shutdown);
+        }
+    }
+
+    /// Queues the goodbye and tries to write it; true when the socket is
+    /// full and the goodbye must drain.
+    fn goodbye_drains(&mut self, conn: ConnRef) -> bool {
         let Some(c) = self.clients.get(conn) else {
-            return;
+            return true; // already gone: nothing to end
         };
+        // Mid-way through an HTTP request there is no one to say it to.
         if matches!(c.transport, Transport::Handshake) {
-            return self.end(conn, CloseReason::Shutdown);
+            return false;
         }
         let websocket = c.is_websocket();
         let retry = self.advice.retry_ms(ByeReason::Shutdown);
@@ -73,7 +82,7 @@ impl Core {
                     .send_framed(conn, |out| ws::write_close(out, 1001, "shutdown"))
             });
         if said.is_err() {
-            return self.end(conn, CloseReason::Shutdown);
+            return false;
         }
         if let Some(c) = self.clients.get_mut(conn) {
             if let Transport::WebSocket(state) = &mut c.transport {
@@ -81,10 +90,7 @@ impl Core {
             }
             c.begin_closing();
         }
-        match self.clients.flush(conn) {
-            Ok(Flushed::Blocked) => {}
-            _ => self.end(conn, CloseReason::Shutdown),
-        }
+        matches!(self.clients.flush(conn), Ok(Flushed::Blocked))
     }
 
     pub(super) fn drain(&self) -> std::time::Duration {

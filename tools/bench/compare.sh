@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# tools/bench/compare.sh: Lifeline against its peers, measured the way
-# /work/shared/ANCHORS.md measured them.
+# tools/bench/compare.sh: Lifeline against its peers (tools/bench/peers,
+# Redis, Mosquitto), measured as BENCHMARKS.md describes.
 #
 #   server pinned to CPU 0 (taskset -c 0), lifeline-load pinned to CPU 1,
 #   server CPU = utime+stime of /proc/PID/stat over the measured window
@@ -33,7 +33,7 @@
 #   OVERLAY="web"     worktree paths copied into the export when the commit lacks them
 #   LIFELINE_TARGET=DIR, PEER_TARGET=DIR
 #                     CARGO_TARGET_DIRs (default /tmp/lifeline-bench-target/{lifeline,tokio-peer})
-#   SHARED=DIR        where floor.c and tokio-peer/ live (default /work/shared/bench)
+#   SHARED=DIR        where floor.c and tokio-peer/ live (default tools/bench/peers)
 #   SKIP_BUILD=1      use binaries already in $OUT/bin
 #
 # Output: $OUT/results.txt (one line per run: tags, then the raw RESULT line
@@ -42,7 +42,7 @@
 set -uo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-SHARED=${SHARED:-/work/shared/bench}
+SHARED=${SHARED:-$REPO/tools/bench/peers}
 OUT=${OUT:-/tmp/lifeline-bench-$(date +%Y%m%d-%H%M%S)}
 CASES=${CASES:-cpu closed rss silent latency micro}
 ROUNDS=${ROUNDS:-3}
