@@ -526,9 +526,10 @@ fn a_vanished_peer_is_closed_at_its_heartbeat_deadline() {
 /// keepalive gives up on it after about 1 + 2 × 1 s and the server closes it
 /// on the socket error (reason io-error), before the deadline. The busy one
 /// was pushed messages after the cut: keepalive does not probe while data is
-/// unacknowledged, the server sets no TCP_USER_TIMEOUT, so the kernel would
-/// keep retransmitting for many minutes (tcp_retries2); the heartbeat
-/// deadline is what closes it (reason timeout, on time).
+/// unacknowledged, so the server also sets TCP_USER_TIMEOUT to idle +
+/// interval × count (3 s); without it the kernel would keep retransmitting
+/// for many minutes (tcp_retries2). The user timeout ends the busy one too
+/// (reason io-error), before the heartbeat deadline.
 #[test]
 fn kernel_keepalive_ends_an_idle_vanished_peer_and_the_deadline_one_with_pending_output() {
     let _serial = serial();
