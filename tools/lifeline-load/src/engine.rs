@@ -6,21 +6,19 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::{self, Write};
-use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::process::Child;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use lifeline_client::Backoff;
 
-use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
-use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use socket2::SockRef;
 
 use crate::args::{Config, Mode, Role};
+use crate::net;
 use crate::observe::ServerProbe;
+use crate::progress::Progress;
 use crate::push::{self, Pusher};
-use crate::report;
 use crate::restart;
 use crate::sched::{Bucket, Rng, Timers, Window};
 use crate::session::{Close, Conn, Ctx, Fate, Phase};
@@ -264,7 +262,7 @@ impl Engine {
         self.ctx.results.counters.connect_attempts += 1;
         let cfg = &self.ctx.cfg;
         let source = cfg.source_ip(cfg.first_conn + slot as u32);
-        let stream = connect(cfg.target, source).and_then(|mut stream| {
+        let stream = net::connect(cfg.target, source).and_then(|mut stream| {
             self.poll.registry().register(
                 &mut stream,
                 Token(slot),
@@ -417,7 +415,7 @@ impl Engine {
         let counters = &self.ctx.results.counters;
         let rt_last_second = counters.round_trips - self.last_round_trips;
         self.last_round_trips = counters.round_trips;
-        let progress = report::Progress {
+        let progress = Progress {
             elapsed: now - self.ctx.window.started,
             connected: connected as u64,
             logged_in: logged_in as u64,
@@ -483,44 +481,6 @@ fn start_instant(start_at_unix_ms: Option<u64>) -> Instant {
     let lag = Duration::from_millis(now_ms - start_ms).min(MAX_START_LAG);
     let now = Instant::now();
     now.checked_sub(lag).unwrap_or(now)
-}
-
-/// Starts a non-blocking connect to `target`, bound to `source` if given.
-fn connect(target: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
-    let socket = Socket::new(
-        Domain::for_address(target),
-        Type::STREAM.nonblocking(),
-        Some(Protocol::TCP),
-    )?;
-    socket.set_tcp_nodelay(true)?;
-    if let Some(ip) = source {
-        bind_address_no_port(&socket);
-        socket.bind(&SocketAddr::new(ip, 0).into())?;
-    }
-    match socket.connect(&target.into()) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-        Err(e) => return Err(e),
-    }
-    Ok(TcpStream::from_std(std::net::TcpStream::from(socket)))
-}
-
-/// Defers the ephemeral port choice from `bind` to `connect`, so a source
-/// address offers its ~28k ports per destination instead of once overall.
-/// Best effort: without it, binding still works, with fewer ports.
-fn bind_address_no_port(socket: &Socket) {
-    let one: libc::c_int = 1;
-    // SAFETY: the fd is open for the lifetime of `socket`; the option value is
-    // a c_int living across the call, and its size is passed alongside.
-    let _ = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_IP,
-            libc::IP_BIND_ADDRESS_NO_PORT,
-            std::ptr::addr_of!(one).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
 }
 
 #[cfg(test)]

@@ -19,17 +19,21 @@
 //! Exit codes: 0 a completed run, 1 nothing could connect (or the run could
 //! not be carried out), 2 bad flags.
 //!
-//! Modules: `args` (flags → `Config`), `proto` (encoders and frame scanner, no
-//! I/O), `session` (one connection), `engine` (the poll loop), `sched`
-//! (timers, rates, window), `stats` (results and their worker line), `report`
-//! (output), `workers` (the parent of `--workers`), `observe` (server CPU/RSS
-//! and admin metrics), `push` (the admin API client of push mode), `wsclient`
-//! (the WebSocket handshake and framing, no I/O), `restart` (the restart
-//! command and the recovery figures).
+//! Modules: `args` (flags → `Config`), `proto` (encoders and frame scanners
+//! per protocol, no I/O), `session` (one connection: its life, its transport,
+//! its frames), `net` (non-blocking connect and write), `engine` (the poll
+//! loop), `sched` (timers, rates, window), `stats` (results and their worker
+//! line), `progress` (the per-second line), `report` (the final output),
+//! `workers` (the parent of `--workers`), `observe` (server CPU/RSS and admin
+//! metrics), `push` (the admin API client of push mode), `wsclient` (the
+//! WebSocket handshake and framing, no I/O), `restart` (the restart command
+//! and the recovery figures).
 
 mod args;
 mod engine;
+mod net;
 mod observe;
+mod progress;
 mod proto;
 mod push;
 mod report;

@@ -14,8 +14,9 @@ use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 
 use crate::args::Config;
+use crate::net;
 use crate::observe::AdminUrl;
-use crate::sched::{Bucket, Rng};
+use crate::sched::{micros, Bucket, Rng};
 use crate::session::Ctx;
 
 /// Tokens at and above this are the pusher's connections (below are sessions).
@@ -291,35 +292,17 @@ impl Pusher {
 
 /// Whether a non-blocking connect completed; an error if it failed.
 fn connected(c: &AdminConn) -> io::Result<bool> {
-    let Some(stream) = &c.stream else {
-        return Err(io::ErrorKind::NotConnected.into());
-    };
-    if let Some(error) = stream.take_error()? {
-        return Err(error);
-    }
-    match stream.peer_addr() {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(false),
-        Err(e) => Err(e),
+    match &c.stream {
+        Some(stream) => net::connect_finished(stream),
+        None => Err(io::ErrorKind::NotConnected.into()),
     }
 }
 
 fn flush(c: &mut AdminConn) -> io::Result<()> {
-    let Some(stream) = c.stream.as_mut() else {
-        return Err(io::ErrorKind::NotConnected.into());
-    };
-    while !c.outbound.is_empty() {
-        match stream.write(&c.outbound) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => {
-                c.outbound.drain(..n);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+    match c.stream.as_mut() {
+        Some(stream) => net::write_pending(stream, &mut c.outbound),
+        None => Err(io::ErrorKind::NotConnected.into()),
     }
-    Ok(())
 }
 
 fn read_available(c: &mut AdminConn, scratch: &mut [u8]) -> io::Result<()> {
@@ -364,10 +347,6 @@ fn parse_answer(buf: &[u8]) -> Result<Option<Answer>, String> {
         keep_alive,
         len: head + length,
     }))
-}
-
-fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

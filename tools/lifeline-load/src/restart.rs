@@ -11,6 +11,7 @@ use std::io;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::report::nearest_rank;
 use crate::stats::Results;
 
 /// Width of one login-rate bucket.
@@ -89,13 +90,7 @@ impl Recovery {
             .map(|at| at - first)
             .collect();
         delays.sort_unstable();
-        let rank = |q: f64| {
-            let n = delays.len();
-            (n > 0).then(|| {
-                let rank = ((q * n as f64).ceil() as usize).clamp(1, n);
-                delays[rank - 1] as f64 / 1000.0
-            })
-        };
+        let rank = |q: f64| nearest_rank(&delays, q).map(|us| us as f64 / 1000.0);
         Some(Recovery {
             first_close_s: first as f64 / 1e6,
             relogins: delays.len() as u64,

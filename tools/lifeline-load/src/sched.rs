@@ -58,6 +58,12 @@ impl Window {
     }
 }
 
+/// A duration in whole microseconds, the unit of every sample and instant in
+/// the results (saturating; no run lasts 584,000 years).
+pub fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
 /// A token bucket: `rate` tokens per second, holding at most a burst of
 /// 50 ms worth (at least one), so a stalled loop does not release a flood.
 pub struct Bucket {

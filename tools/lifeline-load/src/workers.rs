@@ -10,7 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::args::Config;
-use crate::report::Progress;
+use crate::progress::Progress;
 use crate::stats::Results;
 
 /// Time given to the workers to start before the common start instant.
