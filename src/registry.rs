@@ -88,10 +88,43 @@ pub trait Registry {
     /// `after` (a cursor).
     fn page(&self, after: Option<&str>, limit: usize) -> Vec<(Rc<str>, ConnRef)>;
 
-    /// Calls `f` for every connection online on this node (a broadcast),
-    /// without copying the set.
+    /// Calls `f` for every connection online on this node, without copying
+    /// the set.
     fn for_each_local(&self, f: &mut dyn FnMut(ConnRef));
+
+    /// Calls `visit` for the connections online on this node in id order,
+    /// starting at `from` (or its successor when it is gone; the first id
+    /// when `None`), until `visit` returns false. A broadcast walks the set
+    /// in slices this way, resuming where the last slice stopped. This
+    /// default reads the set a page at a time; a registry that can walk it
+    /// in place should (the local one does).
+    fn visit_local(&self, from: Option<&str>, visit: &mut dyn FnMut(&Rc<str>, ConnRef) -> bool) {
+        let mut after: Option<Rc<str>> = None;
+        if let Some(id) = from {
+            if let Some(conn) = self.local(id) {
+                if !visit(&Rc::from(id), conn) {
+                    return;
+                }
+            }
+            after = Some(Rc::from(id));
+        }
+        loop {
+            let page = self.page(after.as_deref(), VISIT_PAGE);
+            for (id, conn) in &page {
+                if !visit(id, *conn) {
+                    return;
+                }
+            }
+            match page.last() {
+                Some((id, _)) if page.len() == VISIT_PAGE => after = Some(id.clone()),
+                _ => return,
+            }
+        }
+    }
 }
+
+/// Entries the default [`Registry::visit_local`] reads per page.
+const VISIT_PAGE: usize = 256;
 
 /// The registry of a single process: one ordered map on the loop's thread
 /// (ordered so that `/clients` pages with a stable cursor; a B-tree also
@@ -142,6 +175,15 @@ impl Registry for LocalRegistry {
             f(conn);
         }
     }
+
+    fn visit_local(&self, from: Option<&str>, visit: &mut dyn FnMut(&Rc<str>, ConnRef) -> bool) {
+        let start = from.map_or(Bound::Unbounded, Bound::Included);
+        for (id, &conn) in self.online.range::<str, _>((start, Bound::Unbounded)) {
+            if !visit(id, conn) {
+                return;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -183,5 +225,62 @@ mod tests {
         let mut all = 0;
         r.for_each_local(&mut |_| all += 1);
         assert_eq!(all, 5);
+    }
+
+    /// A registry that only has the required methods, to test the default walk.
+    struct Paged(LocalRegistry);
+
+    impl Registry for Paged {
+        fn claim(&mut self, id: &Rc<str>, conn: ConnRef) -> Option<ConnRef> {
+            self.0.claim(id, conn)
+        }
+        fn release(&mut self, id: &str, conn: ConnRef) -> bool {
+            self.0.release(id, conn)
+        }
+        fn local(&self, id: &str) -> Option<ConnRef> {
+            self.0.local(id)
+        }
+        fn local_len(&self) -> usize {
+            self.0.local_len()
+        }
+        fn page(&self, after: Option<&str>, limit: usize) -> Vec<(Rc<str>, ConnRef)> {
+            self.0.page(after, limit)
+        }
+        fn for_each_local(&self, f: &mut dyn FnMut(ConnRef)) {
+            self.0.for_each_local(f)
+        }
+    }
+
+    /// Walks from `from`, stopping after `stop` visits; returns the ids seen.
+    fn walk(r: &dyn Registry, from: Option<&str>, stop: usize) -> Vec<String> {
+        let mut seen = Vec::new();
+        r.visit_local(from, &mut |id, _| {
+            seen.push(id.to_string());
+            seen.len() < stop
+        });
+        seen
+    }
+
+    #[test]
+    fn a_walk_resumes_at_its_cursor_in_place_and_by_pages() {
+        let mut local = LocalRegistry::default();
+        // More than a page, so the default walk turns pages.
+        let ids: Vec<String> = (0..600).map(|i| format!("id{i:04}")).collect();
+        for (i, id) in ids.iter().enumerate() {
+            local.claim(&Rc::from(id.as_str()), conn(i as u32));
+        }
+        let paged = Paged(LocalRegistry {
+            online: local.online.clone(),
+        });
+        for r in [&local as &dyn Registry, &paged] {
+            assert_eq!(walk(r, None, usize::MAX), ids);
+            assert_eq!(walk(r, None, 3), ids[..3]);
+            // From an id still there: it comes first; from one that left
+            // (or never was): its successor does.
+            assert_eq!(walk(r, Some("id0300"), usize::MAX), ids[300..]);
+            assert_eq!(walk(r, Some("id0300a"), 2), ids[301..303]);
+            assert_eq!(walk(r, Some("id0599"), usize::MAX), ids[599..]);
+            assert!(walk(r, Some("zzz"), usize::MAX).is_empty());
+        }
     }
 }

@@ -102,8 +102,8 @@ pub trait Backend {
     /// refused otherwise.
     fn push(&mut self, to: &str, body: &[u8], queue_ttl_ms: Option<u64>)
         -> Result<Pushed, Refused>;
-    /// Sends `body` to every online client; returns the push id and how
-    /// many clients it was handed to.
+    /// Sends `body` to every client logged in now (in slices, after this
+    /// returns); returns the push id and how many clients that is.
     fn broadcast(&mut self, body: &[u8]) -> Result<(Rc<str>, usize), Refused>;
     /// Answers `admin` when `target` acks `message`, or at `until`.
     fn await_ack(&mut self, message: &Rc<str>, target: ConnRef, admin: AdminRef, until: Micros);

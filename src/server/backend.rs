@@ -200,16 +200,13 @@ impl Backend for Core {
 
     fn broadcast(&mut self, body: &[u8]) -> Result<(Rc<str>, usize), Refused> {
         let message = self.pushes.new_id();
-        let mut frame = Prepared::new(self.encode_push(&message, body)?);
-        let mut recipients = 0;
-        let clients = &mut self.clients;
-        self.registry.for_each_local(&mut |conn| {
-            if clients.has_room(conn, frame.raw().len())
-                && clients.send_prepared(conn, &mut frame, true).is_ok()
-            {
-                recipients += 1;
-            }
-        });
+        let frame = self.encode_push(&message, body)?;
+        // Sent in slices by the loop (server/fanout.rs) to the clients
+        // logged in now.
+        let recipients = self.registry.local_len();
+        if recipients > 0 {
+            self.accept_broadcast(&message, frame)?;
+        }
         self.pushes.stats.accepted += recipients as u64;
         self.pushes
             .broadcast(&message, recipients, self.clock.now_us());

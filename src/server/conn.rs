@@ -120,6 +120,10 @@ pub struct ClientConn {
     pub outbound: BytesMut,
     /// Pushes in `outbound` not yet fully written (counted as delivered then).
     pub pushes_unwritten: u16,
+    /// The newest broadcast this connection has been handed, or that was
+    /// accepted before it logged in (see `server::fanout`); 16 bits keep
+    /// the entry at 168 bytes.
+    pub broadcast_seq: crate::server::fanout::BroadcastSeq,
     /// Its read budget ran out with bytes left in the socket, and the loop
     /// will come back to it (an edge-triggered socket would not say so again).
     pub read_pending: bool,
@@ -139,6 +143,7 @@ impl ClientConn {
             inbound: BytesMut::new(),
             outbound: BytesMut::new(),
             pushes_unwritten: 0,
+            broadcast_seq: 0,
             read_pending: false,
         }
     }

@@ -15,6 +15,7 @@ mod accept;
 mod backend;
 pub mod conn;
 mod core;
+mod fanout;
 mod inbound;
 pub mod liveness;
 mod outbound;
@@ -267,6 +268,9 @@ impl Server {
         self.guarded(Subject::Loop, |s| s.core.expire());
         self.wake_admin();
         self.guarded(Subject::Loop, |s| s.admin.on_timers(&mut s.core));
+        if self.core.broadcasting() {
+            self.guarded(Subject::Loop, |s| s.core.advance_broadcasts());
+        }
         self.stream_events();
         self.flush_scheduled();
     }
@@ -368,9 +372,9 @@ impl Server {
 
     /// The next moment something other than the wheel needs the loop: an
     /// ack wait or a held push ending, an admin timer, an accept retry, the
-    /// drain's end; or at once, when reads are pending.
+    /// drain's end; or at once, when reads or broadcasts are pending.
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.read_again.is_empty() {
+        if !self.read_again.is_empty() || self.core.broadcasting() {
             return Some(Duration::ZERO);
         }
         let clock = self.core.clock();

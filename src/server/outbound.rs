@@ -198,6 +198,31 @@ impl Outbound {
         Ok(())
     }
 
+    /// Sends a frame many connections get (a broadcast) from its shared
+    /// bytes. With nothing queued before it, it is written straight to the
+    /// socket: one `write`, and a copy only of what the socket did not take.
+    /// Behind queued bytes it is appended, keeping its place after them.
+    pub fn send_shared(
+        &mut self,
+        conn: ConnRef,
+        c: &mut ClientConn,
+        frame: &mut Prepared,
+    ) -> Result<(), WriteFailed> {
+        if c.is_closing() {
+            return Ok(());
+        }
+        if self.serving == Some(conn) || !c.outbound.is_empty() {
+            return self
+                .send_prepared(conn, c, frame, true)
+                .map_err(|Overflow| WriteFailed::Overflow);
+        }
+        let bytes = frame.for_transport(c.is_websocket());
+        self.stats.frames += 1;
+        c.pushes_unwritten = c.pushes_unwritten.saturating_add(1);
+        let sent = writeq::send(&mut c.stream, &mut c.outbound, bytes);
+        self.settle(c, sent)
+    }
+
     fn enqueue(&mut self, conn: ConnRef, c: &mut ClientConn, bytes: &[u8]) -> Result<(), Overflow> {
         if !self.has_room(c, bytes.len()) {
             return Err(Overflow);
@@ -210,6 +235,11 @@ impl Outbound {
         c.outbound.extend_from_slice(bytes);
         self.stats.frames += 1;
         Ok(())
+    }
+
+    /// Whether `conn` is the connection being served (its replies are gathered).
+    pub fn is_serving(&self, conn: ConnRef) -> bool {
+        self.serving == Some(conn)
     }
 
     /// From now until [`Outbound::finish_serving`], replies to `conn` are gathered.

@@ -137,9 +137,7 @@ impl Core {
             }
         }
         let id: Rc<str> = Rc::from(id);
-        if let Some(c) = self.clients.get_mut(conn) {
-            c.log_in(id.clone());
-        }
+        self.clients.log_in(conn, id.clone());
         self.metrics.logins += 1;
         let interval_ms = self.config.heartbeat.as_millis() as u64;
         let phase_ms = self.advice.phase_ms(interval_ms);

@@ -12,6 +12,7 @@ use slab::Slab;
 
 use crate::clock::Micros;
 use crate::server::conn::{ClientConn, ConnRef, GENERATION_MASK};
+use crate::server::fanout::{Broadcast, Fanout};
 use crate::server::outbound::{Outbound, Overflow, Prepared, WriteFailed};
 use crate::writeq::Flushed;
 
@@ -20,6 +21,9 @@ pub struct Clients {
     next_generation: u32,
     capacity: usize,
     out: Outbound,
+    /// Broadcasts being sent: a frame for a client one of them has not
+    /// reached yet goes behind it.
+    pub(super) fanout: Fanout,
 }
 
 impl Clients {
@@ -29,6 +33,7 @@ impl Clients {
             next_generation: 0,
             capacity,
             out: Outbound::new(max_outbound),
+            fanout: Fanout::default(),
         }
     }
 
@@ -93,6 +98,19 @@ impl Clients {
         self.get(conn).is_some()
     }
 
+    /// `Connected` → `LoggedIn`; the broadcasts accepted before are not for it.
+    pub fn log_in(&mut self, conn: ConnRef, id: std::rc::Rc<str>) {
+        if let Some(c) = self
+            .slab
+            .get_mut(conn.key as usize)
+            .filter(|c| c.generation == conn.generation)
+        {
+            if c.log_in(id) {
+                c.broadcast_seq = self.fanout.last_seq();
+            }
+        }
+    }
+
     /// Takes the connection out of the table; dropping it closes the socket
     /// (which also takes it out of the epoll set).
     pub fn remove(&mut self, conn: ConnRef) -> Option<ClientConn> {
@@ -139,7 +157,12 @@ impl Clients {
         encode: impl FnOnce(&mut Vec<u8>),
     ) -> Result<(), Overflow> {
         match self.slab.get_mut(conn.key as usize) {
-            Some(c) if c.generation == conn.generation => self.out.send(conn, c, encode),
+            Some(c) if c.generation == conn.generation => {
+                if self.fanout.owes(c) && !self.out.is_serving(conn) {
+                    self.fanout.catch_up(conn, c, &mut self.out)?;
+                }
+                self.out.send(conn, c, encode)
+            }
             _ => Ok(()),
         }
     }
@@ -165,9 +188,29 @@ impl Clients {
     ) -> Result<(), Overflow> {
         match self.slab.get_mut(conn.key as usize) {
             Some(c) if c.generation == conn.generation => {
+                if self.fanout.owes(c) && !self.out.is_serving(conn) {
+                    self.fanout.catch_up(conn, c, &mut self.out)?;
+                }
                 self.out.send_prepared(conn, c, frame, push)
             }
             _ => Ok(()),
+        }
+    }
+
+    /// Hands broadcast `job` to `conn` if it is owed it (logged in before
+    /// the broadcast was accepted and not handed it yet). Returns whether it
+    /// was.
+    pub fn send_broadcast(
+        &mut self,
+        conn: ConnRef,
+        job: &mut Broadcast,
+    ) -> Result<bool, WriteFailed> {
+        match self.slab.get_mut(conn.key as usize) {
+            Some(c) if c.generation == conn.generation && job.is_owed(c) => {
+                c.broadcast_seq = job.seq();
+                self.out.send_shared(conn, c, job.frame()).map(|()| true)
+            }
+            _ => Ok(false),
         }
     }
 

@@ -1,0 +1,215 @@
+//! Broadcasts: one frame to every client logged in on this node.
+//!
+//! A broadcast is a job the loop advances between reads. Writing to 19,000
+//! sockets takes a hundred milliseconds or more of kernel time; done in one
+//! go, every client whose ping arrived meanwhile would wait for all of it.
+//! So each iteration hands the front job to at most [`SLICE_RECIPIENTS`]
+//! clients or for at most [`SLICE_TIME`], and the loop polls without waiting
+//! while a job is pending (as it does for reads left pending), serving the
+//! other clients' reads between two slices.
+//!
+//! The registry is ordered by id, so a job resumes at the id where its last
+//! slice stopped: no copy of the recipient list, and clients that come and
+//! go meanwhile are simply there or not when the cursor passes.
+//!
+//! Order. Jobs run one after another, so consecutive broadcasts reach each
+//! client in the order they were accepted. Each connection carries the
+//! sequence number of the newest broadcast it was handed (stamped at login
+//! with the newest accepted, which is not for it). A frame for a client that
+//! is owed a pending broadcast (a push right after the broadcast, to a
+//! client the job has not reached) would overtake it; so whoever sends to
+//! such a client hands it what it is owed first ([`Fanout::catch_up`]), and
+//! the job skips it when it gets there. Replies to the connection being
+//! served are not held up this way: they answer what it sent.
+//!
+//! Cost per recipient: the frame is encoded once (and framed once for
+//! WebSocket); each recipient costs one `write` straight from the shared
+//! bytes ([`Outbound::send_shared`]), and a copy only of what its socket did
+//! not take. A recipient with bytes already queued gets the frame appended
+//! behind them; one whose queue would pass `max_outbound` is a slow consumer
+//! and is cut off.
+
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use log::debug;
+
+use crate::admin::Refused;
+use crate::server::conn::{ClientConn, CloseReason, ConnRef};
+use crate::server::core::Core;
+use crate::server::outbound::{Outbound, Overflow, Prepared};
+
+/// Recipients one slice serves at most.
+const SLICE_RECIPIENTS: usize = 512;
+/// The time one slice may take; looked at every [`CLOCK_EVERY`] recipients.
+const SLICE_TIME: Duration = Duration::from_micros(1000);
+const CLOCK_EVERY: usize = 32;
+/// Broadcasts accepted and not yet sent to everyone, at most: each holds its
+/// frame (up to `max_frame` bytes) until it is done.
+pub const MAX_PENDING: usize = 64;
+
+/// A broadcast's place in the order they were accepted. It wraps: a
+/// logged-in connection is never more than [`MAX_PENDING`] behind the newest
+/// (every broadcast reaches it or it is cut off), far less than half the
+/// range, and 16 bits keep `ClientConn` within its size.
+pub type BroadcastSeq = u16;
+
+/// Whether broadcast `a` was accepted before `b`.
+fn before(a: BroadcastSeq, b: BroadcastSeq) -> bool {
+    (b.wrapping_sub(a) as i16) > 0
+}
+
+/// One broadcast on its way to every client.
+pub struct Broadcast {
+    seq: BroadcastSeq,
+    message: Rc<str>,
+    frame: Prepared,
+    /// Where the next slice starts: the id the last one stopped at.
+    resume: Option<Rc<str>>,
+    handed: usize,
+    slices: u32,
+}
+
+impl Broadcast {
+    pub fn seq(&self) -> BroadcastSeq {
+        self.seq
+    }
+
+    pub fn frame(&mut self) -> &mut Prepared {
+        &mut self.frame
+    }
+
+    /// Whether `c` should get this broadcast: logged in before it was
+    /// accepted, and not handed it yet.
+    pub fn is_owed(&self, c: &ClientConn) -> bool {
+        c.session().is_some() && before(c.broadcast_seq, self.seq)
+    }
+}
+
+/// The broadcasts accepted and not yet sent to everyone, oldest first.
+#[derive(Default)]
+pub struct Fanout {
+    jobs: VecDeque<Broadcast>,
+    /// The newest broadcast accepted.
+    last_seq: BroadcastSeq,
+}
+
+impl Fanout {
+    pub fn is_idle(&self) -> bool {
+        self.jobs.is_empty()
+    }
+
+    pub fn last_seq(&self) -> BroadcastSeq {
+        self.last_seq
+    }
+
+    /// Whether `c` is owed a broadcast that is still being sent.
+    pub fn owes(&self, c: &ClientConn) -> bool {
+        !self.jobs.is_empty() && c.session().is_some() && before(c.broadcast_seq, self.last_seq)
+    }
+
+    /// Hands `c` the pending broadcasts it is owed, oldest first, before a
+    /// frame that must come after them. `Err(Overflow)`: its queue is full.
+    pub fn catch_up(
+        &mut self,
+        conn: ConnRef,
+        c: &mut ClientConn,
+        out: &mut Outbound,
+    ) -> Result<(), Overflow> {
+        for job in &mut self.jobs {
+            if job.is_owed(c) {
+                out.send_prepared(conn, c, &mut job.frame, true)?;
+                c.broadcast_seq = job.seq;
+                job.handed += 1;
+            }
+        }
+        c.broadcast_seq = self.last_seq;
+        Ok(())
+    }
+}
+
+impl Core {
+    /// Accepts a broadcast of `frame` to every client logged in now.
+    pub(super) fn accept_broadcast(
+        &mut self,
+        message: &Rc<str>,
+        frame: Vec<u8>,
+    ) -> Result<(), Refused> {
+        let fanout = &mut self.clients.fanout;
+        if fanout.jobs.len() >= MAX_PENDING {
+            return Err(Refused {
+                status: 503,
+                error: "busy",
+                detail: format!(
+                    "{MAX_PENDING} broadcasts are still being sent; try again when they are done"
+                ),
+            });
+        }
+        fanout.last_seq = fanout.last_seq.wrapping_add(1);
+        fanout.jobs.push_back(Broadcast {
+            seq: fanout.last_seq,
+            message: message.clone(),
+            frame: Prepared::new(frame),
+            resume: None,
+            handed: 0,
+            slices: 0,
+        });
+        Ok(())
+    }
+
+    /// Whether a broadcast is still being sent (the loop then polls without
+    /// waiting, to come back to it).
+    pub fn broadcasting(&self) -> bool {
+        !self.clients.fanout.is_idle()
+    }
+
+    /// Sends one slice of the pending broadcasts, oldest first, and ends the
+    /// recipients whose socket failed or whose queue overflowed.
+    pub fn advance_broadcasts(&mut self) {
+        let started = Instant::now();
+        let mut budget = SLICE_RECIPIENTS;
+        let mut failed: Vec<(ConnRef, CloseReason)> = Vec::new();
+        while budget > 0 {
+            let Some(mut job) = self.clients.fanout.jobs.pop_front() else {
+                break;
+            };
+            job.slices += 1;
+            let clients = &mut self.clients;
+            let mut visited = 0;
+            let mut stopped_at: Option<Rc<str>> = None;
+            let resume = job.resume.take();
+            self.registry
+                .visit_local(resume.as_deref(), &mut |id, conn| {
+                    let out_of_time = visited > 0
+                        && visited % CLOCK_EVERY == 0
+                        && started.elapsed() >= SLICE_TIME;
+                    if visited == budget || out_of_time {
+                        stopped_at = Some(id.clone());
+                        return false;
+                    }
+                    visited += 1;
+                    match clients.send_broadcast(conn, &mut job) {
+                        Ok(true) => job.handed += 1,
+                        Ok(false) => {}
+                        Err(e) => failed.push((conn, e.reason())),
+                    }
+                    true
+                });
+            budget -= visited;
+            if let Some(at) = stopped_at {
+                // Out of budget or time: the rest of it waits for the next slice.
+                job.resume = Some(at);
+                self.clients.fanout.jobs.push_front(job);
+                break;
+            }
+            debug!(
+                "broadcast {} handed to {} clients in {} slices",
+                job.message, job.handed, job.slices
+            );
+        }
+        for (conn, reason) in failed {
+            self.end(conn, reason);
+        }
+    }
+}

@@ -1,0 +1,379 @@
+//! Broadcasts from outside (server/fanout.rs): every logged-in client gets
+//! each one exactly once and in order with the other frames it is sent; a
+//! broadcast to thousands is written in slices between other clients'
+//! reads; a subscriber that does not read is cut off without costing the
+//! others a message; WebSocket and raw clients get the same text.
+//!
+//! Every wait polls with a deadline; nothing sleeps and hopes.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use lifeline_wire::ws::{self, Opcode};
+use serde_json::Value;
+
+use common::{admin_agent, attr, Client, Closed, ServerProc, WAIT};
+
+/// No probes during a test: a heartbeat interval longer than any test.
+const QUIET: &[(&str, &str)] = &[("LIFELINE_HEARTBEAT_MS", "60000")];
+
+// ------------------------------------------------------------------ helpers
+
+struct Admin {
+    base: String,
+    agent: ureq::Agent,
+}
+
+impl Admin {
+    fn new(server: &ServerProc) -> Admin {
+        let (base, agent) = admin_agent(server, Duration::from_secs(15));
+        Admin { base, agent }
+    }
+
+    /// POSTs `body` to `path`; the status and the JSON answer.
+    fn post(&self, path: &str, body: &str) -> (u16, Value) {
+        let mut response = self
+            .agent
+            .post(format!("{}{path}", self.base))
+            .send(body)
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().expect("answer body");
+        let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+        (status, json)
+    }
+
+    /// A broadcast of `text`: its push id, after checking the 202.
+    fn broadcast(&self, text: &str) -> String {
+        let (status, json) = self.post("/broadcast", text);
+        assert_eq!(status, 202, "POST /broadcast: {json}");
+        json["id"].as_str().expect("a push id").to_string()
+    }
+
+    fn push(&self, to: &str, text: &str) -> String {
+        let (status, json) = self.post(&format!("/clients/{to}/push"), text);
+        assert_eq!(status, 202, "push to {to}: {json}");
+        json["id"].as_str().expect("a push id").to_string()
+    }
+
+    fn get_status(&self, path: &str) -> u16 {
+        self.agent
+            .get(format!("{}{path}", self.base))
+            .call()
+            .map(|r| r.status().as_u16())
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+}
+
+/// `(id, text)` of a `<msg from="admin">` frame; panics on anything else.
+fn admin_msg(frame: &str) -> (String, String) {
+    assert!(
+        frame.starts_with("<msg from=\"admin\""),
+        "not a push: {frame}"
+    );
+    let id = attr(frame, "id").expect("a push id");
+    let start = frame.find('>').expect("a start tag") + 1;
+    let end = frame.rfind("</msg>").expect("an end tag");
+    (id, frame[start..end].to_string())
+}
+
+/// Clients `{prefix}{0000..n}`, each logged in.
+fn log_in_many(server: &ServerProc, prefix: &str, n: usize) -> Vec<(String, Client)> {
+    (0..n)
+        .map(|i| {
+            let id = format!("{prefix}{i:04}");
+            let client = server.login(&id);
+            (id, client)
+        })
+        .collect()
+}
+
+/// A logged-in WebSocket client over a real socket: masked text frames
+/// out, the server's unmasked text messages in.
+struct Ws {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Ws {
+    fn login(server: &ServerProc, id: &str) -> Ws {
+        let mut stream = TcpStream::connect(server.addr).expect("connect");
+        stream.set_nodelay(true).unwrap();
+        stream
+            .write_all(
+                b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                  Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            )
+            .unwrap();
+        let deadline = Instant::now() + WAIT;
+        let mut buf = Vec::new();
+        let head_end = loop {
+            if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            assert!(
+                matches!(
+                    common::fill(&mut stream, &mut buf, deadline),
+                    common::Fill::Data
+                ),
+                "no 101 within {WAIT:?}"
+            );
+        };
+        assert!(
+            buf.starts_with(b"HTTP/1.1 101"),
+            "{:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.drain(..head_end);
+        let mut ws = Ws { stream, buf };
+        ws.send(&format!("<login id=\"{id}\"/>"));
+        let welcome = ws.expect_text();
+        assert!(welcome.starts_with("<welcome "), "{welcome}");
+        ws
+    }
+
+    fn send(&mut self, xml: &str) {
+        let mut frame = Vec::new();
+        ws::write_frame(
+            &mut frame,
+            true,
+            Opcode::Text,
+            Some([1, 2, 3, 4]),
+            xml.as_bytes(),
+        );
+        self.stream.write_all(&frame).expect("send");
+    }
+
+    fn expect_text(&mut self) -> String {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(header) = ws::decode_header(&self.buf).expect("a server frame") {
+                let end = header.header_len + header.payload_len as usize;
+                if self.buf.len() >= end {
+                    assert_eq!(header.opcode, Opcode::Text, "a text message");
+                    let text = String::from_utf8(self.buf[header.header_len..end].to_vec())
+                        .expect("UTF-8");
+                    self.buf.drain(..end);
+                    return text;
+                }
+            }
+            assert!(
+                matches!(
+                    common::fill(&mut self.stream, &mut self.buf, deadline),
+                    common::Fill::Data
+                ),
+                "no text message within {WAIT:?}"
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------- tests
+
+/// 2,000 clients (several slices); every tenth also gets a push before the
+/// first broadcast and one right after it, posted while the broadcast is
+/// still on its way, last id first (the broadcast walks the ids in order,
+/// so those have not been reached yet: the push must not overtake it); a
+/// second broadcast follows, then a last one. Each client sees exactly its
+/// frames, in order, and nothing twice (a repeat would come before the last).
+#[test]
+fn every_client_gets_each_broadcast_once_in_order_with_its_pushes() {
+    let server = ServerProc::start(QUIET);
+    let admin = Admin::new(&server);
+    let mut clients = log_in_many(&server, "c", 2000);
+    let pushed = |i: usize| i % 10 == 9;
+    let mut before = Vec::new();
+    for (i, (id, _)) in clients.iter().enumerate() {
+        if pushed(i) {
+            before.push(admin.push(id, &format!("before {id}")));
+        }
+    }
+    let first = admin.broadcast("first to all");
+    let mut after = Vec::new();
+    for (i, (id, _)) in clients.iter().enumerate().rev() {
+        if pushed(i) {
+            after.push(admin.push(id, &format!("after {id}")));
+        }
+    }
+    after.reverse();
+    let second = admin.broadcast("second to all");
+    // Whatever came twice would come before this one.
+    let end = admin.broadcast("end");
+    let (mut before, mut after) = (before.into_iter(), after.into_iter());
+    for (i, (id, client)) in clients.iter_mut().enumerate() {
+        let mut expected = Vec::new();
+        if pushed(i) {
+            expected.push((before.next().unwrap(), format!("before {id}")));
+        }
+        expected.push((first.clone(), "first to all".to_string()));
+        if pushed(i) {
+            expected.push((after.next().unwrap(), format!("after {id}")));
+        }
+        expected.push((second.clone(), "second to all".to_string()));
+        expected.push((end.clone(), "end".to_string()));
+        let got: Vec<(String, String)> = expected
+            .iter()
+            .map(|_| admin_msg(&client.expect_frame()))
+            .collect();
+        assert_eq!(got, expected, "client {id}");
+    }
+}
+
+/// A broadcast to 3,000 clients while a bystander that sorts last pings:
+/// the bystander's pong for a ping sent after the broadcast was accepted
+/// arrives BEFORE the broadcast reaches the bystander itself. On one socket
+/// that order proves the loop read and answered the bystander between two
+/// slices of the broadcast (done in one go, the broadcast would come first).
+#[test]
+fn a_broadcast_to_thousands_is_sliced_between_a_bystanders_pings() {
+    let server = ServerProc::start(QUIET);
+    let admin = Admin::new(&server);
+    let _others = log_in_many(&server, "a", 3000);
+    let mut bystander = server.login("zzzz");
+    let mut interleaved = 0;
+    for round in 0..5u64 {
+        let id = admin.broadcast(&format!("round {round}"));
+        let mut pongs = 0;
+        let mut seq = round * 1000;
+        bystander.send(&format!("<heartbeat mode=\"ping\" seq=\"{seq}\"/>"));
+        loop {
+            let frame = bystander.expect_frame();
+            if frame.starts_with("<heartbeat mode=\"pong\"") {
+                assert_eq!(attr(&frame, "seq"), Some(seq.to_string()));
+                pongs += 1;
+                seq += 1;
+                bystander.send(&format!("<heartbeat mode=\"ping\" seq=\"{seq}\"/>"));
+                continue;
+            }
+            assert_eq!(admin_msg(&frame), (id.clone(), format!("round {round}")));
+            break;
+        }
+        // The ping in flight when the broadcast arrived is answered next.
+        let last = bystander.expect_frame();
+        assert_eq!(
+            last,
+            format!("<heartbeat mode=\"pong\" seq=\"{seq}\"/>"),
+            "round {round}"
+        );
+        if pongs > 0 {
+            interleaved += 1;
+        }
+    }
+    assert!(
+        interleaved > 0,
+        "in 5 broadcasts to 3,001 clients the bystander never got a pong before its copy"
+    );
+}
+
+/// A subscriber that never reads, and three that do. Broadcasts of 30 KB go
+/// out until the stuck one is cut off as a slow consumer; the readers got
+/// every broadcast, in order, and are still served.
+#[test]
+fn a_subscriber_that_does_not_read_is_cut_off_and_the_others_get_every_broadcast() {
+    let server = ServerProc::start(&[
+        ("LIFELINE_HEARTBEAT_MS", "60000"),
+        ("LIFELINE_MAX_OUTBOUND", "65536"),
+        ("LIFELINE_MAX_FRAME", "65536"),
+    ]);
+    let admin = Admin::new(&server);
+    let mut stuck = server.login("stuck");
+    let readers: Vec<_> = (0..3)
+        .map(|i| {
+            let mut client = server.login(&format!("reader{i}"));
+            std::thread::spawn(move || {
+                // Texts until the last one: "end".
+                let mut texts = Vec::new();
+                loop {
+                    let frame = client
+                        .frame_within(Duration::from_secs(30))
+                        .expect("a reader got every broadcast in time");
+                    let (_, text) = admin_msg(&frame);
+                    if text == "end" {
+                        return (client, texts);
+                    }
+                    texts.push(text);
+                }
+            })
+        })
+        .collect();
+    let padding = "p".repeat(30_000);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut sent = 0;
+    while admin.get_status("/clients/stuck") == 200 {
+        assert!(
+            Instant::now() < deadline,
+            "not cut off after {sent} broadcasts of 30 KB"
+        );
+        admin.broadcast(&format!("{sent} {padding}"));
+        sent += 1;
+    }
+    admin.broadcast("end");
+    for reader in readers {
+        let (mut client, texts) = reader.join().expect("reader thread");
+        let expected: Vec<String> = (0..sent).map(|n| format!("{n} {padding}")).collect();
+        assert!(texts == expected, "a reader got {} of {sent}", texts.len());
+        client.send("<heartbeat mode=\"ping\" seq=\"1\"/>");
+        assert_eq!(
+            client.expect_frame(),
+            "<heartbeat mode=\"pong\" seq=\"1\"/>"
+        );
+    }
+    assert!(server
+        .wait_log("offline id=stuck reason=slow-consumer", WAIT)
+        .is_some());
+    // What it had not read is still there, then the close.
+    assert!(matches!(stuck.wait_closed(WAIT), Closed::Yes(_)));
+}
+
+/// 300 raw and 300 WebSocket clients (more than one slice) get the same
+/// broadcasts, and a WebSocket client's push between them keeps its place.
+#[test]
+fn websocket_and_raw_clients_get_the_same_broadcasts() {
+    let server = ServerProc::start(QUIET);
+    let admin = Admin::new(&server);
+    let mut raw = log_in_many(&server, "raw", 300);
+    let mut web: Vec<(String, Ws)> = (0..300)
+        .map(|i| {
+            let id = format!("web{i:04}");
+            let ws = Ws::login(&server, &id);
+            (id, ws)
+        })
+        .collect();
+    let one = admin.broadcast("one & <all>");
+    let push = admin.push("web0299", "just you");
+    let two = admin.broadcast("two");
+    let escaped = "one &amp; &lt;all&gt;".to_string();
+    for (id, client) in raw.iter_mut() {
+        assert_eq!(
+            admin_msg(&client.expect_frame()),
+            (one.clone(), escaped.clone()),
+            "{id}"
+        );
+        assert_eq!(
+            admin_msg(&client.expect_frame()),
+            (two.clone(), "two".into()),
+            "{id}"
+        );
+    }
+    for (id, ws) in web.iter_mut() {
+        assert_eq!(
+            admin_msg(&ws.expect_text()),
+            (one.clone(), escaped.clone()),
+            "{id}"
+        );
+        if id == "web0299" {
+            assert_eq!(
+                admin_msg(&ws.expect_text()),
+                (push.clone(), "just you".into())
+            );
+        }
+        assert_eq!(
+            admin_msg(&ws.expect_text()),
+            (two.clone(), "two".into()),
+            "{id}"
+        );
+    }
+}
