@@ -153,10 +153,14 @@ impl Outbound {
             return Ok(()); // after its goodbye a connection is told nothing more
         }
         if self.serving == Some(conn) {
-            let start = self.staged.len();
+            let start = if wrap_ws {
+                ws::begin_text(&mut self.staged)
+            } else {
+                self.staged.len()
+            };
             encode(&mut self.staged);
             if wrap_ws {
-                ws::wrap_text(&mut self.staged, start);
+                ws::end_text(&mut self.staged, start);
             }
             self.stats.frames += 1;
             // The limit applies to what the one write leaves behind.
@@ -164,9 +168,12 @@ impl Outbound {
         }
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
+        if wrap_ws {
+            ws::begin_text(&mut scratch);
+        }
         encode(&mut scratch);
         if wrap_ws {
-            ws::wrap_text(&mut scratch, 0);
+            ws::end_text(&mut scratch, 0);
         }
         let queued = self.enqueue(conn, c, &scratch);
         self.scratch = scratch;

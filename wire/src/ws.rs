@@ -11,7 +11,8 @@
 //! state, and a cut anywhere in the byte stream gives the same result.
 //!
 //! Outbound, server frames are unmasked and final: one XML frame per text
-//! message ([`write_text`], or [`wrap_text`] around bytes already written),
+//! message ([`write_text`], [`begin_text`] and [`end_text`] around bytes
+//! written between them, or [`wrap_text`] around bytes already written),
 //! plus [`write_pong`] and [`write_close`]. A client masks its frames with
 //! [`write_frame`] and reads the server's with [`decode_header`].
 //!
@@ -24,9 +25,9 @@ mod handshake;
 
 pub use decoder::{Decoder, Inbound};
 pub use frame::{
-    decode_header, is_valid_close_code, unmask, wrap_text, write_close, write_frame, write_pong,
-    write_text, CloseCode, FrameHeader, Opcode, WsError, MAX_CONTROL_FRAME, MAX_CONTROL_PAYLOAD,
-    MAX_HEADER_LEN,
+    begin_text, decode_header, end_text, is_valid_close_code, unmask, wrap_text, write_close,
+    write_frame, write_pong, write_text, CloseCode, FrameHeader, Opcode, WsError,
+    MAX_CONTROL_FRAME, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN,
 };
 pub use handshake::{
     accept_key, parse_upgrade, write_accept, write_handshake_error, Handshake, HandshakeError,

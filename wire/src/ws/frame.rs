@@ -287,6 +287,31 @@ pub fn wrap_text(out: &mut Vec<u8>, start: usize) {
     out[start..].rotate_right(header_len);
 }
 
+/// Starts a text message whose payload (one XML frame) the caller appends
+/// next, and returns where it starts. The 2-byte header of a payload of up
+/// to 125 bytes (every answer to a heartbeat) is reserved in front, so that
+/// [`end_text`] fills it in place instead of moving the payload as
+/// [`wrap_text`] does.
+pub fn begin_text(out: &mut Vec<u8>) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[0, 0]);
+    start
+}
+
+/// Ends the text message [`begin_text`] started at `start`: writes its
+/// header, making room for an extended length when the payload needs one.
+pub fn end_text(out: &mut Vec<u8>, start: usize) {
+    let payload = start + 2;
+    let (header, header_len) =
+        encode_header(true, Opcode::Text, None, out.len().saturating_sub(payload));
+    if header_len > 2 {
+        let extra = header_len - 2;
+        out.extend_from_slice(&[0; MAX_HEADER_LEN][..extra]);
+        out[payload..].rotate_right(extra);
+    }
+    out[start..start + header_len].copy_from_slice(&header[..header_len]);
+}
+
 /// Writes the answer to a Ping. A control frame carries at most 125 bytes;
 /// a longer `payload` is cut there (a decoded Ping never is longer).
 pub fn write_pong(out: &mut Vec<u8>, payload: &[u8]) {

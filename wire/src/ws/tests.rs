@@ -362,13 +362,20 @@ fn server_frames_are_byte_exact() {
     let mut expected = b"keep".to_vec();
     write_text(&mut expected, b"<heartbeat mode=\"pong\"/>");
     assert_eq!(out, expected);
-    for len in [125, 126, 65535, 65536] {
+    for len in [0, 1, 125, 126, 65535, 65536] {
         let mut a = Vec::new();
         a.extend(std::iter::repeat_n(b'z', len));
         wrap_text(&mut a, 0);
         let mut b = Vec::new();
         write_text(&mut b, &vec![b'z'; len]);
         assert_eq!(a, b, "{len}");
+        // The same message made by begin_text/end_text, after other bytes.
+        let mut c = b"keep".to_vec();
+        let start = begin_text(&mut c);
+        c.extend(std::iter::repeat_n(b'z', len));
+        end_text(&mut c, start);
+        assert_eq!(c[..4], *b"keep");
+        assert_eq!(c[4..], b[..], "{len}");
     }
     out.clear();
     write_close(&mut out, CloseCode::Normal.into(), "bye");
