@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+use crate::fanout::{FanoutArgs, FanoutConfig};
 use crate::observe::AdminUrl;
 use crate::proto::Proto;
 use crate::wsclient::Transport;
@@ -28,9 +29,13 @@ pub enum Mode {
     /// the login rate per 100 ms after the first close (a server restart, by
     /// --restart-cmd or by hand) and the time until all are back.
     Restart,
+    /// The connections subscribe (redis SUBSCRIBE, MQTT SUBSCRIBE; Lifeline:
+    /// log in) and the tool triggers broadcasts, one in flight, at
+    /// --broadcast-rate; measures each one's first and last delivery.
+    Fanout,
 }
 
-/// Load generator for Lifeline and its peers (redis PING, MQTT PINGREQ).
+/// Load generator for Lifeline and its peers (redis PING, MQTT PINGREQ; PUBLISH fan-out).
 #[derive(Parser, Debug, Clone)]
 #[command(name = "lifeline-load", version)]
 pub struct Args {
@@ -103,9 +108,11 @@ pub struct Args {
     /// Push mode: admin API connections per process, each with one request in flight.
     #[arg(long, default_value_t = 8)]
     pub push_conns: u32,
-    /// Push mode: bytes of padding added to each pushed message.
+    /// Push and fanout modes: bytes of padding added to each message.
     #[arg(long, default_value_t = 0)]
     pub push_padding: usize,
+    #[command(flatten)]
+    pub fanout: FanoutArgs,
     /// Server process to measure (CPU per round trip over the window, RSS at the end);
     /// restart mode only hands it to --restart-cmd as LIFELINE_SERVER_PID.
     #[arg(long)]
@@ -182,6 +189,8 @@ pub struct Config {
     pub wait_ack_ms: Option<u64>,
     pub push_conns: u32,
     pub push_padding: usize,
+    /// Fanout mode's settings.
+    pub fanout: Option<FanoutConfig>,
     /// Set only in the process that measures the server (single, or worker 0).
     pub server_pid: Option<u32>,
     /// Set only in the process that measures the server, in restart mode.
@@ -202,7 +211,7 @@ pub struct ArgsError {
     reason: String,
 }
 
-fn bad(flag: &'static str, reason: impl Into<String>) -> ArgsError {
+pub fn bad(flag: &'static str, reason: impl Into<String>) -> ArgsError {
     ArgsError {
         flag,
         reason: reason.into(),
@@ -253,6 +262,8 @@ impl Config {
         if args.interval_ms == Some(0) {
             return Err(bad("interval-ms", "must be positive"));
         }
+        let fanout = FanoutConfig::from_args(args, args.admin.is_some())?;
+        let total_conns = args.conns;
         if args.transport == Transport::Ws && args.proto != Proto::Lifeline {
             return Err(bad("transport", "ws carries the lifeline protocol only"));
         }
@@ -265,7 +276,7 @@ impl Config {
                 "must be positive and at most --backoff-cap-ms",
             ));
         }
-        let target = resolve(&args.target)?;
+        let target = resolve("target", &args.target)?;
         let source_ips = match &args.source_ips {
             Some(spec) => parse_source_ips(spec)?,
             None => Vec::new(),
@@ -307,23 +318,23 @@ impl Config {
 
         let (conns, first_conn, share) = match role {
             Role::Worker(i) => {
-                let base = args.conns / args.workers;
-                let extra = args.conns % args.workers;
+                let base = total_conns / args.workers;
+                let extra = total_conns % args.workers;
                 let conns = base + u32::from(i < extra);
                 (
                     conns,
                     i * base + i.min(extra),
-                    f64::from(conns) / f64::from(args.conns),
+                    f64::from(conns) / f64::from(total_conns),
                 )
             }
-            Role::Single | Role::Parent => (args.conns, 0, 1.0),
+            Role::Single | Role::Parent => (total_conns, 0, 1.0),
         };
         let measures_server = matches!(role, Role::Single | Role::Worker(0));
 
         Ok(Config {
             role,
             target,
-            total_conns: args.conns,
+            total_conns,
             workers: args.workers,
             conns,
             first_conn,
@@ -347,6 +358,7 @@ impl Config {
             wait_ack_ms: args.wait_ack_ms,
             push_conns: args.push_conns,
             push_padding: args.push_padding,
+            fanout,
             server_pid: args.server_pid.filter(|_| measures_server),
             restart_cmd: args.restart_cmd.clone().filter(|_| measures_server),
             backoff_base: Duration::from_millis(args.backoff_base_ms),
@@ -369,13 +381,14 @@ impl Config {
     }
 }
 
-fn resolve(target: &str) -> Result<SocketAddr, ArgsError> {
-    let mut addrs = target
+/// The first address `value` (of `--flag`) resolves to.
+pub fn resolve(flag: &'static str, value: &str) -> Result<SocketAddr, ArgsError> {
+    let mut addrs = value
         .to_socket_addrs()
-        .map_err(|e| bad("target", format!("{target}: {e}")))?;
+        .map_err(|e| bad(flag, format!("{value}: {e}")))?;
     addrs
         .next()
-        .ok_or_else(|| bad("target", format!("{target} resolves to no address")))
+        .ok_or_else(|| bad(flag, format!("{value} resolves to no address")))
 }
 
 /// Most source addresses a range may expand to.

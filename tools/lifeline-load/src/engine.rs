@@ -15,6 +15,7 @@ use mio::{Events, Interest, Poll, Token};
 use socket2::SockRef;
 
 use crate::args::{Config, Mode, Role};
+use crate::fanout::{Broadcasts, Bystanders, Publisher, PUBLISHER_TOKEN};
 use crate::net;
 use crate::observe::ServerProbe;
 use crate::progress::Progress;
@@ -61,6 +62,10 @@ pub struct Engine {
     churn: Option<Churn>,
     /// Push mode: the admin API connections and the push schedule.
     pusher: Option<Pusher>,
+    /// Fanout mode: the connection that triggers the broadcasts, and the
+    /// bystanders' threads.
+    publisher: Option<Publisher>,
+    bystanders: Option<Bystanders>,
     /// Sockets currently open.
     open: usize,
     silent_slots: usize,
@@ -116,8 +121,11 @@ impl Engine {
             Role::Worker(i) => i,
             Role::Single | Role::Parent => 0,
         };
+        let publisher = Publisher::new(&cfg, started);
         Ok(Engine {
             poll,
+            publisher,
+            bystanders: Bystanders::spawn(&cfg),
             connect_queue: (0..conns.len()).collect(),
             conns,
             connects: Bucket::new(cfg.ramp, started),
@@ -145,6 +153,7 @@ impl Engine {
                 frame: Vec::new(),
                 backoff: Backoff::new(cfg.backoff_base, cfg.backoff_cap),
                 online: 0,
+                fanout: Broadcasts::new(cfg.fanout.clone()),
                 cfg,
             },
         })
@@ -162,6 +171,7 @@ impl Engine {
             self.connect_some(now);
             self.churn_some(now);
             self.push_some(now);
+            self.publish_some(now);
             self.fire_timers(now);
             self.print_progress(now);
 
@@ -173,6 +183,12 @@ impl Engine {
             }
             for event in events.iter() {
                 let slot = event.token().0;
+                if slot == PUBLISHER_TOKEN {
+                    if let Some(publisher) = &mut self.publisher {
+                        publisher.on_ready(Instant::now(), &mut scratch, &mut self.ctx);
+                    }
+                    continue;
+                }
                 if let Some(index) = slot.checked_sub(push::TOKEN_BASE) {
                     if let Some(pusher) = &mut self.pusher {
                         pusher.on_ready(index, Instant::now(), &mut scratch, &mut self.ctx);
@@ -213,11 +229,9 @@ impl Engine {
             return;
         }
         self.window_open = true;
-        if let Some(probe) = &mut self.probe {
-            if let Err(e) = probe.begin() {
-                eprintln!("lifeline-load: cannot measure the server: {e}");
-                self.probe = None;
-            }
+        // Fanout mode measures from its first broadcast on.
+        if self.publisher.is_none() {
+            self.begin_probe();
         }
         if let Some(command) = &self.ctx.cfg.restart_cmd {
             eprintln!("lifeline-load: running --restart-cmd");
@@ -225,6 +239,26 @@ impl Engine {
                 Ok(child) => self.restart_cmd = Some(child),
                 Err(e) => eprintln!("lifeline-load: cannot run --restart-cmd: {e}"),
             }
+        }
+    }
+
+    fn begin_probe(&mut self) {
+        if let Some(probe) = &mut self.probe {
+            if let Err(e) = probe.begin() {
+                eprintln!("lifeline-load: cannot measure the server: {e}");
+                self.probe = None;
+            }
+        }
+    }
+
+    /// Fanout mode: keeps the publisher connected and triggers the
+    /// broadcasts that are due; the first one starts the measured window.
+    fn publish_some(&mut self, now: Instant) {
+        let Some(publisher) = &mut self.publisher else {
+            return;
+        };
+        if publisher.run_due(self.poll.registry(), now, &mut self.ctx) {
+            self.begin_probe();
         }
     }
 
@@ -397,6 +431,12 @@ impl Engine {
         if let Some(due) = self.pusher.as_ref().and_then(Pusher::next_wake) {
             wake = wake.min(due);
         }
+        if let Some(publisher) = &self.publisher {
+            let due = [publisher.next_wake(), self.ctx.fanout.next_wake()];
+            if let Some(due) = due.into_iter().flatten().min() {
+                wake = wake.min(due);
+            }
+        }
         wake
     }
 
@@ -449,6 +489,15 @@ impl Engine {
             }
         }
         self.pusher = None;
+        self.publisher = None;
+        if let Some(bystanders) = self.bystanders.take() {
+            let measured = bystanders.finish();
+            self.ctx.fanout.classify(&measured);
+            if let Some(error) = measured.error {
+                self.ctx.results.last_error = Some(error);
+            }
+        }
+        self.ctx.results.fanout = self.ctx.fanout.finish(end);
         let lost = self
             .ctx
             .pushes

@@ -10,7 +10,12 @@
 //! online clients, which ack them; measures push-to-receive latency),
 //! `restart` (steady, and every connection the server closes comes back on its
 //! own after the server's `retry-ms` or a backoff; measures the login rate per
-//! 100 ms after a server restart and the time until all are back).
+//! 100 ms after a server restart and the time until all are back),
+//! `fanout` (the connections subscribe; broadcasts, one in flight, through
+//! Lifeline's admin API, Redis `PUBLISH`, MQTT `PUBLISH` or the C fan-out
+//! floor's trigger port; measures each one's first and last delivery, the
+//! broadcasts sustained, the server's CPU per delivered message, and with
+//! `--bystanders` other clients' pongs while a broadcast is in flight).
 //! Every mode runs over raw TCP or, with `--transport ws`, over a WebSocket
 //! upgrade on the same port.
 //!
@@ -27,10 +32,12 @@
 //! `workers` (the parent of `--workers`), `observe` (server CPU/RSS and admin
 //! metrics), `push` (the admin API client of push mode), `wsclient` (the
 //! WebSocket handshake and framing, no I/O), `restart` (the restart command
-//! and the recovery figures).
+//! and the recovery figures), `fanout` (fan-out mode's schedule, publisher
+//! and bystanders).
 
 mod args;
 mod engine;
+mod fanout;
 mod net;
 mod observe;
 mod progress;
@@ -99,7 +106,9 @@ fn bad_flags(message: &str) -> ExitCode {
 /// process's share of the connections fits.
 fn check_file_limit(cfg: &Config) -> Result<(), String> {
     let limit = raise_file_limit().map_err(|e| format!("cannot read the open-file limit: {e}"))?;
-    let per_process = u64::from(cfg.total_conns.div_ceil(cfg.workers));
+    // Fanout mode's bystanders are sockets of this process too.
+    let bystanders = cfg.fanout.as_ref().map_or(0, |f| f.bystanders);
+    let per_process = u64::from(cfg.total_conns.div_ceil(cfg.workers) + bystanders);
     if per_process + SPARE_FILES > limit {
         let per_worker = limit.saturating_sub(SPARE_FILES).max(1);
         return Err(format!(

@@ -70,10 +70,13 @@ struct AdminConn {
 
 /// A parsed answer at the front of a buffer.
 #[derive(Debug, PartialEq, Eq)]
-struct Answer {
-    status: u16,
-    keep_alive: bool,
-    len: usize,
+pub struct Answer {
+    pub status: u16,
+    pub keep_alive: bool,
+    /// Where its body starts.
+    pub head: usize,
+    /// Its whole length, head and body.
+    pub len: usize,
 }
 
 /// The admin connections and the push schedule of this process.
@@ -321,7 +324,7 @@ fn read_available(c: &mut AdminConn, scratch: &mut [u8]) -> io::Result<()> {
 }
 
 /// The answer at the front of `buf`, once it is complete.
-fn parse_answer(buf: &[u8]) -> Result<Option<Answer>, String> {
+pub fn parse_answer(buf: &[u8]) -> Result<Option<Answer>, String> {
     let mut headers = [httparse::EMPTY_HEADER; 16];
     let mut response = httparse::Response::new(&mut headers);
     let head = match response.parse(buf) {
@@ -345,6 +348,7 @@ fn parse_answer(buf: &[u8]) -> Result<Option<Answer>, String> {
     Ok((buf.len() >= head + length).then_some(Answer {
         status,
         keep_alive,
+        head,
         len: head + length,
     }))
 }
@@ -373,6 +377,7 @@ mod tests {
             Answer {
                 status: 202,
                 keep_alive: true,
+                head: second_at - 2,
                 len: second_at
             }
         );

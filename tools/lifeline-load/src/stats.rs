@@ -9,6 +9,8 @@ use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
 use hdrhistogram::Histogram;
 use serde_json::{json, Map, Value};
 
+use crate::fanout::FanoutResults;
+
 /// Highest round trip the histogram tracks exactly (larger ones saturate): 10 min.
 const RTT_MAX_US: u64 = 600_000_000;
 /// Significant digits of the round-trip histogram.
@@ -201,6 +203,8 @@ pub struct Results {
     /// Restart: when all connections were logged in again after the first
     /// close, from the start (`None`: not within the run).
     pub all_back_us: Option<u64>,
+    /// Fanout mode (one process only, so never merged or encoded).
+    pub fanout: FanoutResults,
 }
 
 /// A worker line that could not be read back.
@@ -238,6 +242,7 @@ impl Default for Results {
             first_close_us: None,
             relogins_us: Vec::new(),
             all_back_us: None,
+            fanout: FanoutResults::default(),
         }
     }
 }
@@ -408,6 +413,7 @@ impl Results {
             relogins_us: parse_list(map.get("relogins").and_then(Value::as_str).unwrap_or(""))
                 .ok_or(DecodeError::Field("relogins"))?,
             all_back_us: uint(map, "all_back_us"),
+            fanout: FanoutResults::default(),
         };
         Ok((worker, results))
     }

@@ -5,13 +5,19 @@
 //!
 //! This module is the vocabulary the session uses ([`Proto`], [`Inbound`],
 //! [`Scan`]) and the per-protocol dispatch; each protocol's bytes live in its
-//! own file: [`lifeline`] (XML frames), [`mqtt`] and [`redis`].
+//! own file: [`lifeline`] (XML frames), [`mqtt`] and [`redis`]. The fan-out
+//! floor sends Lifeline's `<msg>` frames and has no login.
 
 mod lifeline;
 mod mqtt;
 mod redis;
 
 pub use lifeline::{ack, probe_answer};
+pub use mqtt::{connect as mqtt_connect, publish as mqtt_publish};
+pub use redis::publish as redis_publish;
+
+/// The Redis channel and MQTT topic fan-out mode subscribes to and publishes on.
+pub const CHANNEL: &str = "lifeline-fanout";
 
 /// Which wire protocol to speak.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -22,6 +28,10 @@ pub enum Proto {
     Redis,
     /// MQTT 3.1.1: CONNECT/CONNACK, PINGREQ/PINGRESP.
     Mqtt,
+    /// The fan-out floor (`tools/bench/peers/fanout-floor.c`): no login;
+    /// what it writes to every subscriber is the line the tool sends to its
+    /// `--trigger` port, a Lifeline `<msg>` frame (fan-out mode only).
+    FanoutFloor,
 }
 
 /// A frame read from the server, borrowing from the scanned bytes.
@@ -53,6 +63,11 @@ pub enum Inbound<'a> {
         id: Option<&'a [u8]>,
         body: &'a [u8],
     },
+    /// A subscription is in place: the redis `subscribe` confirmation, MQTT SUBACK.
+    Subscribed,
+    /// A message published to a channel we subscribed to (redis `message`,
+    /// MQTT PUBLISH): its payload.
+    Published { body: &'a [u8] },
     /// Anything else (unknown element, redis reply other than PONG, ...).
     Other,
 }
@@ -76,13 +91,15 @@ pub enum ScanError {
     Malformed,
     #[error("MQTT remaining length longer than 4 bytes")]
     BadLength,
+    #[error("malformed redis reply")]
+    BadReply,
 }
 
 /// Finds the next complete frame at the start of `buf`.
 pub fn scan(proto: Proto, buf: &[u8]) -> Result<Scan<'_>, ScanError> {
     match proto {
-        Proto::Lifeline => lifeline::scan(buf),
-        Proto::Redis => Ok(redis::scan(buf)),
+        Proto::Lifeline | Proto::FanoutFloor => lifeline::scan(buf),
+        Proto::Redis => redis::scan(buf),
         Proto::Mqtt => mqtt::scan(buf),
     }
 }
@@ -91,20 +108,32 @@ pub fn scan(proto: Proto, buf: &[u8]) -> Result<Scan<'_>, ScanError> {
 pub fn login(proto: Proto, id: &str, token: Option<&str>, keepalive_s: u16, out: &mut Vec<u8>) {
     match proto {
         Proto::Lifeline => lifeline::login(id, token, out),
-        Proto::Redis => {}
+        Proto::Redis | Proto::FanoutFloor => {}
         Proto::Mqtt => mqtt::connect(id, keepalive_s, out),
     }
 }
 
 /// Whether the protocol answers a login before the connection can ping.
 pub fn has_login(proto: Proto) -> bool {
-    proto != Proto::Redis
+    matches!(proto, Proto::Lifeline | Proto::Mqtt)
+}
+
+/// Appends the subscription to [`CHANNEL`], for the protocols that have one
+/// (every logged-in Lifeline client gets a broadcast; the floor writes to
+/// every connection). Returns whether one was written.
+pub fn subscribe(proto: Proto, out: &mut Vec<u8>) -> bool {
+    match proto {
+        Proto::Redis => redis::subscribe(CHANNEL, out),
+        Proto::Mqtt => mqtt::subscribe(CHANNEL, out),
+        Proto::Lifeline | Proto::FanoutFloor => return false,
+    }
+    true
 }
 
 /// Appends one ping carrying `seq` (only Lifeline can carry it).
 pub fn ping(proto: Proto, seq: u64, out: &mut Vec<u8>) {
     match proto {
-        Proto::Lifeline => lifeline::ping(seq, out),
+        Proto::Lifeline | Proto::FanoutFloor => lifeline::ping(seq, out),
         Proto::Redis => redis::ping(out),
         Proto::Mqtt => mqtt::ping(out),
     }
@@ -116,6 +145,7 @@ pub fn bye(proto: Proto, out: &mut Vec<u8>) {
         Proto::Lifeline => lifeline::bye(out),
         Proto::Redis => redis::quit(out),
         Proto::Mqtt => mqtt::disconnect(out),
+        Proto::FanoutFloor => {}
     }
 }
 

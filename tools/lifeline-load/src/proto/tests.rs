@@ -168,3 +168,90 @@ fn encoders_write_the_expected_bytes() {
         [0x10, 14, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 2, b'c', b'1']
     );
 }
+
+/// What a subscribed redis connection receives, and what the MQTT broker
+/// sends a subscriber, cut at every byte.
+#[test]
+fn pub_sub_deliveries_are_found_at_every_split() {
+    let redis = b"*3\r\n$9\r\nsubscribe\r\n$15\r\nlifeline-fanout\r\n:1\r\n\
+*3\r\n$7\r\nmessage\r\n$15\r\nlifeline-fanout\r\n$9\r\nhi\r\nthere\r\n+PONG\r\n\
+*2\r\n$4\r\npong\r\n$-1\r\n";
+    let mut publish = Vec::new();
+    mqtt_publish(CHANNEL, b"payload 1", &mut publish);
+    let mqtt: Vec<u8> = [0x90, 0x03, 0x00, 0x01, 0x00]
+        .into_iter()
+        .chain(publish.iter().copied())
+        // QoS 1: a packet id follows the topic.
+        .chain([0x32, 0x08, 0x00, 0x01, b't', 0x00, 0x07, b'q', b'o', b's'])
+        .collect();
+    for (proto, stream, expected) in [
+        (
+            Proto::Redis,
+            &redis[..],
+            vec![
+                format!("{:?}", Inbound::Subscribed),
+                format!(
+                    "{:?}",
+                    Inbound::Published {
+                        body: b"hi\r\nthere"
+                    }
+                ),
+                format!("{:?}", Inbound::Pong { seq: None }),
+                format!("{:?}", Inbound::Other),
+            ],
+        ),
+        (
+            Proto::Mqtt,
+            &mqtt[..],
+            vec![
+                format!("{:?}", Inbound::Subscribed),
+                format!("{:?}", Inbound::Published { body: b"payload 1" }),
+                format!("{:?}", Inbound::Published { body: b"qos" }),
+            ],
+        ),
+    ] {
+        for split in 1..=stream.len() {
+            assert_eq!(
+                frames_split(proto, stream, split),
+                expected,
+                "{proto:?} split {split}"
+            );
+        }
+    }
+    assert_eq!(
+        scan(Proto::Redis, b"*3\r\n$7\r\nmess"),
+        Ok(Scan::NeedMore(0))
+    );
+    assert_eq!(
+        scan(Proto::Redis, b"*3\r\n$7\r\nmessageXX"),
+        Err(ScanError::BadReply)
+    );
+    assert_eq!(
+        scan(Proto::Redis, b"*1\r\n$2\r\nabcd\r\n"),
+        Err(ScanError::BadReply)
+    );
+    assert_eq!(
+        scan(Proto::Mqtt, &[0x30, 0x01, 0x00]),
+        Err(ScanError::Malformed)
+    );
+}
+
+#[test]
+fn pub_sub_encoders_write_the_expected_bytes() {
+    let mut out = Vec::new();
+    assert!(subscribe(Proto::Redis, &mut out));
+    redis_publish("ch", b"a b", &mut out);
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "SUBSCRIBE lifeline-fanout\r\n*3\r\n$7\r\nPUBLISH\r\n$2\r\nch\r\n$3\r\na b\r\n"
+    );
+    let mut out = Vec::new();
+    assert!(subscribe(Proto::Mqtt, &mut out));
+    assert_eq!(out[..6], [0x82, 20, 0, 1, 0, 15]);
+    assert_eq!(out[6..21], *CHANNEL.as_bytes());
+    assert_eq!(out[21], 0, "QoS 0");
+    assert!(!subscribe(Proto::Lifeline, &mut Vec::new()));
+    let mut out = Vec::new();
+    mqtt_publish("t", b"xy", &mut out);
+    assert_eq!(out, [0x30, 5, 0, 1, b't', b'x', b'y']);
+}

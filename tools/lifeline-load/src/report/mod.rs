@@ -7,6 +7,7 @@
 //! sections every run has are in `sections`; the ones a mode adds are in
 //! `modes`.
 
+mod fanout;
 mod modes;
 mod sections;
 
@@ -56,6 +57,7 @@ impl Report {
             Mode::Churn => report.churn(results),
             Mode::Push => report.push(cfg, results),
             Mode::Restart => report.restart(cfg, results),
+            Mode::Fanout => report.fanout(cfg, results),
             Mode::Steady | Mode::Max => {}
         }
         report.online(online);

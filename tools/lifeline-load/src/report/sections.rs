@@ -13,7 +13,8 @@ impl Report {
         let window_s = results.window_us as f64 / 1e6;
         let warmup_s = cfg.warmup.as_secs_f64();
         let mode = format!("{:?}", cfg.mode).to_lowercase();
-        let proto = format!("{:?}", cfg.proto).to_lowercase();
+        let proto = clap::ValueEnum::to_possible_value(&cfg.proto)
+            .map_or_else(|| format!("{:?}", cfg.proto), |v| v.get_name().to_string());
         let ramp_done = results.ramp_done_us.map(|us| us as f64 / 1e6);
 
         let transport = cfg.transport.name();

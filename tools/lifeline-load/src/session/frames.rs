@@ -26,7 +26,14 @@ impl Conn {
             .auth_secret
             .as_deref()
             .map(|secret| lifeline_wire::token::mint(secret, &id));
-        let (proto, keepalive) = (ctx.cfg.proto, ctx.cfg.mqtt_keepalive);
+        // A fan-out subscriber sends nothing after subscribing: no MQTT
+        // keepalive then, or the broker would drop it.
+        let keepalive = if ctx.cfg.mode == Mode::Fanout {
+            0
+        } else {
+            ctx.cfg.mqtt_keepalive
+        };
+        let proto = ctx.cfg.proto;
         self.send_frame(ctx, |out| {
             proto::login(proto, &id, token.as_deref(), keepalive, out)
         });
@@ -62,10 +69,23 @@ impl Conn {
                 _ => ctx.results.counters.probes_ignored += 1,
             },
             Inbound::Bye { reason, retry_ms } => self.on_bye(reason, retry_ms, ctx),
-            Inbound::Msg { id, body } => self.on_msg(id, body, now, ctx),
-            Inbound::Welcome { .. } | Inbound::ConnAck { .. } | Inbound::Other => {
-                ctx.results.counters.other_frames += 1
+            Inbound::Msg { body, .. } if ctx.cfg.mode == Mode::Fanout => {
+                ctx.results.counters.msgs_received += 1;
+                self.on_broadcast(body, now, ctx);
             }
+            Inbound::Msg { id, body } => self.on_msg(id, body, now, ctx),
+            Inbound::Published { body } => {
+                ctx.results.counters.msgs_received += 1;
+                self.on_broadcast(body, now, ctx);
+            }
+            Inbound::Subscribed if !self.subscribed => {
+                self.subscribed = true;
+                ctx.fanout.subscriber_joined();
+            }
+            Inbound::Welcome { .. }
+            | Inbound::ConnAck { .. }
+            | Inbound::Subscribed
+            | Inbound::Other => ctx.results.counters.other_frames += 1,
         }
         Ok(())
     }
@@ -115,6 +135,32 @@ impl Conn {
         }
     }
 
+    /// Fanout mode: a broadcast arrived (one of ours, by its text).
+    fn on_broadcast(&mut self, body: &[u8], now: Instant, ctx: &mut Ctx) {
+        match crate::fanout::parse_seq(body) {
+            Some(seq) => ctx.fanout.delivered(&mut self.last_broadcast, seq, now),
+            None => ctx.results.counters.other_frames += 1,
+        }
+    }
+
+    /// Fanout mode, once connected (and logged in): a subscriber subscribes
+    /// (where that is a request, its confirmation comes as a frame) and then
+    /// sends nothing. Returns false in other modes.
+    fn start_fanout(&mut self, ctx: &mut Ctx) -> bool {
+        if ctx.cfg.fanout.is_none() {
+            return false;
+        }
+        let proto = ctx.cfg.proto;
+        let mut request = Vec::new();
+        if proto::subscribe(proto, &mut request) {
+            self.send_frame(ctx, |out| out.extend_from_slice(&request));
+        } else {
+            self.subscribed = true;
+            ctx.fanout.subscriber_joined();
+        }
+        true
+    }
+
     fn on_welcome(
         &mut self,
         interval_ms: Option<u64>,
@@ -153,7 +199,7 @@ impl Conn {
                 .zip(misses)
                 .map(|(i, m)| i * m.min(1_000_000) as u32),
             Proto::Mqtt => Some(Duration::from_millis(u64::from(cfg.mqtt_keepalive) * 1500)),
-            Proto::Redis => None,
+            Proto::Redis | Proto::FanoutFloor => None,
         });
         if let Some(deadline) = self.deadline {
             ctx.results
@@ -165,6 +211,9 @@ impl Conn {
             self.send_ping(now, ctx);
             return;
         }
+        if self.start_fanout(ctx) {
+            return;
+        }
         // Spread the heartbeats: the server's phase when it offers one,
         // otherwise a random offset within one interval.
         let interval_us = micros(self.interval).max(1);
@@ -173,8 +222,8 @@ impl Conn {
             None => ctx.rng.below(self.interval),
         };
         self.next_ping = now + offset;
-        if self.goes_silent && cfg.mode == Mode::Silent {
-            self.silent_at = Some(now + cfg.silent_after.unwrap_or(self.interval));
+        if self.goes_silent && ctx.cfg.mode == Mode::Silent {
+            self.silent_at = Some(now + ctx.cfg.silent_after.unwrap_or(self.interval));
         }
         self.arm_ping(&mut ctx.rng, &mut ctx.timers, ctx.cfg.jitter);
     }

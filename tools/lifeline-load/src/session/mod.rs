@@ -18,6 +18,7 @@ use lifeline_client::Backoff;
 use mio::net::TcpStream;
 
 use crate::args::{Config, Mode};
+use crate::fanout::Broadcasts;
 use crate::proto;
 use crate::sched::{micros, Rng, Timers, Window};
 use crate::stats::{Results, SilentClose};
@@ -47,6 +48,8 @@ pub struct Ctx {
     pub backoff: Backoff,
     /// Connections of this process logged in right now.
     pub online: u32,
+    /// Fanout mode: the broadcast schedule and its bookkeeping.
+    pub fanout: Broadcasts,
 }
 
 /// Where a connection is in its life.
@@ -114,6 +117,10 @@ pub struct Conn {
     pub phase: Phase,
     /// Silent mode: this slot goes silent after `--silent-after-ms`.
     pub goes_silent: bool,
+    /// Fanout mode: its subscription is in place.
+    subscribed: bool,
+    /// Fanout mode: the newest broadcast it received.
+    last_broadcast: u64,
     /// Completed logins on this slot; later ones get a fresh id.
     sessions: u32,
     /// Unparsed tail of a frame split across reads.
@@ -151,6 +158,8 @@ impl Conn {
             stream: None,
             phase: Phase::Idle,
             goes_silent,
+            subscribed: false,
+            last_broadcast: 0,
             sessions: 0,
             inbound: Vec::new(),
             outbound: Vec::new(),
@@ -343,6 +352,10 @@ impl Conn {
 
         if self.logged_in() {
             ctx.online = ctx.online.saturating_sub(1);
+        }
+        if std::mem::take(&mut self.subscribed) {
+            ctx.fanout
+                .subscriber_left(std::mem::take(&mut self.last_broadcast), now);
         }
         self.phase = Phase::Idle;
         self.wake_at = None;
