@@ -130,6 +130,15 @@ impl Clients {
 
     // ------------------------------------------------------------ outbound
 
+    /// The outbound path and the live connection `conn` names.
+    fn live(&mut self, conn: ConnRef) -> Option<(&mut Outbound, &mut ClientConn)> {
+        let c = self
+            .slab
+            .get_mut(conn.key as usize)
+            .filter(|c| c.generation == conn.generation)?;
+        Some((&mut self.out, c))
+    }
+
     /// Sends a frame to `conn` through the one outbound path. A connection
     /// that is gone takes nothing; `Err(Overflow)` leaves the caller to end
     /// a slow consumer.
@@ -138,9 +147,9 @@ impl Clients {
         conn: ConnRef,
         encode: impl FnOnce(&mut Vec<u8>),
     ) -> Result<(), Overflow> {
-        match self.slab.get_mut(conn.key as usize) {
-            Some(c) if c.generation == conn.generation => self.out.send(conn, c, encode),
-            _ => Ok(()),
+        match self.live(conn) {
+            Some((out, c)) => out.send(conn, c, encode),
+            None => Ok(()),
         }
     }
 
@@ -150,9 +159,9 @@ impl Clients {
         conn: ConnRef,
         encode: impl FnOnce(&mut Vec<u8>),
     ) -> Result<(), Overflow> {
-        match self.slab.get_mut(conn.key as usize) {
-            Some(c) if c.generation == conn.generation => self.out.send_framed(conn, c, encode),
-            _ => Ok(()),
+        match self.live(conn) {
+            Some((out, c)) => out.send_framed(conn, c, encode),
+            None => Ok(()),
         }
     }
 
@@ -163,11 +172,9 @@ impl Clients {
         frame: &mut Prepared,
         push: bool,
     ) -> Result<(), Overflow> {
-        match self.slab.get_mut(conn.key as usize) {
-            Some(c) if c.generation == conn.generation => {
-                self.out.send_prepared(conn, c, frame, push)
-            }
-            _ => Ok(()),
+        match self.live(conn) {
+            Some((out, c)) => out.send_prepared(conn, c, frame, push),
+            None => Ok(()),
         }
     }
 
@@ -182,18 +189,17 @@ impl Clients {
 
     /// The one write of everything a served connection was answered.
     pub fn finish_serving(&mut self, conn: ConnRef) -> Result<(), WriteFailed> {
-        let c = self
-            .slab
-            .get_mut(conn.key as usize)
-            .filter(|c| c.generation == conn.generation);
-        self.out.finish_serving(c)
+        match self.live(conn) {
+            Some((out, c)) => out.finish_serving(Some(c)),
+            None => self.out.finish_serving(None),
+        }
     }
 
     /// Flushes `conn`'s queue on its writable edge.
     pub fn flush(&mut self, conn: ConnRef) -> Result<Flushed, WriteFailed> {
-        match self.slab.get_mut(conn.key as usize) {
-            Some(c) if c.generation == conn.generation => self.out.flush(c),
-            _ => Ok(Flushed::Done),
+        match self.live(conn) {
+            Some((out, c)) => out.flush(c),
+            None => Ok(Flushed::Done),
         }
     }
 
