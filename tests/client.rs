@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
-use common::{ServerProc, WAIT};
+use common::{poll_until, ServerProc, WAIT};
 use lifeline_client::{
     Backoff, Client, ClientConfig, ClientError, ClientEvent, Disconnect, StopReason,
 };
@@ -61,21 +61,19 @@ struct Peer {
 impl Peer {
     fn accept(listener: &TcpListener, timeout: Duration) -> Peer {
         listener.set_nonblocking(true).unwrap();
-        let deadline = Instant::now() + timeout;
-        loop {
-            match listener.accept() {
-                Ok((stream, _)) => {
-                    stream.set_nonblocking(false).unwrap();
-                    return Peer {
-                        stream,
-                        received: String::new(),
-                    };
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                Err(e) => panic!("no connection within {timeout:?}: {e}"),
-            }
+        let accepted = poll_until(timeout, || match listener.accept() {
+            Err(e) if e.kind() == ErrorKind::WouldBlock => None,
+            other => Some(other),
+        });
+        let (stream, _) = match accepted {
+            Some(Ok(accepted)) => accepted,
+            Some(Err(e)) => panic!("accept failed: {e}"),
+            None => panic!("no connection within {timeout:?}"),
+        };
+        stream.set_nonblocking(false).unwrap();
+        Peer {
+            stream,
+            received: String::new(),
         }
     }
 

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{attr, Client, Closed, ServerProc, WAIT};
+use common::{attr, tcp_queues, wait_for, Client, Closed, ServerProc, WAIT};
 use serde_json::Value;
 
 // ------------------------------------------------------------------ helpers
@@ -380,18 +380,6 @@ fn assert_event(e: &SseEvent, kind: &str, who: &str) {
 fn assert_contiguous(events: &[SseEvent], after: u64) {
     for (expected, e) in (after + 1..).zip(events) {
         assert_eq!(e.seq(), expected, "ids must follow each other: {events:#?}");
-    }
-}
-
-/// Polls `check` every 5 ms until it returns `Some`, or panics after `timeout`.
-fn wait_for<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
     }
 }
 
@@ -938,8 +926,18 @@ fn a_consumer_that_keeps_reading_gets_a_replay_larger_than_max_outbound_whole() 
     // Real networks have a round trip: the server's first write of the
     // replay fills the socket before the consumer's reads begin to drain it.
     // (On loopback a reader already draining can keep that first write loop
-    // from ever blocking, which hides the cut-off.)
-    std::thread::sleep(Duration::from_millis(50));
+    // from ever blocking, which hides the cut-off.) So reading begins once
+    // the server's socket holds output beyond the consumer's window and it
+    // has stopped growing: the replay's write met a full socket.
+    let ours = resumed.stream.local_addr().unwrap();
+    let theirs = resumed.stream.peer_addr().unwrap();
+    let mut last_look = 0;
+    wait_for("the replay to fill the consumer's socket", WAIT, || {
+        let (queued, _) = tcp_queues(theirs, ours)?;
+        let full = queued > 0 && queued == last_look;
+        last_look = queued;
+        full.then_some(())
+    });
     let mut got = Vec::new();
     while got.len() < all.len() {
         match resumed.next_within(WAIT) {

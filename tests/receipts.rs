@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{attr, Client, ServerProc, WAIT};
+use common::{attr, poll_until, wait_until, Client, ServerProc, WAIT};
 use serde_json::Value;
 
 // ------------------------------------------------------------------ helpers
@@ -79,30 +79,20 @@ impl Admin {
 
     /// Polls the receipt of `id` until its status is `status`; the receipt.
     fn wait_status(&self, id: &str, status: &str) -> Value {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let v = self.receipt(id);
-            if v["status"] == status {
-                return v;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "receipt of {id} never became {status:?}; last: {v}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        poll_until(WAIT, || {
+            Some(self.receipt(id)).filter(|v| v["status"] == status)
+        })
+        .unwrap_or_else(|| {
+            let last = self.receipt(id);
+            panic!("receipt of {id} never became {status:?}; last: {last}")
+        })
     }
 
     /// Polls until `GET /clients/{id}` says 404 (the server saw it go).
     fn wait_offline(&self, id: &str) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let r = self.get(&format!("/clients/{id}"));
-            if r.status == 404 {
-                return;
-            }
-            assert!(Instant::now() < deadline, "{id} still online: {r:?}");
-            std::thread::sleep(Duration::from_millis(10));
+        let path = format!("/clients/{id}");
+        if poll_until(WAIT, || (self.get(&path).status == 404).then_some(())).is_none() {
+            panic!("{id} still online: {:?}", self.get(&path));
         }
     }
 }
@@ -450,20 +440,17 @@ fn receipts_are_forgotten_after_their_ttl() {
     admin.receipt(&held);
     let deadline = start + Duration::from_secs(5);
     for id in [&id, &held] {
-        loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let gone = poll_until(left, || {
             let r = admin.get(&format!("/messages/{id}"));
             if r.status == 404 {
-                assert_error(&r, 404, "unknown-message");
-                break;
+                return Some(r);
             }
             assert_eq!(r.status, 200, "{r:?}");
-            assert!(
-                Instant::now() < deadline,
-                "receipt {id} still there after {:?}",
-                start.elapsed()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            None
+        })
+        .unwrap_or_else(|| panic!("receipt {id} still there after {:?}", start.elapsed()));
+        assert_error(&gone, 404, "unknown-message");
     }
     assert!(
         start.elapsed() >= Duration::from_millis(900),
@@ -533,11 +520,9 @@ fn a_backlog_larger_than_max_outbound_is_not_all_reported_sent() {
     // flight: the socket buffers are a few MB, the backlog is 20 MB.
     let mut uma = server.connect();
     uma.send("<login id=\"uma\"/>");
-    let deadline = Instant::now() + WAIT;
-    while admin.receipt(&ids[0])["status"] == "queued" {
-        assert!(Instant::now() < deadline, "login not handled");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until("the login to be handled", WAIT, || {
+        admin.receipt(&ids[0])["status"] != "queued"
+    });
     let welcome = uma.expect_frame();
     assert!(welcome.starts_with("<welcome "), "{welcome}");
     // Read everything that comes, until the server closes or goes quiet.
