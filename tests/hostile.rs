@@ -631,7 +631,7 @@ fn invalid_utf8_and_nul_bytes() {
     bystander.finish(&server);
 }
 
-/// 10,000 small frames in one write (pings, pongs and unknown elements, 250 kB)
+/// 10,000 small frames in one write (pings, pongs and unknown elements, 210 kB)
 /// are all answered, in order, while the client reads as it writes.
 #[test]
 fn ten_thousand_tiny_frames_in_one_write() {
@@ -839,8 +839,9 @@ fn a_client_that_pings_but_never_reads_is_cut_off_as_slow_consumer() {
 
 /// A UTF-8 byte order mark as a connection's first bytes. The contract does
 /// not mention it; any answer but a dead server is acceptable (skip it, or
-/// refuse it with bad-frame). Today the decoder slices inside the BOM and
-/// panics, which takes the whole process and every client down.
+/// refuse it with bad-frame). The decoder once sliced inside the BOM and
+/// panicked, which took the whole process and every client down
+/// (RELIABILITY.md, bug 1).
 #[test]
 fn a_byte_order_mark_does_not_kill_the_server() {
     let _serial = serial();
@@ -862,9 +863,10 @@ fn a_byte_order_mark_does_not_kill_the_server() {
 /// thread, as a pipelining client would) for a second. Its pongs must
 /// reach it or, if it cannot keep up, it is cut off at LIFELINE_MAX_OUTBOUND;
 /// either way the bystander keeps its pongs and the server's memory stays
-/// bounded. Today `on_readable` reads the socket until a short read, so a
-/// sender that keeps the socket full keeps the loop inside one connection:
-/// every other client starves, and the replies pile up in memory unsent.
+/// bounded. The loop once read a socket until a short read, so a sender that
+/// kept the socket full kept the loop inside one connection: every other
+/// client starved and the replies piled up unsent; a read budget per
+/// readiness event now bounds that (`Core::read`).
 #[test]
 fn a_client_that_never_stops_sending_does_not_starve_the_others() {
     let _serial = serial();

@@ -38,7 +38,7 @@ const CAPACITY: usize = 32;
 const MAX_CPU_SHARE: f64 = 0.20;
 /// Accept errors are logged at most once per second (plus the first one).
 const ACCEPT_ERROR: &str = "server::accept] accept failed";
-/// Any accept error, the admin listener's included (today "admin accept failed").
+/// Any accept error, the admin listener's included.
 const ANY_ACCEPT_ERROR: &str = "accept failed";
 
 fn serial() -> MutexGuard<'static, ()> {
@@ -649,7 +649,7 @@ fn a_limit_that_leaves_no_capacity_is_not_started_silently() {
     );
 }
 
-/// Admin connections (up to 256 of them) are not counted against capacity
+/// Admin connections (up to 32 of them) are not counted against capacity
 /// and must not use up the descriptors capacity promises to clients: with
 /// capacity 32 and 20 clients online, enough idle admin connections to fill
 /// the open-file limit must not get client 21 refused.
