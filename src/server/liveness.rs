@@ -145,6 +145,13 @@ impl Liveness {
         liveness(last_seen, now, self.interval, self.deadline)
     }
 
+    /// Every wheel entry with the instant it comes due, the wheel left empty
+    /// (an upgrade hands them to the next process; a failed one puts them
+    /// back with [`Liveness::watch`]).
+    pub fn drain(&mut self) -> Vec<(ConnRef, Instant)> {
+        self.wheel.drain()
+    }
+
     /// Entries in the wheel, stale ones included until they come due.
     pub fn entries(&self) -> usize {
         self.wheel.len()
