@@ -5,6 +5,7 @@
 //! variable, the value and what is accepted, and the process exits with code 2.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -105,6 +106,14 @@ pub struct RawConfig {
     #[arg(long, env = "LIFELINE_QUEUE_MAX_BYTES", default_value = "67108864")]
     pub queue_max_bytes: String,
 
+    /// Binary SIGUSR2 (or `lifeline upgrade --pid`) hands every client to; default: the path this process was started from.
+    #[arg(long, env = "LIFELINE_UPGRADE_BIN")]
+    pub upgrade_bin: Option<String>,
+
+    /// How long the new binary has to start, and then to take the state, before this process gives up the upgrade and serves on, in ms [100..=600000].
+    #[arg(long, env = "LIFELINE_UPGRADE_TIMEOUT_MS", default_value = "5000")]
+    pub upgrade_timeout_ms: String,
+
     /// On SIGINT/SIGTERM, how long to keep flushing <bye reason="shutdown"/> before exiting, in ms [0..=60000].
     #[arg(long, env = "LIFELINE_DRAIN_MS", default_value = "1000")]
     pub drain_ms: String,
@@ -145,6 +154,9 @@ pub struct Config {
     pub receipt_ttl: Duration,
     pub queue_max_per_client: usize,
     pub queue_max_bytes: usize,
+    /// `None`: the path this process was started from.
+    pub upgrade_bin: Option<PathBuf>,
+    pub upgrade_timeout: Duration,
 }
 
 /// A setting that could not be accepted.
@@ -299,6 +311,18 @@ impl Config {
             log: log_level(&raw.log)?,
             backlog: int_in(&raw.backlog, 1, 65_535, "LIFELINE_BACKLOG", "backlog")? as i32,
             reuseport: int_in(&raw.reuseport, 0, 1, "LIFELINE_REUSEPORT", "reuseport")? == 1,
+            upgrade_bin: raw
+                .upgrade_bin
+                .as_ref()
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from),
+            upgrade_timeout: Duration::from_millis(int_in(
+                &raw.upgrade_timeout_ms,
+                100,
+                600_000,
+                "LIFELINE_UPGRADE_TIMEOUT_MS",
+                "upgrade-timeout-ms",
+            )?),
             drain: Duration::from_millis(int_in(
                 &raw.drain_ms,
                 0,

@@ -5,6 +5,12 @@ use lifeline::config::Config;
 use lifeline::server::Server;
 
 fn main() {
+    // `lifeline upgrade --pid PID`: signal a running server, no server here.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "upgrade") {
+        let args = std::env::args_os().skip(1);
+        std::process::exit(lifeline::server::handover::command::run(args));
+    }
+    lifeline::server::handover::remember_start_path();
     let config = Config::from_env_and_args();
     let logger = simple_logger::SimpleLogger::new()
         .with_level(config.log)

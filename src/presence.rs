@@ -92,6 +92,35 @@ impl PresenceLog {
         self.last_seq
     }
 
+    /// Whether events are kept for resuming consumers.
+    pub fn recording(&self) -> bool {
+        self.recording
+    }
+
+    /// The kept events, oldest first.
+    pub fn ring(&self) -> impl Iterator<Item = &PresenceEvent> {
+        self.ring.iter()
+    }
+
+    /// The log another process kept (an upgrade): its numbering goes on
+    /// from `last_seq`, and consumers resume from its ring (the newest
+    /// `capacity` of `ring`).
+    pub fn restore(
+        capacity: usize,
+        last_seq: u64,
+        recording: bool,
+        ring: Vec<PresenceEvent>,
+    ) -> PresenceLog {
+        let skip = ring.len().saturating_sub(capacity);
+        PresenceLog {
+            last_seq,
+            ring: ring.into_iter().skip(skip).collect(),
+            capacity,
+            recording,
+            fresh: Vec::new(),
+        }
+    }
+
     /// From now on, keep events for resuming consumers.
     pub fn start_recording(&mut self) {
         self.recording = true;

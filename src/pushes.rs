@@ -68,6 +68,39 @@ impl Pushes {
         }
     }
 
+    /// Push ids issued so far (the next is one more).
+    pub fn issued(&self) -> u64 {
+        self.issued
+    }
+
+    pub fn receipts(&self) -> &Receipts {
+        &self.receipts
+    }
+
+    pub fn offline(&self) -> &OfflineQueue {
+        &self.offline
+    }
+
+    /// What another process had (an upgrade): push ids go on from `issued`;
+    /// receipts and held pushes are put in as they were. Ack waits are not
+    /// among them: the admin requests that waited did not move.
+    pub fn restore(
+        &mut self,
+        issued: u64,
+        stats: PushStats,
+        receipts: impl IntoIterator<Item = (Rc<str>, Receipt)>,
+        held: impl IntoIterator<Item = (Rc<str>, VecDeque<Held>)>,
+    ) {
+        self.issued = issued;
+        self.stats = stats;
+        for (id, receipt) in receipts {
+            self.receipts.insert(id, receipt);
+        }
+        for (client, pushes) in held {
+            self.offline.restore(client, pushes);
+        }
+    }
+
     /// A fresh push id.
     pub fn new_id(&mut self) -> Rc<str> {
         self.issued += 1;

@@ -106,6 +106,13 @@ impl Receipts {
         self.by_id.get_mut(id)
     }
 
+    /// Every receipt with its push id, oldest first.
+    pub fn in_order(&self) -> impl Iterator<Item = (&Rc<str>, &Receipt)> {
+        self.order
+            .iter()
+            .filter_map(|(_, id)| self.by_id.get_key_value(id))
+    }
+
     /// Forgets receipts older than the time to live; O(forgotten).
     pub fn expire(&mut self, now: Micros) {
         while let Some((created, _)) = self.order.front() {
@@ -177,6 +184,23 @@ impl OfflineQueue {
             .or_default()
             .push_back(held);
         Ok(())
+    }
+
+    /// Every client's held pushes, each client's in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Rc<str>, &VecDeque<Held>)> {
+        self.by_client.iter()
+    }
+
+    /// Puts back pushes another process held (an upgrade), whatever the
+    /// bounds: they were accepted under the bounds in force then.
+    pub fn restore(&mut self, client: Rc<str>, held: VecDeque<Held>) {
+        for h in &held {
+            self.bytes += h.frame.len();
+            self.expiries.push(Reverse((h.expires, client.clone())));
+        }
+        if !held.is_empty() {
+            self.by_client.insert(client, held);
+        }
     }
 
     /// Everything held for `client`, in order, expired or not.

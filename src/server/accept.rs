@@ -7,6 +7,7 @@
 use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
@@ -56,26 +57,40 @@ impl Listeners {
         client_token: Token,
         admin_token: Token,
     ) -> Result<Listeners, ServerError> {
-        let mut client =
+        let client =
             bind_listener(config.listen, config.backlog, config.reuseport).map_err(|source| {
                 ServerError::Listen {
                     addr: config.listen,
                     source,
                 }
             })?;
+        let admin = match config.admin_addr {
+            None => None,
+            Some(addr) => Some(
+                bind_listener(addr, 128, config.reuseport)
+                    .map_err(|source| ServerError::AdminListen { addr, source })?,
+            ),
+        };
+        Listeners::adopt(config, client, admin, poll, client_token, admin_token)
+    }
+
+    /// Listening sockets already bound: by [`Listeners::bind`], or by the
+    /// process this one took over from (an upgrade).
+    pub fn adopt(
+        config: &Config,
+        mut client: TcpListener,
+        mut admin: Option<TcpListener>,
+        poll: &mio::Registry,
+        client_token: Token,
+        admin_token: Token,
+    ) -> Result<Listeners, ServerError> {
         let local_addr = client.local_addr().map_err(ServerError::Poll)?;
         poll.register(&mut client, client_token, Interest::READABLE)
             .map_err(ServerError::Poll)?;
-        let mut admin = match config.admin_addr {
-            None => None,
-            Some(addr) => {
-                let mut l = bind_listener(addr, 128, config.reuseport)
-                    .map_err(|source| ServerError::AdminListen { addr, source })?;
-                poll.register(&mut l, admin_token, Interest::READABLE)
-                    .map_err(ServerError::Poll)?;
-                Some(l)
-            }
-        };
+        if let Some(l) = &mut admin {
+            poll.register(l, admin_token, Interest::READABLE)
+                .map_err(ServerError::Poll)?;
+        }
         let admin_addr = match &mut admin {
             Some(l) => Some(l.local_addr().map_err(ServerError::Poll)?),
             None => None,
@@ -104,6 +119,12 @@ impl Listeners {
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// The listening sockets (client, admin), to hand to another process.
+    pub fn fds(&self) -> Option<(BorrowedFd<'_>, Option<BorrowedFd<'_>>)> {
+        let client = self.client.as_ref()?.as_fd();
+        Some((client, self.admin.as_ref().map(|l| l.as_fd())))
     }
 
     /// What accepting saw since the last call.

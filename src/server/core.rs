@@ -80,6 +80,16 @@ impl Advice {
         }
     }
 
+    /// Logins so far (an upgrade carries the count over, so phases go on
+    /// spreading where they were).
+    pub fn logins(&self) -> u64 {
+        self.logins
+    }
+
+    pub fn set_logins(&mut self, logins: u64) {
+        self.logins = logins;
+    }
+
     /// The `phase-ms` of the next login: successive logins spread their
     /// first heartbeats evenly over the interval.
     pub fn phase_ms(&mut self, interval_ms: u64) -> u64 {

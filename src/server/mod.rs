@@ -15,6 +15,7 @@ mod accept;
 mod backend;
 pub mod conn;
 mod core;
+pub mod handover;
 mod inbound;
 pub mod liveness;
 mod outbound;
@@ -32,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 use mio::{Events, Poll, Token};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR2};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::admin::{Admin, AdminRef};
@@ -41,6 +42,7 @@ use crate::config::{Config, FD_RESERVE};
 use crate::presence::PresenceEvent;
 use crate::registry::{LocalRegistry, Registry, Tokens};
 use accept::Listeners;
+use handover::{HandoverError, Upgrade, UPGRADE};
 use liveness::{Liveness, Verdict};
 
 const LISTENER: Token = Token(1);
@@ -68,6 +70,14 @@ pub enum ServerError {
     AdminListen { addr: SocketAddr, source: io::Error },
     #[error("cannot set up the event loop: {0}")]
     Poll(io::Error),
+    #[error("upgrade: {0}")]
+    Handover(#[source] Box<HandoverError>),
+}
+
+impl From<HandoverError> for ServerError {
+    fn from(e: HandoverError) -> ServerError {
+        ServerError::Handover(Box::new(e))
+    }
 }
 
 /// Whom a guarded piece of work serves: what a panic in it ends.
@@ -95,6 +105,12 @@ pub struct Server {
     fresh: Vec<PresenceEvent>,
     /// Once a shutdown began: when its drain gives up.
     drain_until: Option<Instant>,
+    /// An upgrade under way: the new process is starting.
+    upgrade: Option<Upgrade>,
+    /// Just took over from another process: serve every socket that has
+    /// something before deadlines are looked at (bytes that arrived during
+    /// the hand-over count, as they would have in the old process).
+    catching_up: bool,
 }
 
 impl Server {
@@ -103,19 +119,36 @@ impl Server {
         Server::bind_with_registry(config, Box::new(LocalRegistry::default()))
     }
 
-    /// As [`Server::bind`], with the registry given (cluster mode brings its own).
+    /// As [`Server::bind`], with the registry given (cluster mode brings its
+    /// own). A process started by an upgrade takes the listeners, the
+    /// connections and the state of the one that started it instead.
     pub fn bind_with_registry(
         config: Config,
-        mut registry: Box<dyn Registry>,
+        registry: Box<dyn Registry>,
     ) -> Result<Server, ServerError> {
-        let capacity = capacity(&config);
+        handover::remember_start_path();
+        let (config, registry) = match handover::take_over(config, registry)? {
+            Ok(server) => return Ok(server),
+            Err(start) => start,
+        };
         let poll = Poll::new().map_err(ServerError::Poll)?;
         let listeners = Listeners::bind(&config, poll.registry(), LISTENER, ADMIN_LISTENER)?;
-        let mut signals = Signals::new([SIGINT, SIGTERM]).map_err(ServerError::Poll)?;
+        Server::assemble(config, registry, Clock::start(), poll, listeners)
+    }
+
+    /// The loop around listeners that are registered already, on `clock`.
+    fn assemble(
+        config: Config,
+        mut registry: Box<dyn Registry>,
+        clock: Clock,
+        poll: Poll,
+        listeners: Listeners,
+    ) -> Result<Server, ServerError> {
+        let capacity = capacity(&config);
+        let mut signals = Signals::new([SIGINT, SIGTERM, SIGUSR2]).map_err(ServerError::Poll)?;
         poll.registry()
             .register(&mut signals, SIGNALS, mio::Interest::READABLE)
             .map_err(ServerError::Poll)?;
-        let clock = Clock::start();
         let liveness = Liveness::new(
             clock.epoch(),
             config.tick,
@@ -130,9 +163,10 @@ impl Server {
             .register(poll.registry(), REGISTRY_TOKENS)
             .map_err(ServerError::Poll)?;
         info!(
-            "listening on {}; capacity {capacity} connections (open-file limit {}); \
+            "listening on {}; pid {}; capacity {capacity} connections (open-file limit {}); \
              heartbeat {} ms, misses {}, deadline {} ms, tick {} ms",
             listeners.local_addr(),
+            std::process::id(),
             open_file_limit(),
             config.heartbeat.as_millis(),
             config.misses,
@@ -151,6 +185,8 @@ impl Server {
             flushing: Vec::new(),
             fresh: Vec::new(),
             drain_until: None,
+            upgrade: None,
+            catching_up: false,
         })
     }
 
@@ -192,7 +228,14 @@ impl Server {
                 self.dispatch(event.token(), event.is_writable(), now_us);
             }
             self.read_pending();
+            if self.catching_up && events.iter().count() == EVENTS_CAPACITY {
+                continue; // more sockets may have bytes from the hand-over
+            }
+            self.catching_up = false;
             self.deferred(now);
+            if self.upgrade.is_some() && self.upgrade_step(now) {
+                return Ok(()); // handed over: the new process serves
+            }
             if now_us >= next_sample {
                 next_sample = now_us + LOOP_SAMPLE_EVERY_US;
                 // The iteration's duration costs a second clock read: sampled.
@@ -212,6 +255,7 @@ impl Server {
             LISTENER => self.accept_clients(),
             ADMIN_LISTENER => self.accept_admin(),
             SIGNALS => self.on_signal(),
+            UPGRADE => self.on_upgrade_ready(),
             TICKER => {} // the deadlines are looked at every iteration
             Token(t)
                 if (REGISTRY_TOKENS.first..REGISTRY_TOKENS.first + REGISTRY_TOKENS.count)
@@ -370,7 +414,7 @@ impl Server {
     /// ack wait or a held push ending, an admin timer, an accept retry, the
     /// drain's end; or at once, when reads are pending.
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.read_again.is_empty() {
+        if !self.read_again.is_empty() || self.catching_up {
             return Some(Duration::ZERO);
         }
         let clock = self.core.clock();
@@ -383,6 +427,8 @@ impl Server {
                 .retry_at()
                 .map(|at| at.saturating_duration_since(now)),
             self.drain_until.map(|at| at.saturating_duration_since(now)),
+            self.upgrade_deadline()
+                .map(|at| at.saturating_duration_since(now)),
         ]
         .into_iter()
         .flatten()

@@ -3,7 +3,7 @@
 //! to leave the sockets, and returns.
 
 use log::info;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR2};
 
 use crate::server::conn::{CloseReason, ConnRef, Transport};
 use crate::server::core::Core;
@@ -14,12 +14,16 @@ use lifeline_wire::{self as wire, ByeReason};
 
 impl Server {
     pub(super) fn on_signal(&mut self) {
-        let mut stop = false;
+        let (mut stop, mut upgrade) = (false, false);
         for signal in self.signals.pending() {
             stop |= signal == SIGINT || signal == SIGTERM;
+            upgrade |= signal == SIGUSR2;
         }
         if stop && self.drain_until.is_none() {
             self.begin_shutdown();
+        }
+        if upgrade {
+            self.begin_upgrade();
         }
     }
 
@@ -29,6 +33,9 @@ impl Server {
             self.core.clients().len(),
             self.core.online()
         );
+        if self.upgrade.is_some() {
+            self.abandon_upgrade("was stopped: a shutdown began".to_string());
+        }
         self.listeners.close(self.poll.registry());
         self.drain_until = Some(self.core.clock().now() + self.core.drain());
         self.guarded(Subject::Loop, |s| s.admin.close_all(&mut s.core));

@@ -75,6 +75,50 @@ impl Clients {
         Ok(conn)
     }
 
+    /// The connections another process handed over (an upgrade), each at
+    /// its own key and generation, so every `ConnRef` held elsewhere (the
+    /// registry, presence, the wheel) still names it; each socket is
+    /// registered as [`Clients::insert`] does. Registration reports a socket
+    /// already readable or writable at once, so bytes that arrived during
+    /// the hand-over are read and queued ones flushed.
+    pub fn restore(
+        &mut self,
+        conns: Vec<(ConnRef, ClientConn)>,
+        next_generation: u32,
+        registry: &mio::Registry,
+    ) -> io::Result<()> {
+        let mut slab = Vec::with_capacity(conns.len());
+        for (conn, mut c) in conns {
+            registry.register(
+                &mut c.stream,
+                conn.token(),
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
+            slab.push((conn.key as usize, c));
+        }
+        self.slab = slab.into_iter().collect();
+        self.next_generation = next_generation & GENERATION_MASK;
+        Ok(())
+    }
+
+    /// The generation the last connection got.
+    pub fn next_generation(&self) -> u32 {
+        self.next_generation
+    }
+
+    /// Every live connection with its reference.
+    pub fn iter(&self) -> impl Iterator<Item = (ConnRef, &ClientConn)> {
+        self.slab.iter().map(|(key, c)| {
+            (
+                ConnRef {
+                    key: key as u32,
+                    generation: c.generation,
+                },
+                c,
+            )
+        })
+    }
+
     /// The live connection `conn` names; `None` for one that ended (and
     /// for a slot since reused by a later connection).
     pub fn get(&self, conn: ConnRef) -> Option<&ClientConn> {
