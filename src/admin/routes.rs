@@ -105,7 +105,11 @@ pub(super) fn handle(request: &Request<'_>, ctx: &mut Ctx<'_>) -> Outcome {
         );
     }
     match (request.method, segments.as_slice()) {
-        (Method::Get, ["healthz"]) => ctx.reply(200, json!({"status": "ok", "pid": std::process::id()}), keep),
+        (Method::Get, ["healthz"]) => ctx.reply(
+            200,
+            json!({"status": "ok", "pid": std::process::id()}),
+            keep,
+        ),
         (Method::Get, ["metrics"]) => {
             ctx.backend.count_request(200);
             let text = ctx.backend.metrics(ctx.gauges);

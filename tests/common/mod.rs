@@ -283,6 +283,15 @@ impl Client {
         }
     }
 
+    /// A client on a socket connected some other way (socket options set
+    /// before connecting).
+    pub fn from_stream(stream: TcpStream) -> Client {
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
     pub fn send(&mut self, text: &str) {
         self.send_bytes(text.as_bytes());
     }

@@ -38,8 +38,9 @@ pub fn upgrade_target(configured: Option<&Path>) -> Result<PathBuf, String> {
     if let Some(Some(path)) = START_PATH.get() {
         return Ok(path.clone());
     }
-    let exe = std::fs::read_link("/proc/self/exe")
-        .map_err(|e| format!("cannot tell which binary to start ({e}); set LIFELINE_UPGRADE_BIN"))?;
+    let exe = std::fs::read_link("/proc/self/exe").map_err(|e| {
+        format!("cannot tell which binary to start ({e}); set LIFELINE_UPGRADE_BIN")
+    })?;
     let text = exe.to_string_lossy();
     let path = PathBuf::from(text.strip_suffix(" (deleted)").unwrap_or(&text));
     if path.is_file() {

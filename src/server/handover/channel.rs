@@ -194,7 +194,10 @@ impl Channel {
                     fds.extend(received);
                 }
             }
-            if got.flags.intersects(ReturnFlags::TRUNC | ReturnFlags::CTRUNC) {
+            if got
+                .flags
+                .intersects(ReturnFlags::TRUNC | ReturnFlags::CTRUNC)
+            {
                 return Err(ChannelError::Truncated);
             }
             if got.bytes == 0 {
@@ -259,7 +262,10 @@ mod tests {
         a.send(Kind::StateEnd, &[7; MAX_PAYLOAD], &[], deadline)
             .unwrap();
         let first = b.recv(deadline).unwrap();
-        assert_eq!((first.kind, &first.payload[..]), (Kind::State, &b"first"[..]));
+        assert_eq!(
+            (first.kind, &first.payload[..]),
+            (Kind::State, &b"first"[..])
+        );
         assert_eq!(first.fds.len(), FDS_PER_MESSAGE);
         let second = b.recv(deadline).unwrap();
         assert_eq!(second.kind, Kind::StateEnd);

@@ -40,7 +40,10 @@ pub fn run(args: impl IntoIterator<Item = std::ffi::OsString>) -> i32 {
         }
     };
     let Some(pid) = Pid::from_raw(args.pid).filter(|_| args.pid > 1) else {
-        eprintln!("lifeline upgrade: bad value {} for --pid: expected a process id above 1", args.pid);
+        eprintln!(
+            "lifeline upgrade: bad value {} for --pid: expected a process id above 1",
+            args.pid
+        );
         return 2;
     };
     if let Err(e) = kill_process(pid, Signal::USR2) {
@@ -73,5 +76,8 @@ fn running(pid: Pid) -> bool {
     }
     let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero()));
     // The state follows the parenthesised command name.
-    !stat.is_ok_and(|s| s.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')))
+    !stat.is_ok_and(|s| {
+        s.rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z'))
+    })
 }

@@ -66,11 +66,11 @@ pub(super) const UPGRADE: Token = Token(5);
 pub enum HandoverError {
     #[error("{0}")]
     Channel(#[from] ChannelError),
-    #[error("the state record cannot be written or read: {0}")]
+    #[error("{0}")]
     Format(#[from] FormatError),
-    #[error("the new process refused the state: {0}")]
+    #[error("refused the state: {0}")]
     Refused(String),
-    #[error("the new process sent {0:?} where {1} was expected")]
+    #[error("sent {0:?} where {1} was expected")]
     Unexpected(Kind, &'static str),
     #[error("{0}")]
     Import(#[from] Box<ImportError>),
@@ -170,7 +170,7 @@ impl Server {
                     return self.abandon_upgrade(why);
                 }
                 Err(e) => {
-                    return self.abandon_upgrade(format!("before it was ready: {e}"));
+                    return self.abandon_upgrade(format!("was not ready: {e}"));
                 }
             }
         }
@@ -188,7 +188,7 @@ impl Server {
             return self.hand_over();
         }
         if now >= u.deadline {
-            let why = format!("it was not ready within {} ms", u.timeout.as_millis());
+            let why = format!("was not ready within {} ms", u.timeout.as_millis());
             self.abandon_upgrade(why);
         }
         false
@@ -224,7 +224,11 @@ impl Server {
                     self.liveness.watch(conn, at);
                 }
                 self.upgrade = Some(u);
-                self.abandon_upgrade(e.to_string());
+                let why = match e {
+                    HandoverError::Refused(_) => e.to_string(),
+                    e => format!("did not take over: {e}"),
+                };
+                self.abandon_upgrade(why);
                 false
             }
         }
@@ -245,8 +249,9 @@ impl Server {
             .and_then(|v| v.parse().ok())
             .unwrap_or(state::VERSION);
         let stopped_at = self.core.clock().micros(stopped);
-        let export = export::export(self, checks, stopped_at, version)
-            .ok_or(HandoverError::Unexpected(Kind::Hello, "a server with listeners"))??;
+        let export = export::export(self, checks, stopped_at, version).ok_or(
+            HandoverError::Unexpected(Kind::Hello, "a server with listeners"),
+        )??;
         let pieces = export
             .record
             .len()

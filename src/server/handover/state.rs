@@ -348,7 +348,10 @@ mod tests {
     fn a_record_reads_back_as_written() {
         let state = sample();
         let record = encode(&state, VERSION).unwrap();
-        assert_eq!(record_len(&record[..20]).unwrap(), Some(record.len() as u64));
+        assert_eq!(
+            record_len(&record[..20]).unwrap(),
+            Some(record.len() as u64)
+        );
         assert_eq!(record_len(&record[..19]).unwrap(), None);
         assert_eq!(decode(&record).unwrap(), state);
     }
