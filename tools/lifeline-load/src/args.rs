@@ -28,6 +28,19 @@ pub enum Mode {
     /// the login rate per 100 ms after the first close (a server restart, by
     /// --restart-cmd or by hand) and the time until all are back.
     Restart,
+    /// As restart, but the server is upgraded in place: SIGUSR2 to
+    /// --server-pid when the warmup ends, the new pid followed through
+    /// --admin's /healthz; reports reconnects, missed heartbeats and the
+    /// longest ping→pong pause (goals: 0, 0, one tick + 50 ms).
+    Upgrade,
+}
+
+impl Mode {
+    /// Connections reconnect by themselves when the server closes them
+    /// (and are counted doing so).
+    pub fn reconnects(self) -> bool {
+        matches!(self, Mode::Restart | Mode::Upgrade)
+    }
 }
 
 /// Load generator for Lifeline and its peers (redis PING, MQTT PINGREQ).
@@ -107,7 +120,8 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub push_padding: usize,
     /// Server process to measure (CPU per round trip over the window, RSS at the end);
-    /// restart mode only hands it to --restart-cmd as LIFELINE_SERVER_PID.
+    /// restart mode only hands it to --restart-cmd as LIFELINE_SERVER_PID; upgrade mode
+    /// sends it SIGUSR2.
     #[arg(long)]
     pub server_pid: Option<u32>,
     /// Restart mode: shell command run once when the warmup ends (by `sh -c`,
@@ -258,6 +272,12 @@ impl Config {
         }
         if args.restart_cmd.is_some() && args.mode != Mode::Restart {
             return Err(bad("restart-cmd", "only restart mode runs it"));
+        }
+        if args.mode == Mode::Upgrade && args.server_pid.is_none() {
+            return Err(bad(
+                "server-pid",
+                "upgrade mode sends SIGUSR2 to the server: give its pid",
+            ));
         }
         if args.backoff_base_ms == 0 || args.backoff_base_ms > args.backoff_cap_ms {
             return Err(bad(
@@ -422,6 +442,16 @@ mod tests {
         let mut argv = vec!["lifeline-load"];
         argv.extend_from_slice(extra);
         Config::from_args(&Args::parse_from(argv))
+    }
+
+    #[test]
+    fn upgrade_mode_needs_the_server_pid_and_reconnects() {
+        let e = config(&["--mode", "upgrade"]).unwrap_err();
+        assert!(e.to_string().contains("--server-pid"), "{e}");
+        let c = config(&["--mode", "upgrade", "--server-pid", "42"]).unwrap();
+        assert_eq!(c.server_pid, Some(42));
+        assert!(c.mode.reconnects() && Mode::Restart.reconnects());
+        assert!(!Mode::Steady.reconnects());
     }
 
     #[test]

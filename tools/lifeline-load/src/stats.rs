@@ -9,6 +9,8 @@ use hdrhistogram::serialization::{Deserializer, Serializer, V2Serializer};
 use hdrhistogram::Histogram;
 use serde_json::{json, Map, Value};
 
+use crate::upgrade::UpgradeOutcome;
+
 /// Highest round trip the histogram tracks exactly (larger ones saturate): 10 min.
 const RTT_MAX_US: u64 = 600_000_000;
 /// Significant digits of the round-trip histogram.
@@ -201,6 +203,8 @@ pub struct Results {
     /// Restart: when all connections were logged in again after the first
     /// close, from the start (`None`: not within the run).
     pub all_back_us: Option<u64>,
+    /// Upgrade: the SIGUSR2 and what followed (the measuring process only).
+    pub upgrade: Option<UpgradeOutcome>,
 }
 
 /// A worker line that could not be read back.
@@ -238,6 +242,7 @@ impl Default for Results {
             first_close_us: None,
             relogins_us: Vec::new(),
             all_back_us: None,
+            upgrade: None,
         }
     }
 }
@@ -296,6 +301,7 @@ impl Results {
             (Some(a), Some(b)) => Some(a.max(b)),
             _ => None,
         };
+        self.upgrade = self.upgrade.or(other.upgrade);
     }
 
     /// One JSON line for the parent (see `decode`).
@@ -349,6 +355,9 @@ impl Results {
         let relogins: Vec<String> = self.relogins_us.iter().map(u64::to_string).collect();
         map.insert("relogins".into(), relogins.join(",").into());
         map.insert("all_back_us".into(), self.all_back_us.into());
+        if let Some(u) = &self.upgrade {
+            map.insert("upgrade".into(), u.encode());
+        }
         Value::Object(map).to_string()
     }
 
@@ -408,6 +417,10 @@ impl Results {
             relogins_us: parse_list(map.get("relogins").and_then(Value::as_str).unwrap_or(""))
                 .ok_or(DecodeError::Field("relogins"))?,
             all_back_us: uint(map, "all_back_us"),
+            upgrade: match map.get("upgrade") {
+                None => None,
+                Some(v) => Some(UpgradeOutcome::decode(v).ok_or(DecodeError::Field("upgrade"))?),
+            },
         };
         Ok((worker, results))
     }

@@ -56,6 +56,10 @@ impl Report {
             Mode::Churn => report.churn(results),
             Mode::Push => report.push(cfg, results),
             Mode::Restart => report.restart(cfg, results),
+            Mode::Upgrade => {
+                report.upgrade(results);
+                report.restart(cfg, results);
+            }
             Mode::Steady | Mode::Max => {}
         }
         report.online(online);

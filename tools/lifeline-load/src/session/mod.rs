@@ -175,7 +175,7 @@ impl Conn {
     /// client does.
     fn login_id(&self, ctx: &Ctx) -> String {
         match ctx.cfg.mode {
-            Mode::Restart => session_id(ctx.worker, self.slot, 0),
+            Mode::Restart | Mode::Upgrade => session_id(ctx.worker, self.slot, 0),
             _ => session_id(ctx.worker, self.slot, self.sessions),
         }
     }
@@ -321,7 +321,7 @@ impl Conn {
             (Close::Peer, Phase::Leaving) => counters.leaves_clean += 1,
             (Close::Peer, Phase::Silent) => self.record_silent_close(now, results),
             // What restart mode is about: counted, not an error.
-            (Close::Peer, Phase::Active) if mode == Mode::Restart => {
+            (Close::Peer, Phase::Active) if mode.reconnects() => {
                 counters.server_closes += 1;
                 if results.first_close_us.is_none() {
                     results.first_close_us = Some(micros(now - ctx.window.started));
