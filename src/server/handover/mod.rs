@@ -76,6 +76,8 @@ pub enum HandoverError {
     Import(#[from] Box<ImportError>),
     #[error("the old process kept its clients (it said no Go): {0}")]
     NoGo(ChannelError),
+    #[error("the listeners are closed: a shutdown began")]
+    ShuttingDown,
     #[error("{UPGRADE_FD_ENV}={0:?} is not a descriptor this process was given")]
     BadFd(String),
 }
@@ -249,9 +251,8 @@ impl Server {
             .and_then(|v| v.parse().ok())
             .unwrap_or(state::VERSION);
         let stopped_at = self.core.clock().micros(stopped);
-        let export = export::export(self, checks, stopped_at, version).ok_or(
-            HandoverError::Unexpected(Kind::Hello, "a server with listeners"),
-        )??;
+        let export = export::export(self, checks, stopped_at, version)
+            .ok_or(HandoverError::ShuttingDown)??;
         let pieces = export
             .record
             .len()
