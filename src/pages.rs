@@ -45,13 +45,24 @@ impl Page {
     }
 }
 
-/// Answers a plain `GET` of `path`: its page, or a 404. Either response says
-/// `Connection: close`; the caller closes once it is flushed.
-pub fn answer_get(out: &mut Vec<u8>, path: &str) {
+/// Answers a plain `GET` of `path`: its page, or a 404 — for every path when
+/// the pages are off (`LIFELINE_DEMO_PAGE=off`: the public port then serves
+/// WebSocket upgrades only). Either response says `Connection: close`; the
+/// caller closes once it is flushed.
+pub fn answer_get(out: &mut Vec<u8>, path: &str, pages_on: bool) {
     match Page::find(path) {
-        Some(page) => write_page(out, page),
-        None => ws::write_handshake_error(out, &HandshakeError::NotFound),
+        Some(page) if pages_on => write_page(out, page),
+        _ if pages_on => ws::write_handshake_error(out, &HandshakeError::NotFound),
+        _ => write_not_found(out),
     }
+}
+
+/// A bare 404 that names nothing this server could serve.
+fn write_not_found(out: &mut Vec<u8>) {
+    out.extend_from_slice(
+        b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\n\
+          Content-Length: 10\r\nConnection: close\r\n\r\nnot found\n",
+    );
 }
 
 /// Writes a `200` carrying `page`, with `Connection: close`.
@@ -92,7 +103,7 @@ mod tests {
         );
         assert_eq!(page("GET /favicon.ico HTTP/1.1\r\nHost: x\r\n\r\n"), None);
         let mut out = Vec::new();
-        answer_get(&mut out, "/lifeline.js");
+        answer_get(&mut out, "/lifeline.js", true);
         let text = String::from_utf8(out).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 200 OK\r\n"));
@@ -105,11 +116,20 @@ mod tests {
     #[test]
     fn other_paths_are_not_found() {
         let mut out = Vec::new();
-        answer_get(&mut out, "/favicon.ico");
+        answer_get(&mut out, "/favicon.ico", true);
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"), "{text}");
         assert!(text.ends_with(
             "\r\n\r\nnot found: the demo page is at / and the client at /lifeline.js\n"
         ));
+        for path in ["/", "/lifeline.js", "/favicon.ico"] {
+            let mut out = Vec::new();
+            answer_get(&mut out, path, false);
+            let text = String::from_utf8(out).unwrap();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap();
+            assert!(head.starts_with("HTTP/1.1 404 Not Found\r\n"), "{text}");
+            assert!(head.contains(&format!("Content-Length: {}\r\n", body.len())));
+            assert_eq!(body, "not found\n");
+        }
     }
 }
