@@ -71,7 +71,8 @@ impl LogSpec {
                 }
             }
         }
-        spec.modules.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        spec.modules
+            .sort_by_key(|(module, _)| std::cmp::Reverse(module.len()));
         Some(spec)
     }
 

@@ -45,11 +45,16 @@ impl Page {
     }
 }
 
-/// Answers a plain `GET` of `path`: its page, or a 404 — for every path when
-/// the pages are off (`LIFELINE_DEMO_PAGE=off`: the public port then serves
-/// WebSocket upgrades only). Either response says `Connection: close`; the
-/// caller closes once it is flushed.
-pub fn answer_get(out: &mut Vec<u8>, path: &str, pages_on: bool) {
+/// Answers a plain `GET` of `path`: its page, or a 404. Either response says
+/// `Connection: close`; the caller closes once it is flushed.
+pub fn answer_get(out: &mut Vec<u8>, path: &str) {
+    answer_get_if(out, path, true);
+}
+
+/// [`answer_get`], or a 404 for every path when the pages are off
+/// (`LIFELINE_DEMO_PAGE=off`: the public port then serves WebSocket
+/// upgrades only).
+pub fn answer_get_if(out: &mut Vec<u8>, path: &str, pages_on: bool) {
     match Page::find(path) {
         Some(page) if pages_on => write_page(out, page),
         _ if pages_on => ws::write_handshake_error(out, &HandshakeError::NotFound),
@@ -103,7 +108,7 @@ mod tests {
         );
         assert_eq!(page("GET /favicon.ico HTTP/1.1\r\nHost: x\r\n\r\n"), None);
         let mut out = Vec::new();
-        answer_get(&mut out, "/lifeline.js", true);
+        answer_get(&mut out, "/lifeline.js");
         let text = String::from_utf8(out).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         assert!(head.starts_with("HTTP/1.1 200 OK\r\n"));
@@ -116,7 +121,7 @@ mod tests {
     #[test]
     fn other_paths_are_not_found() {
         let mut out = Vec::new();
-        answer_get(&mut out, "/favicon.ico", true);
+        answer_get(&mut out, "/favicon.ico");
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"), "{text}");
         assert!(text.ends_with(
@@ -124,7 +129,7 @@ mod tests {
         ));
         for path in ["/", "/lifeline.js", "/favicon.ico"] {
             let mut out = Vec::new();
-            answer_get(&mut out, path, false);
+            answer_get_if(&mut out, path, false);
             let text = String::from_utf8(out).unwrap();
             let (head, body) = text.split_once("\r\n\r\n").unwrap();
             assert!(head.starts_with("HTTP/1.1 404 Not Found\r\n"), "{text}");

@@ -290,7 +290,7 @@ impl Core {
             Ok(ws::Handshake::Get { path, .. }) => {
                 let _ = self
                     .clients
-                    .send_framed(conn, |out| pages::answer_get(out, path, demo_page));
+                    .send_framed(conn, |out| pages::answer_get_if(out, path, demo_page));
                 Fate::End(CloseReason::Http)
             }
             Err(e) => {
