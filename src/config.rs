@@ -8,7 +8,9 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use clap::Parser;
-use log::LevelFilter;
+
+use crate::config_ops::{self, Ops, OpsArgs};
+use crate::logging::LogSpec;
 
 /// Descriptors kept free for the listener, the poll instance, signals, logging
 /// and the admin side, so that accepting never starves the process itself.
@@ -23,7 +25,7 @@ pub const MAX_FRAME_LIMIT: usize = 1 << 20;
 #[derive(Parser, Debug)]
 #[command(
     name = "lifeline",
-    version,
+    version = crate::build_info::LONG_VERSION,
     about = "Keeps many long-lived TCP connections alive with application heartbeats, \
              tracks who is online and pushes messages to them.",
     after_help = "Every option can also be set with the environment variable shown beside it."
@@ -57,7 +59,7 @@ pub struct RawConfig {
     #[arg(long, env = "LIFELINE_MAX_OUTBOUND", default_value = "262144")]
     pub max_outbound: String,
 
-    /// Secret for login tokens (lowercase hex HMAC-SHA256(secret, id)); unset or empty: no token check.
+    /// Secret for login tokens (lowercase hex HMAC-SHA256(secret, id)); unset or empty: no token check. As a flag it shows in `ps`: prefer LIFELINE_AUTH_SECRET_FILE.
     #[arg(long, env = "LIFELINE_AUTH_SECRET", hide_env_values = true)]
     pub auth_secret: Option<String>,
 
@@ -65,7 +67,7 @@ pub struct RawConfig {
     #[arg(long, env = "LIFELINE_TCP_KEEPALIVE", default_value = "off")]
     pub tcp_keepalive: String,
 
-    /// Log level [off, error, warn, info, debug, trace].
+    /// Log level [off, error, warn, info, debug, trace], then optional MODULE=LEVEL entries, comma-separated: info,lifeline::admin=debug.
     #[arg(long, env = "LIFELINE_LOG", default_value = "info")]
     pub log: String,
 
@@ -81,7 +83,7 @@ pub struct RawConfig {
     #[arg(long, env = "LIFELINE_ADMIN_ADDR", default_value = "127.0.0.1:9090")]
     pub admin_addr: String,
 
-    /// Bearer token every admin endpoint but /healthz requires; required for a non-loopback admin address.
+    /// Bearer token every admin endpoint but /healthz requires; required for a non-loopback admin address. As a flag it shows in `ps`: prefer LIFELINE_ADMIN_TOKEN_FILE.
     #[arg(long, env = "LIFELINE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
@@ -108,6 +110,10 @@ pub struct RawConfig {
     /// On SIGINT/SIGTERM, how long to keep flushing <bye reason="shutdown"/> before exiting, in ms [0..=60000].
     #[arg(long, env = "LIFELINE_DRAIN_MS", default_value = "1000")]
     pub drain_ms: String,
+
+    /// Production settings: log format, secret files, admin limit, demo page, origins.
+    #[command(flatten)]
+    pub ops: OpsArgs,
 }
 
 /// Kernel keepalive settings, applied to every accepted socket.
@@ -131,7 +137,8 @@ pub struct Config {
     pub max_outbound: usize,
     pub auth_secret: Option<Vec<u8>>,
     pub tcp_keepalive: Option<Keepalive>,
-    pub log: LevelFilter,
+    /// The default level and the levels of modules.
+    pub log: LogSpec,
     pub backlog: i32,
     /// Listeners bind with SO_REUSEPORT.
     pub reuseport: bool,
@@ -145,6 +152,7 @@ pub struct Config {
     pub receipt_ttl: Duration,
     pub queue_max_per_client: usize,
     pub queue_max_bytes: usize,
+    pub ops: Ops,
 }
 
 /// A setting that could not be accepted.
@@ -216,20 +224,21 @@ impl Config {
             "" => None,
             addr => Some(socket_addr(addr, "LIFELINE_ADMIN_ADDR", "admin-addr")?),
         };
-        let admin_token = raw
-            .admin_token
-            .as_ref()
-            .filter(|t| !t.is_empty())
-            .map(|t| t.as_bytes().to_vec());
+        let admin_token = config_ops::secret(
+            raw.admin_token.as_deref(),
+            raw.ops.admin_token_file.as_deref(),
+            &config_ops::ADMIN_TOKEN,
+        )?;
         if let Some(addr) = admin_addr {
             if !addr.ip().is_loopback() && admin_token.is_none() {
                 return Err(ConfigError {
                     var: "LIFELINE_ADMIN_ADDR",
                     flag: "admin-addr",
                     value: raw.admin_addr.clone(),
-                    accepted: "a loopback address (127.0.0.0/8, ::1), or set LIFELINE_ADMIN_TOKEN \
-                               so the API is not open to the network"
-                        .to_string(),
+                    accepted:
+                        "a loopback address (127.0.0.0/8, ::1), or set LIFELINE_ADMIN_TOKEN \
+                               (or LIFELINE_ADMIN_TOKEN_FILE) so the API is not open to the network"
+                            .to_string(),
                 });
             }
         }
@@ -290,13 +299,13 @@ impl Config {
                 "LIFELINE_MAX_OUTBOUND",
                 "max-outbound",
             )? as usize,
-            auth_secret: raw
-                .auth_secret
-                .as_ref()
-                .filter(|s| !s.is_empty())
-                .map(|s| s.as_bytes().to_vec()),
+            auth_secret: config_ops::secret(
+                raw.auth_secret.as_deref(),
+                raw.ops.auth_secret_file.as_deref(),
+                &config_ops::AUTH_SECRET,
+            )?,
             tcp_keepalive: keepalive(&raw.tcp_keepalive)?,
-            log: log_level(&raw.log)?,
+            log: config_ops::log_spec(&raw.log)?,
             backlog: int_in(&raw.backlog, 1, 65_535, "LIFELINE_BACKLOG", "backlog")? as i32,
             reuseport: int_in(&raw.reuseport, 0, 1, "LIFELINE_REUSEPORT", "reuseport")? == 1,
             drain: Duration::from_millis(int_in(
@@ -306,6 +315,7 @@ impl Config {
                 "LIFELINE_DRAIN_MS",
                 "drain-ms",
             )?),
+            ops: Ops::validate(&raw.ops)?,
         })
     }
 
@@ -383,18 +393,6 @@ fn keepalive(value: &str) -> Result<Option<Keepalive>, ConfigError> {
         interval: Duration::from_secs(interval.into()),
         count,
     }))
-}
-
-fn log_level(value: &str) -> Result<LevelFilter, ConfigError> {
-    value
-        .trim()
-        .parse::<LevelFilter>()
-        .map_err(|_| ConfigError {
-            var: "LIFELINE_LOG",
-            flag: "log",
-            value: value.to_string(),
-            accepted: "one of off, error, warn, info, debug, trace".to_string(),
-        })
 }
 
 #[cfg(test)]

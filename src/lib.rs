@@ -15,7 +15,12 @@
 //!   [`presence`] (numbered events and their ring), [`pushes`] and
 //!   [`receipts`] (push ids, receipts, the offline queue, ack waits);
 //! - [`timers`] (the wheel and the timerfd), [`clock`], [`writeq`] (a
-//!   socket's write queue), [`auth`] (login tokens), [`metrics`].
+//!   socket's write queue), [`auth`] (login tokens), [`metrics`] (with
+//!   [`process_metrics`], read from `/proc` at scrape time);
+//! - for operators: [`config_ops`] (log format, secret files, limits),
+//!   [`logging`] (text or JSON lines, levels per module), [`notify`]
+//!   (systemd readiness), [`origins`] (the WebSocket origin allow-list),
+//!   [`build_info`] (version and commit).
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
@@ -24,12 +29,18 @@ compile_error!("Lifeline packs slab key and generation into a 64-bit mio token")
 
 pub mod admin;
 pub mod auth;
+pub mod build_info;
 pub mod clock;
 pub mod config;
+pub mod config_ops;
 pub mod http;
+pub mod logging;
 pub mod metrics;
+pub mod notify;
+pub mod origins;
 pub mod pages;
 pub mod presence;
+pub mod process_metrics;
 pub mod pushes;
 pub mod receipts;
 pub mod registry;

@@ -283,4 +283,9 @@ impl Pushes {
     pub fn queued_bytes(&self) -> usize {
         self.offline.bytes()
     }
+
+    /// Pushes held for offline clients.
+    pub fn queued_pushes(&self) -> usize {
+        self.offline.len()
+    }
 }

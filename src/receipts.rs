@@ -162,6 +162,11 @@ impl OfflineQueue {
         self.bytes
     }
 
+    /// Pushes held, for every client together (counted for a scrape).
+    pub fn len(&self) -> usize {
+        self.by_client.values().map(VecDeque::len).sum()
+    }
+
     pub fn hold(&mut self, client: &Rc<str>, held: Held) -> Result<(), QueueFull> {
         let waiting = self.by_client.get(client).map_or(0, VecDeque::len);
         if waiting >= self.max_per_client {

@@ -8,6 +8,7 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use crate::admin::backend::{AdminGauges, Backend, ClientView, Pushed, StreamStart};
+use crate::admin::stats::{AdminStats, Route};
 use crate::admin::AdminRef;
 use crate::http::{self, HttpError, Method, Request};
 
@@ -35,6 +36,7 @@ pub(super) struct Ctx<'a> {
     pub admin: AdminRef,
     pub token: Option<&'a [u8]>,
     pub gauges: AdminGauges,
+    pub stats: &'a AdminStats,
     pub out: &'a mut Vec<u8>,
 }
 
@@ -48,6 +50,23 @@ impl Ctx<'_> {
     fn error(&mut self, status: u16, error: &str, detail: &str, keep: bool) -> Outcome {
         self.backend.count_request(status);
         http::write_error(self.out, status, error, detail, keep);
+        Outcome::Responded { keep_alive: keep }
+    }
+
+    fn method_not_allowed(&mut self, allow: &str, keep: bool) -> Outcome {
+        self.backend.count_request(405);
+        let body = json!({
+            "error": "method-not-allowed",
+            "detail": format!("this endpoint serves {allow}"),
+        });
+        http::write_response_with(
+            self.out,
+            405,
+            "application/json",
+            body.to_string().as_bytes(),
+            keep,
+            &[("Allow", allow)],
+        );
         Outcome::Responded { keep_alive: keep }
     }
 
@@ -68,7 +87,8 @@ pub(super) fn refuse(e: &HttpError, backend: &mut dyn Backend, out: &mut Vec<u8>
     let error = match status {
         431 => "headers-too-large",
         413 => "body-too-large",
-        411 => "length-required",
+        417 => "expectation-failed",
+        501 => "not-implemented",
         _ => "bad-request",
     };
     http::write_error(out, status, error, &e.to_string(), false);
@@ -85,30 +105,63 @@ fn authorized(token: Option<&[u8]>, request: &Request<'_>) -> bool {
     presented.ct_eq(token).into()
 }
 
-/// Routes one request.
-pub(super) fn handle(request: &Request<'_>, ctx: &mut Ctx<'_>) -> Outcome {
-    let keep = request.keep_alive;
-    let segments: Vec<String> = request
+/// The decoded segments of a request's path.
+fn segments(request: &Request<'_>) -> Vec<String> {
+    request
         .path
         .trim_matches('/')
         .split('/')
         .filter(|s| !s.is_empty())
         .map(http::decode)
-        .collect();
+        .collect()
+}
+
+/// The route a request is for.
+pub(super) fn route_of(request: &Request<'_>) -> Route {
+    let segments = segments(request);
+    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+    Route::of(&segments)
+}
+
+/// Whether a request that waits for `100 Continue` may send its body:
+/// `None` when it may; otherwise its final answer is written (401, 404 or
+/// 405), and the connection closes after it, since the body that may still
+/// come is not read (RFC 9110 10.1.1).
+pub(super) fn precheck(request: &Request<'_>, ctx: &mut Ctx<'_>) -> Option<Outcome> {
+    let route = route_of(request);
+    if route != Route::Healthz && !authorized(ctx.token, request) {
+        return Some(unauthorized(ctx, false));
+    }
+    match route.allow() {
+        None => Some(ctx.error(404, "not-found", "no such endpoint", false)),
+        Some(allow) if !route.serves(request.method) => Some(ctx.method_not_allowed(allow, false)),
+        Some(_) => None,
+    }
+}
+
+fn unauthorized(ctx: &mut Ctx<'_>, keep: bool) -> Outcome {
+    ctx.error(
+        401,
+        "unauthorized",
+        "send Authorization: Bearer <LIFELINE_ADMIN_TOKEN>",
+        keep,
+    )
+}
+
+/// Routes one request.
+pub(super) fn handle(request: &Request<'_>, ctx: &mut Ctx<'_>) -> Outcome {
+    let keep = request.keep_alive;
+    let segments = segments(request);
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     if segments != ["healthz"] && !authorized(ctx.token, request) {
-        return ctx.error(
-            401,
-            "unauthorized",
-            "send Authorization: Bearer <LIFELINE_ADMIN_TOKEN>",
-            keep,
-        );
+        return unauthorized(ctx, keep);
     }
     match (request.method, segments.as_slice()) {
         (Method::Get, ["healthz"]) => ctx.reply(200, json!({"status": "ok"}), keep),
         (Method::Get, ["metrics"]) => {
             ctx.backend.count_request(200);
-            let text = ctx.backend.metrics(ctx.gauges);
+            let mut text = ctx.backend.metrics(ctx.gauges);
+            ctx.stats.render(&mut text);
             http::write_response(
                 ctx.out,
                 200,
@@ -182,14 +235,10 @@ pub(super) fn handle(request: &Request<'_>, ctx: &mut Ctx<'_>) -> Outcome {
                 }
             }
         }
-        (_, ["healthz" | "metrics" | "clients" | "broadcast" | "events" | "messages", ..]) => ctx
-            .error(
-                405,
-                "method-not-allowed",
-                "see the README for each endpoint's method",
-                keep,
-            ),
-        _ => ctx.error(404, "not-found", "no such endpoint", keep),
+        _ => match Route::of(&segments).allow() {
+            Some(allow) => ctx.method_not_allowed(allow, keep),
+            None => ctx.error(404, "not-found", "no such endpoint", keep),
+        },
     }
 }
 

@@ -78,8 +78,17 @@ impl Backend for Core {
 
     fn metrics(&self, admin: AdminGauges) -> String {
         let out = self.clients.outbound_stats();
+        let (transports, outbound_buffered) = self.clients.census();
         self.metrics.render(
             &Gauges {
+                now_us: self.clock.now_us(),
+                lateness_bound_seconds: crate::config_ops::lateness_bound(self.config.tick)
+                    .as_secs_f64(),
+                transports,
+                outbound_buffered,
+                queue_pushes: self.pushes.queued_pushes(),
+                queue_bytes: self.pushes.queued_bytes(),
+                receipts_held: self.pushes.receipts_held(),
                 connections_open: self.clients.len(),
                 clients_online: self.registry.local_len(),
                 admin_connections: admin.connections,

@@ -150,7 +150,7 @@ impl Core {
         match self.clients.insert(stream, peer, self.clock.now_us(), poll) {
             Ok(conn) => {
                 self.metrics.accepted += 1;
-                debug!("accepted {peer} as connection {}", conn.generation);
+                debug!(peer:% = peer, conn = conn.generation; "accepted");
                 Some(conn)
             }
             Err(e) => {
@@ -224,12 +224,18 @@ impl Core {
             Some(id) => {
                 let id = id.clone();
                 let was_holder = self.registry.release(&id, conn);
+                if was_holder {
+                    self.metrics.went_offline(reason);
+                }
                 if was_holder || reason == CloseReason::Replaced {
+                    // Fields for JSON logs; text reads
+                    // "offline id=.. reason=.. lived=1.234s conn=..".
                     info!(
-                        "offline id={id} reason={} lived={:.3}s conn={}",
-                        reason.as_str(),
-                        lived.as_secs_f64(),
-                        conn.generation
+                        id = &*id,
+                        reason = reason.as_str(),
+                        lived = lived.as_secs_f64(),
+                        conn = conn.generation;
+                        "offline"
                     );
                 }
                 // A replaced connection's id stays online (its successor

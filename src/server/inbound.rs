@@ -254,10 +254,21 @@ impl Core {
         };
         let mut head = std::mem::take(&mut c.inbound);
         head.extend_from_slice(bytes);
+        let demo_page = self.config.ops.demo_page;
         match ws::parse_upgrade(&head) {
             Ok(ws::Handshake::Partial) => {
                 c.inbound = head;
                 Fate::Keep
+            }
+            Ok(ws::Handshake::Upgrade { .. }) if !self.config.ops.ws_origins.allows(&head) => {
+                debug!(
+                    "connection {} from {}: WebSocket origin refused",
+                    c.generation, c.peer
+                );
+                let _ = self
+                    .clients
+                    .send_framed(conn, crate::origins::write_forbidden);
+                Fate::End(CloseReason::Http)
             }
             Ok(ws::Handshake::Upgrade {
                 key,
@@ -279,7 +290,7 @@ impl Core {
             Ok(ws::Handshake::Get { path, .. }) => {
                 let _ = self
                     .clients
-                    .send_framed(conn, |out| pages::answer_get(out, path));
+                    .send_framed(conn, |out| pages::answer_get_if(out, path, demo_page));
                 Fate::End(CloseReason::Http)
             }
             Err(e) => {

@@ -131,20 +131,22 @@ impl Server {
             .map_err(ServerError::Poll)?;
         info!(
             "listening on {}; capacity {capacity} connections (open-file limit {}); \
-             heartbeat {} ms, misses {}, deadline {} ms, tick {} ms",
+             heartbeat {} ms, misses {}, deadline {} ms, tick {} ms; version {} commit {}",
             listeners.local_addr(),
             open_file_limit(),
             config.heartbeat.as_millis(),
             config.misses,
             config.deadline().as_millis(),
-            config.tick.as_millis()
+            config.tick.as_millis(),
+            crate::build_info::VERSION,
+            crate::build_info::COMMIT
         );
         Ok(Server {
             poll,
             listeners,
             signals,
             liveness,
-            admin: Admin::new(config.admin_token.clone()),
+            admin: Admin::new(config.admin_token.clone(), config.ops.admin_max_connections),
             core: Core::new(config, clock, capacity, registry),
             read_buf: vec![0; READ_CHUNK],
             read_again: Vec::new(),
@@ -416,7 +418,11 @@ impl Server {
 /// capacity from it (and from `LIFELINE_MAX_CONNECTIONS`).
 fn capacity(config: &Config) -> usize {
     let fd_limit = raise_open_file_limit();
-    let fd_capacity = usize::try_from(fd_limit.saturating_sub(FD_RESERVE)).unwrap_or(usize::MAX);
+    // Admin connections allowed beyond the default limit take their
+    // descriptors from the clients' share.
+    let reserve =
+        FD_RESERVE + crate::config_ops::extra_admin_reserve(config.ops.admin_max_connections);
+    let fd_capacity = usize::try_from(fd_limit.saturating_sub(reserve)).unwrap_or(usize::MAX);
     let capacity = match config.max_connections {
         Some(n) if n > fd_capacity => {
             warn!(
@@ -429,7 +435,7 @@ fn capacity(config: &Config) -> usize {
     };
     if capacity == 0 {
         warn!(
-            "the open-file limit ({fd_limit}) leaves no room for clients: {FD_RESERVE} descriptors \
+            "the open-file limit ({fd_limit}) leaves no room for clients: {reserve} descriptors \
              are kept for the server itself; raise the limit (ulimit -n)"
         );
     }

@@ -150,7 +150,7 @@ impl Core {
         if let Some(previous) = self.registry.claim(&id, conn) {
             self.end(previous, CloseReason::Replaced);
         }
-        info!("online id={id} peer={peer} conn={}", conn.generation);
+        info!(id = &*id, peer:% = peer, conn = conn.generation; "online");
         self.publish(PresenceKind::Online, &id, conn, peer, None);
         Fate::Keep
     }
@@ -262,7 +262,7 @@ impl Core {
     /// its deadline.
     pub fn timed_out(&mut self, conn: ConnRef, late: u64) {
         self.metrics
-            .close_lateness(std::time::Duration::from_micros(late));
+            .close_lateness(std::time::Duration::from_micros(late), self.clock.now_us());
         self.end(conn, CloseReason::Timeout);
     }
 }

@@ -29,6 +29,7 @@ impl Server {
             self.core.clients().len(),
             self.core.online()
         );
+        crate::notify::stopping();
         self.listeners.close(self.poll.registry());
         self.drain_until = Some(self.core.clock().now() + self.core.drain());
         self.guarded(Subject::Loop, |s| s.admin.close_all(&mut s.core));

@@ -11,7 +11,7 @@ use mio::{Events, Interest};
 use slab::Slab;
 
 use crate::clock::Micros;
-use crate::server::conn::{ClientConn, ConnRef, GENERATION_MASK};
+use crate::server::conn::{ClientConn, ConnRef, Transport, GENERATION_MASK};
 use crate::server::outbound::{Outbound, Overflow, Prepared, WriteFailed};
 use crate::writeq::Flushed;
 
@@ -109,6 +109,25 @@ impl Clients {
                 generation: c.generation,
             })
             .collect()
+    }
+
+    /// Connections by transport (in `metrics::TRANSPORTS` order) and the
+    /// bytes queued for them, counted by walking the table: for a scrape,
+    /// never per frame.
+    pub fn census(&self) -> ([usize; 4], usize) {
+        let mut transports = [0; 4];
+        let mut buffered = 0;
+        for (_, c) in &self.slab {
+            let i = match c.transport {
+                Transport::Sniffing => 0,
+                Transport::Raw => 1,
+                Transport::Handshake => 2,
+                Transport::WebSocket(_) => 3,
+            };
+            transports[i] += 1;
+            buffered += c.outbound.len();
+        }
+        (transports, buffered)
     }
 
     /// Loads the slab entry of every client in the batch before any is
