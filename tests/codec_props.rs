@@ -46,7 +46,7 @@ enum Expected {
 impl From<Frame<'_>> for Expected {
     fn from(frame: Frame<'_>) -> Expected {
         match frame {
-            Frame::Login { id, token } => Expected::Login {
+            Frame::Login { id, token, .. } => Expected::Login {
                 id: id.into(),
                 token: token.map(Into::into),
             },
