@@ -10,6 +10,9 @@ use std::time::Duration;
 use clap::Parser;
 use log::LevelFilter;
 
+use crate::auth::Auth;
+use crate::login_policy::{LoginPolicy, RawLoginPolicy};
+
 /// Descriptors kept free for the listener, the poll instance, signals, logging
 /// and the admin side, so that accepting never starves the process itself.
 pub const FD_RESERVE: u64 = 64;
@@ -57,7 +60,7 @@ pub struct RawConfig {
     #[arg(long, env = "LIFELINE_MAX_OUTBOUND", default_value = "262144")]
     pub max_outbound: String,
 
-    /// Secret for login tokens (lowercase hex HMAC-SHA256(secret, id)); unset or empty: no token check.
+    /// Secret for login tokens (lowercase hex HMAC-SHA256(secret, id), or of ID|exp); "NEW,OLD" while rotating; unset or empty: no token check.
     #[arg(long, env = "LIFELINE_AUTH_SECRET", hide_env_values = true)]
     pub auth_secret: Option<String>,
 
@@ -108,6 +111,9 @@ pub struct RawConfig {
     /// On SIGINT/SIGTERM, how long to keep flushing <bye reason="shutdown"/> before exiting, in ms [0..=60000].
     #[arg(long, env = "LIFELINE_DRAIN_MS", default_value = "1000")]
     pub drain_ms: String,
+
+    #[command(flatten)]
+    pub login: RawLoginPolicy,
 }
 
 /// Kernel keepalive settings, applied to every accepted socket.
@@ -129,7 +135,10 @@ pub struct Config {
     pub max_connections: Option<usize>,
     pub max_frame: usize,
     pub max_outbound: usize,
-    pub auth_secret: Option<Vec<u8>>,
+    /// `None`: no token check.
+    pub auth: Option<Auth>,
+    /// What a client may ask for at login (heartbeat range, token expiry).
+    pub login: LoginPolicy,
     pub tcp_keepalive: Option<Keepalive>,
     pub log: LevelFilter,
     pub backlog: i32,
@@ -233,7 +242,24 @@ impl Config {
                 });
             }
         }
+        let auth_secret = raw.auth_secret.as_deref().filter(|s| !s.is_empty());
+        let login =
+            LoginPolicy::validate(&raw.login, heartbeat_ms, tick_ms, auth_secret.is_some())?;
+        let auth = match auth_secret {
+            None => None,
+            Some(secret) => Some(Auth::parse(secret, login.auth_require_exp).map_err(|e| {
+                ConfigError {
+                    var: "LIFELINE_AUTH_SECRET",
+                    flag: "auth-secret",
+                    // Never echo a secret.
+                    value: "<hidden>".to_string(),
+                    accepted: e.to_string(),
+                }
+            })?),
+        };
         Ok(Config {
+            auth,
+            login,
             receipt_ttl: Duration::from_millis(int_in(
                 &raw.receipt_ttl_ms,
                 1000,
@@ -290,11 +316,6 @@ impl Config {
                 "LIFELINE_MAX_OUTBOUND",
                 "max-outbound",
             )? as usize,
-            auth_secret: raw
-                .auth_secret
-                .as_ref()
-                .filter(|s| !s.is_empty())
-                .map(|s| s.as_bytes().to_vec()),
             tcp_keepalive: keepalive(&raw.tcp_keepalive)?,
             log: log_level(&raw.log)?,
             backlog: int_in(&raw.backlog, 1, 65_535, "LIFELINE_BACKLOG", "backlog")? as i32,
@@ -448,6 +469,17 @@ mod tests {
         assert!(c.is_ok());
         let c = Config::validate(&raw(&["--admin-addr", ""])).unwrap();
         assert_eq!(c.admin_addr, None);
+    }
+
+    #[test]
+    fn two_secrets_rotate_and_a_bad_list_hides_them() {
+        let c = Config::validate(&raw(&["--auth-secret", "new,old"])).unwrap();
+        assert!(c.auth.is_some());
+        let e = Config::validate(&raw(&["--auth-secret", "hunter2,,x"])).unwrap_err();
+        assert_eq!(e.var, "LIFELINE_AUTH_SECRET");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        let e = Config::validate(&raw(&["--auth-require-exp", "1"])).unwrap_err();
+        assert_eq!(e.var, "LIFELINE_AUTH_REQUIRE_EXP");
     }
 
     #[test]

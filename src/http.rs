@@ -25,6 +25,8 @@ pub struct Request<'a> {
     pub body: &'a [u8],
     pub authorization: Option<&'a [u8]>,
     pub last_event_id: Option<&'a str>,
+    /// `Idempotency-Key`, raw (validated where it is used).
+    pub idempotency_key: Option<&'a [u8]>,
     pub keep_alive: bool,
 }
 
@@ -96,6 +98,7 @@ pub fn parse(buf: &[u8], max_body: usize) -> Result<Parsed<'_>, HttpError> {
     let mut content_length = 0usize;
     let mut authorization = None;
     let mut last_event_id = None;
+    let mut idempotency_key = None;
     for h in req.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
@@ -116,6 +119,8 @@ pub fn parse(buf: &[u8], max_body: usize) -> Result<Parsed<'_>, HttpError> {
             authorization = Some(h.value);
         } else if name.eq_ignore_ascii_case("last-event-id") {
             last_event_id = std::str::from_utf8(h.value).ok().map(str::trim);
+        } else if name.eq_ignore_ascii_case("idempotency-key") {
+            idempotency_key = Some(h.value);
         }
     }
     if content_length > max_body {
@@ -133,6 +138,7 @@ pub fn parse(buf: &[u8], max_body: usize) -> Result<Parsed<'_>, HttpError> {
             body: &buf[head_len..len],
             authorization,
             last_event_id,
+            idempotency_key,
             keep_alive,
         },
         len,
@@ -176,8 +182,10 @@ pub fn reason_phrase(status: u16) -> &'static str {
         401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        409 => "Conflict",
         411 => "Length Required",
         413 => "Content Too Large",
+        422 => "Unprocessable Content",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
         507 => "Insufficient Storage",
@@ -193,6 +201,18 @@ pub fn write_response(
     body: &[u8],
     keep_alive: bool,
 ) {
+    write_response_with(out, status, content_type, body, keep_alive, &[]);
+}
+
+/// [`write_response`] with extra header lines (name, value).
+pub fn write_response_with(
+    out: &mut Vec<u8>,
+    status: u16,
+    content_type: &str,
+    body: &[u8],
+    keep_alive: bool,
+    headers: &[(&str, &str)],
+) {
     let _ = write!(
         out,
         "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: {}\r\n",
@@ -202,6 +222,9 @@ pub fn write_response(
     );
     if status == 401 {
         out.extend_from_slice(b"WWW-Authenticate: Bearer\r\n");
+    }
+    for (name, value) in headers {
+        let _ = write!(out, "{name}: {value}\r\n");
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
@@ -240,7 +263,7 @@ mod tests {
 
     #[test]
     fn parses_pipelined_requests_and_waits_for_bodies() {
-        let buf = b"POST /clients/a%40b/push?wait_ack_ms=50 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nAuthorization: Bearer t\r\n\r\nhelloGET /healthz HTTP/1.1\r\n\r\n";
+        let buf = b"POST /clients/a%40b/push?wait_ack_ms=50 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nAuthorization: Bearer t\r\nIdempotency-Key: k-1\r\n\r\nhelloGET /healthz HTTP/1.1\r\n\r\n";
         let (req, len) = complete(buf);
         assert_eq!(req.method, Method::Post);
         assert_eq!(req.path, "/clients/a%40b/push");
@@ -248,9 +271,11 @@ mod tests {
         assert_eq!(query_param(req.query, "wait_ack_ms").as_deref(), Some("50"));
         assert_eq!(req.body, b"hello");
         assert_eq!(req.authorization, Some(&b"Bearer t"[..]));
+        assert_eq!(req.idempotency_key, Some(&b"k-1"[..]));
         assert!(req.keep_alive);
         let (req, _) = complete(&buf[len..]);
         assert_eq!((req.method, req.path), (Method::Get, "/healthz"));
+        assert_eq!(req.idempotency_key, None);
         for cut in 0..len {
             assert!(
                 matches!(parse(&buf[..cut], 1024), Ok(Parsed::Partial)),

@@ -10,6 +10,7 @@
 
 mod backend;
 mod events;
+pub mod idempotency;
 mod routes;
 
 pub use backend::{
@@ -31,9 +32,10 @@ use slab::Slab;
 use crate::clock::{micros, Micros};
 use crate::http::{self, Parsed};
 use crate::presence;
-use crate::pushes::WaitEnd;
+use crate::pushes::{WaitEnd, MAX_RECEIPTS};
 use crate::server::conn::{ADMIN_BIT, GENERATION_MASK, GENERATION_SHIFT};
 use crate::writeq::{self, Flushed};
+use idempotency::Idempotency;
 use routes::{Ctx, Outcome};
 
 /// An admin connection silent this long is closed (event streams excepted).
@@ -116,16 +118,20 @@ pub struct Admin {
     timers: BTreeSet<(Micros, u32, u32)>,
     /// The response being written.
     response: Vec<u8>,
+    /// Answers remembered under `Idempotency-Key`.
+    idempotency: Idempotency,
 }
 
 impl Admin {
-    pub fn new(token: Option<Vec<u8>>) -> Admin {
+    /// `remember`: how long an idempotent answer is kept (the receipt TTL).
+    pub fn new(token: Option<Vec<u8>>, remember: Duration) -> Admin {
         Admin {
             conns: Slab::new(),
             next_generation: 0,
             token,
             timers: BTreeSet::new(),
             response: Vec::new(),
+            idempotency: Idempotency::new(micros(remember), MAX_RECEIPTS),
         }
     }
 
@@ -289,6 +295,7 @@ impl Admin {
                         token: token.as_deref(),
                         gauges,
                         out: &mut self.response,
+                        idempotency: &mut self.idempotency,
                     };
                     (routes::handle(&request, &mut ctx), len)
                 }
@@ -423,6 +430,7 @@ impl Admin {
             self.response.clear();
             routes::waited(
                 backend,
+                &mut self.idempotency,
                 &message,
                 end == WaitEnd::Acked,
                 keep_alive,
@@ -491,6 +499,7 @@ impl Admin {
         let c = self.conns.remove(admin.key as usize);
         if let State::AwaitingAck { message, .. } = &c.state {
             backend.cancel_wait(message);
+            self.idempotency.abandoned(message);
         }
     }
 
