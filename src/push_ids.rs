@@ -63,7 +63,7 @@ impl PushIds {
 
     /// The next id: the prefix and the counter, written into a buffer that
     /// is reused, then copied once into the id.
-    pub fn next(&mut self) -> Rc<str> {
+    pub fn issue(&mut self) -> Rc<str> {
         self.issued += 1;
         self.scratch.truncate(self.prefix_len);
         let mut digits = [0u8; 20];
@@ -100,11 +100,11 @@ mod tests {
         let prefix = id_prefix(None, start);
         assert_eq!(prefix, "p-lqu5m2o0-");
         let mut ids = PushIds::new(prefix);
-        assert_eq!(&*ids.next(), "p-lqu5m2o0-1");
+        assert_eq!(&*ids.issue(), "p-lqu5m2o0-1");
         for _ in 0..8 {
-            ids.next();
+            ids.issue();
         }
-        assert_eq!(&*ids.next(), "p-lqu5m2o0-10");
+        assert_eq!(&*ids.issue(), "p-lqu5m2o0-10");
         assert_eq!(ids.issued(), 10);
         // A later run (even one millisecond later) and another node differ.
         assert_ne!(id_prefix(None, start + 1), id_prefix(None, start));
@@ -117,9 +117,9 @@ mod tests {
         let node = "n".repeat(lifeline_wire::MAX_ID_LEN);
         let mut ids = PushIds::new(id_prefix(Some(&node), u64::MAX));
         ids.issued = u64::MAX - 1;
-        let id = ids.next();
+        let id = ids.issue();
         assert!(lifeline_wire::is_valid_message_id(&id), "{id}");
         let mut plain = PushIds::new(id_prefix(None, 1_704_067_200_000));
-        assert!(lifeline_wire::is_valid_message_id(&plain.next()));
+        assert!(lifeline_wire::is_valid_message_id(&plain.issue()));
     }
 }

@@ -86,7 +86,7 @@ impl Pushes {
 
     /// A fresh push id.
     pub fn new_id(&mut self) -> Rc<str> {
-        self.ids.next()
+        self.ids.issue()
     }
 
     /// A push handed to `to`'s connection.

@@ -63,16 +63,21 @@ pub fn fingerprint(
     h.finalize().into()
 }
 
-/// The key of a request, if it has a valid one. `Err` for a header that is
-/// present but empty, too long, or not printable ASCII.
-pub fn key_of(header: Option<&[u8]>) -> Result<Option<&str>, ()> {
+/// An `Idempotency-Key` header that is present but empty, too long, or not
+/// printable ASCII.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("Idempotency-Key must be 1 to {MAX_KEY_LEN} printable ASCII characters")]
+pub struct BadKey;
+
+/// The key of a request, if it has one.
+pub fn key_of(header: Option<&[u8]>) -> Result<Option<&str>, BadKey> {
     let Some(raw) = header else {
         return Ok(None);
     };
-    let key = std::str::from_utf8(raw).map_err(|_| ())?.trim();
+    let key = std::str::from_utf8(raw).map_err(|_| BadKey)?.trim();
     let printable = key.bytes().all(|b| (0x20..0x7f).contains(&b));
     if key.is_empty() || key.len() > MAX_KEY_LEN || !printable {
-        return Err(());
+        return Err(BadKey);
     }
     Ok(Some(key))
 }

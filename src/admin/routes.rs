@@ -259,16 +259,9 @@ fn idempotent<'r>(
     ctx: &mut Ctx<'_>,
 ) -> Result<Option<&'r str>, Outcome> {
     let keep = request.keep_alive;
-    let Ok(key) = idempotency::key_of(request.idempotency_key) else {
-        return Err(ctx.error(
-            400,
-            "bad-idempotency-key",
-            &format!(
-                "Idempotency-Key must be 1 to {} printable ASCII characters",
-                idempotency::MAX_KEY_LEN
-            ),
-            keep,
-        ));
+    let key = match idempotency::key_of(request.idempotency_key) {
+        Ok(key) => key,
+        Err(bad) => return Err(ctx.error(400, "bad-idempotency-key", &bad.to_string(), keep)),
     };
     let Some(key) = key else {
         return Ok(None);
