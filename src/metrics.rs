@@ -156,7 +156,7 @@ impl Metrics {
             "Presence event stream subscribers.",
             g.event_subscribers as u64,
         );
-        let counters: [(&str, &str, u64); 16] = [
+        let counters: [(&str, &str, u64); 17] = [
             (
                 "lifeline_accepted_total",
                 "Client connections accepted.",
@@ -209,6 +209,11 @@ impl Metrics {
                 "lifeline_pushes_acked_total",
                 "Pushes acked by their recipient.",
                 pushes.acked,
+            ),
+            (
+                "lifeline_pushes_redelivered_total",
+                "At-least-once pushes sent again after their connection ended unacked.",
+                pushes.redelivered,
             ),
             (
                 "lifeline_loop_iterations_total",

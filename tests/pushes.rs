@@ -98,6 +98,19 @@ impl Admin {
         serde_json::from_str(&body).expect("receipt JSON")
     }
 
+    /// The value of an unlabelled counter in `GET /metrics`.
+    fn metric(&self, name: &str) -> u64 {
+        let mut response = self
+            .agent
+            .get(format!("{}/metrics", self.base))
+            .call()
+            .expect("GET /metrics");
+        let text = response.body_mut().read_to_string().expect("metrics text");
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+    }
+
     /// Polls the receipt of `id` until `field` is `value`; the receipt.
     fn wait_receipt(&self, id: &str, field: &str, value: Value) -> Value {
         let deadline = Instant::now() + WAIT;
@@ -469,6 +482,7 @@ fn a_client_that_dies_before_acking_gets_the_push_again_with_the_same_id_exactly
     let v = admin.wait_receipt(&id, "status", "sent".into());
     assert_eq!(v["redelivered"], 1, "{v}");
     assert_eq!(admin.receipt(&once)["redelivered"], 0);
+    assert_eq!(admin.metric("lifeline_pushes_redelivered_total"), 1);
 
     bob.send(&format!("<ack id=\"{id}\"/>"));
     let v = admin.wait_receipt(&id, "status", "acked".into());
