@@ -183,6 +183,42 @@ fn without_a_secret_token_and_exp_are_ignored() {
     try_login(&server, &login_frame("kim", "anything", Some(past))).expect("no secret, no check");
 }
 
+/// The lines docs/PROTOCOL.md gives a back end to mint a token, run as
+/// written (bash and openssl), make a login this server takes.
+#[test]
+fn the_documented_openssl_lines_mint_a_token_the_server_takes() {
+    if Command::new("openssl").arg("version").output().is_err() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "openssl is missing (apt-get install openssl)"
+        );
+        eprintln!("SKIPPED: no openssl on PATH");
+        return;
+    }
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/PROTOCOL.md"))
+        .expect("docs/PROTOCOL.md");
+    let script = doc
+        .split("```sh\n")
+        .skip(1)
+        .filter_map(|block| block.split("```").next())
+        .find(|block| block.contains("openssl dgst"))
+        .expect("a sh block with openssl in docs/PROTOCOL.md");
+    let out = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", script])
+        .env("SECRET", "s3cret")
+        .output()
+        .expect("run bash");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let login = String::from_utf8(out.stdout).expect("UTF-8");
+    let server = ServerProc::start(&[("LIFELINE_AUTH_SECRET", "s3cret")]);
+    let welcome = try_login(&server, login.trim()).expect("the documented token logs in");
+    assert!(welcome.starts_with("<welcome id=\"alice\""), "{welcome}");
+}
+
 /// Runs the binary with `env`; its exit code and stderr.
 fn refused_setting(env: &[(&str, &str)]) -> (Option<i32>, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_lifeline"));
