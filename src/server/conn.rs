@@ -333,6 +333,7 @@ mod tests {
     fn an_entry_stays_within_its_budget() {
         use std::mem::size_of;
         let debug_only = size_of::<TcpStream>() - size_of::<std::os::fd::RawFd>();
+        eprintln!("ClientConn: {} bytes", size_of::<ClientConn>() - debug_only);
         assert!(
             size_of::<ClientConn>() <= 176 + debug_only,
             "ClientConn is {} bytes ({debug_only} of them debug-only)",
