@@ -227,7 +227,8 @@ test('an at-least-once push redelivered after a reconnect is dispatched once', a
   const kicked = await server.adminCall('DELETE', '/clients/alice');
   assert.equal(kicked.status, 204);
   await waitFor(async () => (await server.receipt(pushId)) === 'queued', 'the push to be handed back');
-  await client.start(); // kicked is terminal: the app starts again
+  await stateReached(client, 'stopped'); // kicked is terminal...
+  await client.start(); // ...so the app starts it again
   await waitFor(async () => (await server.receipt(pushId)) === 'sent', 'the redelivery');
   client.ack(pushId);
   await waitFor(async () => (await server.receipt(pushId)) === 'acked', 'the ack of the redelivery');
