@@ -12,6 +12,9 @@ use clap::Parser;
 use crate::config_ops::{self, Ops, OpsArgs};
 use crate::logging::LogSpec;
 
+use crate::auth::Auth;
+use crate::login_policy::{LoginPolicy, RawLoginPolicy};
+
 /// Descriptors kept free for the listener, the poll instance, signals, logging
 /// and the admin side, so that accepting never starves the process itself.
 pub const FD_RESERVE: u64 = 64;
@@ -59,7 +62,7 @@ pub struct RawConfig {
     #[arg(long, env = "LIFELINE_MAX_OUTBOUND", default_value = "262144")]
     pub max_outbound: String,
 
-    /// Secret for login tokens (lowercase hex HMAC-SHA256(secret, id)); unset or empty: no token check. As a flag it shows in `ps`: prefer LIFELINE_AUTH_SECRET_FILE.
+    /// Secret for login tokens (lowercase hex HMAC-SHA256(secret, id), or of ID|exp); "NEW,OLD" while rotating; unset or empty: no token check. As a flag it shows in `ps`: prefer LIFELINE_AUTH_SECRET_FILE.
     #[arg(long, env = "LIFELINE_AUTH_SECRET", hide_env_values = true)]
     pub auth_secret: Option<String>,
 
@@ -114,6 +117,10 @@ pub struct RawConfig {
     /// Production settings: log format, secret files, admin limit, demo page, origins.
     #[command(flatten)]
     pub ops: OpsArgs,
+
+    /// What a client may ask for at login: its heartbeat range, token expiry.
+    #[command(flatten)]
+    pub login: RawLoginPolicy,
 }
 
 /// Kernel keepalive settings, applied to every accepted socket.
@@ -135,7 +142,10 @@ pub struct Config {
     pub max_connections: Option<usize>,
     pub max_frame: usize,
     pub max_outbound: usize,
-    pub auth_secret: Option<Vec<u8>>,
+    /// `None`: no token check.
+    pub auth: Option<Auth>,
+    /// What a client may ask for at login (heartbeat range, token expiry).
+    pub login: LoginPolicy,
     pub tcp_keepalive: Option<Keepalive>,
     /// The default level and the levels of modules.
     pub log: LogSpec,
@@ -242,7 +252,38 @@ impl Config {
                 });
             }
         }
+        let auth_secret = config_ops::secret(
+            raw.auth_secret.as_deref(),
+            raw.ops.auth_secret_file.as_deref(),
+            &config_ops::AUTH_SECRET,
+        )?;
+        let auth_secret = match auth_secret {
+            None => None,
+            Some(bytes) => Some(String::from_utf8(bytes).map_err(|_| ConfigError {
+                var: "LIFELINE_AUTH_SECRET",
+                flag: "auth-secret",
+                value: "<hidden>".to_string(),
+                accepted: "UTF-8 text".to_string(),
+            })?),
+        };
+        let auth_secret = auth_secret.as_deref();
+        let login =
+            LoginPolicy::validate(&raw.login, heartbeat_ms, tick_ms, auth_secret.is_some())?;
+        let auth = match auth_secret {
+            None => None,
+            Some(secret) => Some(Auth::parse(secret, login.auth_require_exp).map_err(|e| {
+                ConfigError {
+                    var: "LIFELINE_AUTH_SECRET",
+                    flag: "auth-secret",
+                    // Never echo a secret.
+                    value: "<hidden>".to_string(),
+                    accepted: e.to_string(),
+                }
+            })?),
+        };
         Ok(Config {
+            auth,
+            login,
             receipt_ttl: Duration::from_millis(int_in(
                 &raw.receipt_ttl_ms,
                 1000,
@@ -299,11 +340,6 @@ impl Config {
                 "LIFELINE_MAX_OUTBOUND",
                 "max-outbound",
             )? as usize,
-            auth_secret: config_ops::secret(
-                raw.auth_secret.as_deref(),
-                raw.ops.auth_secret_file.as_deref(),
-                &config_ops::AUTH_SECRET,
-            )?,
             tcp_keepalive: keepalive(&raw.tcp_keepalive)?,
             log: config_ops::log_spec(&raw.log)?,
             backlog: int_in(&raw.backlog, 1, 65_535, "LIFELINE_BACKLOG", "backlog")? as i32,
@@ -446,6 +482,17 @@ mod tests {
         assert!(c.is_ok());
         let c = Config::validate(&raw(&["--admin-addr", ""])).unwrap();
         assert_eq!(c.admin_addr, None);
+    }
+
+    #[test]
+    fn two_secrets_rotate_and_a_bad_list_hides_them() {
+        let c = Config::validate(&raw(&["--auth-secret", "new,old"])).unwrap();
+        assert!(c.auth.is_some());
+        let e = Config::validate(&raw(&["--auth-secret", "hunter2,,x"])).unwrap_err();
+        assert_eq!(e.var, "LIFELINE_AUTH_SECRET");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        let e = Config::validate(&raw(&["--auth-require-exp", "1"])).unwrap_err();
+        assert_eq!(e.var, "LIFELINE_AUTH_REQUIRE_EXP");
     }
 
     #[test]

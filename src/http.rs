@@ -35,6 +35,8 @@ pub struct Request<'a> {
     pub body: &'a [u8],
     pub authorization: Option<&'a [u8]>,
     pub last_event_id: Option<&'a str>,
+    /// `Idempotency-Key`, raw (validated where it is used).
+    pub idempotency_key: Option<&'a [u8]>,
     pub keep_alive: bool,
 }
 
@@ -132,6 +134,7 @@ pub fn parse<'a>(
     let mut expect_continue = false;
     let mut authorization = None;
     let mut last_event_id = None;
+    let mut idempotency_key = None;
     for h in req.headers.iter() {
         let name = h.name;
         if name.eq_ignore_ascii_case("content-length") {
@@ -162,6 +165,8 @@ pub fn parse<'a>(
             authorization = Some(h.value);
         } else if name.eq_ignore_ascii_case("last-event-id") {
             last_event_id = std::str::from_utf8(h.value).ok().map(str::trim);
+        } else if name.eq_ignore_ascii_case("idempotency-key") {
+            idempotency_key = Some(h.value);
         }
     }
     if content_length > max_body {
@@ -174,6 +179,7 @@ pub fn parse<'a>(
         body: &[],
         authorization,
         last_event_id,
+        idempotency_key,
         keep_alive,
     };
     // Nothing of the body yet: the client may be waiting for 100 Continue.
@@ -240,10 +246,12 @@ pub fn reason_phrase(status: u16) -> &'static str {
         401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        409 => "Conflict",
         411 => "Length Required",
         417 => "Expectation Failed",
         501 => "Not Implemented",
         413 => "Content Too Large",
+        422 => "Unprocessable Content",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
         507 => "Insufficient Storage",
@@ -331,7 +339,7 @@ mod tests {
 
     #[test]
     fn parses_pipelined_requests_and_waits_for_bodies() {
-        let buf = b"POST /clients/a%40b/push?wait_ack_ms=50 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nAuthorization: Bearer t\r\n\r\nhelloGET /healthz HTTP/1.1\r\n\r\n";
+        let buf = b"POST /clients/a%40b/push?wait_ack_ms=50 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nAuthorization: Bearer t\r\nIdempotency-Key: k-1\r\n\r\nhelloGET /healthz HTTP/1.1\r\n\r\n";
         let (req, len) = complete(buf);
         assert_eq!(req.method, Method::Post);
         assert_eq!(req.path, "/clients/a%40b/push");
@@ -339,9 +347,11 @@ mod tests {
         assert_eq!(query_param(req.query, "wait_ack_ms").as_deref(), Some("50"));
         assert_eq!(req.body, b"hello");
         assert_eq!(req.authorization, Some(&b"Bearer t"[..]));
+        assert_eq!(req.idempotency_key, Some(&b"k-1"[..]));
         assert!(req.keep_alive);
         let (req, _) = complete(&buf[len..]);
         assert_eq!((req.method, req.path), (Method::Get, "/healthz"));
+        assert_eq!(req.idempotency_key, None);
         for cut in 0..len {
             assert!(
                 matches!(parse_fresh(&buf[..cut], 1024), Ok(Parsed::Partial)),

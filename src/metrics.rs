@@ -250,7 +250,7 @@ impl Metrics {
             "Push receipts kept for GET /messages/{id}.",
             g.receipts_held as u64,
         );
-        let counters: [(&str, &str, u64); 18] = [
+        let counters: [(&str, &str, u64); 19] = [
             (
                 "lifeline_accepted_total",
                 "Client connections accepted.",
@@ -313,6 +313,11 @@ impl Metrics {
                 "lifeline_pushes_queue_full_total",
                 "Pushes refused with 507 because the offline queue was full.",
                 pushes.refused_full,
+            ),
+            (
+                "lifeline_pushes_redelivered_total",
+                "At-least-once pushes sent again after their connection ended unacked.",
+                pushes.redelivered,
             ),
             (
                 "lifeline_loop_iterations_total",

@@ -10,6 +10,7 @@
 
 mod backend;
 mod events;
+pub mod idempotency;
 mod routes;
 mod serve;
 pub mod stats;
@@ -32,9 +33,10 @@ use slab::Slab;
 
 use crate::clock::{micros, Micros};
 use crate::http::{self, BodyState};
-use crate::pushes::WaitEnd;
+use crate::pushes::{WaitEnd, MAX_RECEIPTS};
 use crate::server::conn::{ADMIN_BIT, GENERATION_MASK, GENERATION_SHIFT};
 use crate::writeq::{self, Flushed};
+use idempotency::Idempotency;
 use stats::{AdminStats, Route};
 
 /// An admin connection silent this long is closed (event streams excepted;
@@ -125,10 +127,13 @@ pub struct Admin {
     response: Vec<u8>,
     max_connections: usize,
     stats: AdminStats,
+    /// Answers remembered under `Idempotency-Key`.
+    idempotency: Idempotency,
 }
 
 impl Admin {
-    pub fn new(token: Option<Vec<u8>>, max_connections: usize) -> Admin {
+    /// `remember`: how long an idempotent answer is kept (the receipt TTL).
+    pub fn new(token: Option<Vec<u8>>, max_connections: usize, remember: Duration) -> Admin {
         Admin {
             conns: Slab::new(),
             next_generation: 0,
@@ -137,6 +142,7 @@ impl Admin {
             response: Vec::new(),
             max_connections,
             stats: AdminStats::default(),
+            idempotency: Idempotency::new(micros(remember), MAX_RECEIPTS),
         }
     }
 
@@ -364,6 +370,7 @@ impl Admin {
             self.response.clear();
             routes::waited(
                 backend,
+                &mut self.idempotency,
                 &message,
                 end == WaitEnd::Acked,
                 keep_alive,
@@ -434,6 +441,7 @@ impl Admin {
         let c = self.conns.remove(admin.key as usize);
         if let State::AwaitingAck { message, .. } = &c.state {
             backend.cancel_wait(message);
+            self.idempotency.abandoned(message);
         }
     }
 

@@ -50,6 +50,7 @@ impl Admin {
                 gauges,
                 stats: &self.stats,
                 out: &mut self.response,
+                idempotency: &mut self.idempotency,
             };
             let step = match http::parse(&inbound, MAX_BODY, &mut body) {
                 Ok(Parsed::Partial) => Step::Wait,

@@ -19,11 +19,13 @@ use crate::clock::{Clock, Micros};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::presence::{PresenceEvent, PresenceKind, PresenceLog};
+use crate::push_ids;
 use crate::pushes::Pushes;
 use crate::pushes::WaitEnd;
 use crate::registry::{Location, Registry, Ticket};
 use crate::server::accept::AcceptCounts;
 use crate::server::conn::{CloseReason, ConnRef, Transport};
+use crate::server::liveness::Watched;
 use crate::server::table::Clients;
 use crate::writeq::Flushed;
 use lifeline_wire::ws;
@@ -110,6 +112,8 @@ impl Core {
                 receipt_ttl,
                 config.queue_max_per_client,
                 config.queue_max_bytes,
+                // Cluster mode will name its node here.
+                push_ids::id_prefix(None, clock.unix_epoch_us() / 1000),
             ),
             metrics: Metrics::default(),
             advice: Advice::new(config.reconnect_spread.as_millis() as u64),
@@ -160,13 +164,16 @@ impl Core {
         }
     }
 
-    /// When `conn` was last heard from, unless it is gone or saying goodbye
-    /// (a shutdown drain ends those by itself).
-    pub fn last_seen(&self, conn: ConnRef) -> Option<Micros> {
+    /// When `conn` was last heard from and its interval, unless it is gone
+    /// or saying goodbye (a shutdown drain ends those by itself).
+    pub fn watched(&self, conn: ConnRef) -> Option<Watched> {
         self.clients
             .get(conn)
             .filter(|c| !c.is_closing())
-            .map(|c| c.last_seen)
+            .map(|c| Watched {
+                last_seen: c.last_seen,
+                interval_ms: c.interval_ms,
+            })
     }
 
     pub fn is_live(&self, conn: ConnRef) -> bool {
@@ -246,6 +253,7 @@ impl Core {
                     PresenceKind::Replaced
                 };
                 self.publish(kind, &id, conn, c.peer, Some(reason.as_str()));
+                self.hand_back_unacked(&id, conn, was_holder);
             }
             None => debug!(
                 "closed connection {} from {} ({}) after {:.3}s",
@@ -281,9 +289,25 @@ impl Core {
             kind,
             id: id.clone(),
             conn: conn.generation,
-            peer,
+            peer: Some(peer),
             reason,
             at: self.clock.unix_ms(self.clock.now_us()),
+            message: None,
+        });
+    }
+
+    /// Numbers a push event (`queued`, `expired`) about `client`'s push
+    /// `message` and keeps it, as [`Core::publish`] does.
+    pub(super) fn publish_push(&mut self, kind: PresenceKind, client: &Rc<str>, message: &Rc<str>) {
+        self.presence.record(PresenceEvent {
+            seq: 0,
+            kind,
+            id: client.clone(),
+            conn: 0,
+            peer: None,
+            reason: None,
+            at: self.clock.unix_ms(self.clock.now_us()),
+            message: Some(message.clone()),
         });
     }
 
@@ -330,10 +354,6 @@ impl Core {
         }
     }
 
-    pub fn heartbeat(&self) -> Duration {
-        self.config.heartbeat
-    }
-
     /// One of the registry's own sockets is ready.
     pub fn registry_ready(&mut self, token: mio::Token) {
         self.registry.on_ready(token);
@@ -357,6 +377,7 @@ impl Core {
     /// Expires receipts, held pushes and ack waits whose time is up.
     pub fn expire(&mut self) {
         self.pushes.expire(self.clock.now_us());
+        self.publish_expired();
     }
 
     /// When [`Core::expire`] next has something to do.

@@ -18,6 +18,7 @@ mod core;
 mod inbound;
 pub mod liveness;
 mod outbound;
+mod redelivery;
 mod session;
 mod shutdown;
 mod table;
@@ -120,7 +121,8 @@ impl Server {
             clock.epoch(),
             config.tick,
             config.heartbeat,
-            config.deadline(),
+            config.login.heartbeat_min,
+            config.misses,
         )
         .map_err(ServerError::Poll)?;
         liveness
@@ -146,7 +148,11 @@ impl Server {
             listeners,
             signals,
             liveness,
-            admin: Admin::new(config.admin_token.clone(), config.ops.admin_max_connections),
+            admin: Admin::new(
+                config.admin_token.clone(),
+                config.ops.admin_max_connections,
+                config.receipt_ttl,
+            ),
             core: Core::new(config, clock, capacity, registry),
             read_buf: vec![0; READ_CHUNK],
             read_again: Vec::new(),
@@ -303,10 +309,10 @@ impl Server {
         for &conn in &due {
             self.guarded(Subject::Client(conn), |s| {
                 // Gone, or saying goodbye: the entry is stale.
-                let Some(last_seen) = s.core.last_seen(conn) else {
+                let Some(watched) = s.core.watched(conn) else {
                     return;
                 };
-                let next = match s.liveness.verdict(last_seen, now_us) {
+                let next = match s.liveness.verdict(watched, now_us) {
                     Verdict::Close { late } => return s.core.timed_out(conn, late),
                     Verdict::Rearm { at } => at,
                     Verdict::Probe { seq, next } => {
@@ -342,14 +348,13 @@ impl Server {
         let now = self.core.clock().now();
         let draining = self.drain_until.is_some();
         let (core, liveness, poll) = (&mut self.core, &mut self.liveness, &self.poll);
-        let heartbeat = core.heartbeat();
         self.listeners.accept_clients(now, |stream, peer| {
             if draining || core.clients().is_full() {
                 return Some(stream);
             }
             // A connection that never logs in is held to the same deadline.
             if let Some(conn) = core.admit(stream, peer, poll.registry()) {
-                liveness.watch(conn, now + heartbeat);
+                liveness.watch_accepted(conn, now);
             }
             None
         });
