@@ -160,6 +160,16 @@ fn every_documented_route_answers_as_documented() {
     let doc = spec();
     let server = ServerProc::start(&[("LIFELINE_ADMIN_TOKEN", TOKEN)]);
     let mut client = server.login("api");
+    // A push whose receipt the receipt route reads (ids are not guessable).
+    let pushed = send(
+        &server,
+        &call("/clients/{id}/push", "post", "/clients/api/push", b"r", 202),
+    );
+    let receipt = serde_json::from_str::<Value>(&pushed.text()).unwrap()["id"]
+        .as_str()
+        .expect("the push's id")
+        .to_string();
+    assert!(client.expect_frame().contains(">r</msg>"));
     let mut calls = vec![
         call("/healthz", "get", "/healthz", b"", 200),
         call("/metrics", "get", "/metrics", b"", 200),
@@ -197,8 +207,14 @@ fn every_documented_route_answers_as_documented() {
             202,
         ),
         call("/broadcast", "post", "/broadcast", b"all", 202),
-        call("/messages/{id}", "get", "/messages/push-1", b"", 200),
-        call("/messages/{id}", "get", "/messages/push-999", b"", 404),
+        call(
+            "/messages/{id}",
+            "get",
+            &format!("/messages/{receipt}"),
+            b"",
+            200,
+        ),
+        call("/messages/{id}", "get", "/messages/p-unknown-999", b"", 404),
         call("/events", "get", "/events", b"", 200),
         call("/events", "get", "/events?last_event_id=x", b"", 400),
     ];
