@@ -14,6 +14,8 @@
 //! - [`registry`] (who is online, behind a trait cluster mode implements),
 //!   [`presence`] (numbered events and their ring), [`pushes`] and
 //!   [`receipts`] (push ids, receipts, the offline queue, ack waits);
+//! - [`tls`]: the TLS files (loaded again on SIGHUP) and client
+//!   certificate names; the per-connection TLS state is in `server`;
 //! - [`timers`] (the wheel and the timerfd), [`clock`], [`writeq`] (a
 //!   socket's write queue), [`auth`] (login tokens), [`metrics`].
 
@@ -35,4 +37,5 @@ pub mod receipts;
 pub mod registry;
 pub mod server;
 pub mod timers;
+pub mod tls;
 pub mod writeq;

@@ -78,7 +78,7 @@ impl Backend for Core {
 
     fn metrics(&self, admin: AdminGauges) -> String {
         let out = self.clients.outbound_stats();
-        self.metrics.render(
+        let mut text = self.metrics.render(
             &Gauges {
                 connections_open: self.clients.len(),
                 clients_online: self.registry.local_len(),
@@ -91,7 +91,9 @@ impl Backend for Core {
                 pushes_delivered: out.pushes_delivered,
             },
             &self.pushes.stats,
-        )
+        );
+        self.render_tls_metrics(&mut text);
+        text
     }
 
     fn count_request(&mut self, status: u16) {

@@ -24,6 +24,7 @@ use crate::pushes::WaitEnd;
 use crate::registry::{Location, Registry, Ticket};
 use crate::server::accept::AcceptCounts;
 use crate::server::conn::{CloseReason, ConnRef, Transport};
+use crate::server::secure::TlsRuntime;
 use crate::server::table::Clients;
 use crate::writeq::Flushed;
 use lifeline_wire::ws;
@@ -62,6 +63,8 @@ pub struct Core {
     /// The connection being served, and an end asked for it meanwhile (it
     /// ends when its serving is done, never under its own frame loop).
     pub(super) serving: Option<(ConnRef, Option<CloseReason>)>,
+    /// On a TLS listener: the TLS configuration and its counters.
+    pub(super) tls: Option<TlsRuntime>,
 }
 
 /// Per-client randomness and spreading: heartbeat phases and reconnect delays.
@@ -115,6 +118,7 @@ impl Core {
             advice: Advice::new(config.reconnect_spread.as_millis() as u64),
             pending: HashMap::new(),
             serving: None,
+            tls: config.tls.clone().map(TlsRuntime::new),
             clock,
             config,
         }
@@ -148,6 +152,10 @@ impl Core {
         poll: &mio::Registry,
     ) -> Option<ConnRef> {
         match self.clients.insert(stream, peer, self.clock.now_us(), poll) {
+            Ok(conn) if !self.attach_tls(conn) => {
+                self.clients.remove(conn);
+                None
+            }
             Ok(conn) => {
                 self.metrics.accepted += 1;
                 debug!("accepted {peer} as connection {}", conn.generation);
@@ -188,6 +196,7 @@ impl Core {
         let Some(mut c) = self.clients.remove(conn) else {
             return;
         };
+        self.tls_released(&c);
         let closing = c.is_closing();
         let handshake = matches!(c.transport, Transport::Handshake);
         let ws_close = match &c.transport {
@@ -377,6 +386,7 @@ impl Core {
     /// the table, the socket closed, nothing else.
     pub fn forget(&mut self, conn: ConnRef) {
         if let Some(c) = self.clients.remove(conn) {
+            self.tls_released(&c);
             if let Some(id) = c.id() {
                 let _ = self.registry.release(id, conn);
             }

@@ -136,6 +136,11 @@ impl Core {
                 return Fate::End(CloseReason::ProtocolError);
             }
         }
+        if let Some(refusal) = self.cert_refuses(conn, id) {
+            info!("login refused for {id} from {peer}: {refusal}");
+            self.error_reply(conn, ErrorCode::AuthFailed, Some(id), &refusal);
+            return Fate::End(CloseReason::ProtocolError);
+        }
         let id: Rc<str> = Rc::from(id);
         if let Some(c) = self.clients.get_mut(conn) {
             c.log_in(id.clone());
