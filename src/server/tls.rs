@@ -64,6 +64,9 @@ pub struct TlsConn {
     /// The handshake has not finished: it counts against the handshake
     /// limit, and the connection speaks no XML yet.
     handshaking: bool,
+    /// rustls failed: its deframer may refer to bytes that are gone, so it
+    /// is not driven again (the connection is ending).
+    failed: bool,
 }
 
 impl TlsConn {
@@ -72,6 +75,7 @@ impl TlsConn {
             conn: UnbufferedServerConnection::new(config)?,
             partial: Vec::new(),
             handshaking: true,
+            failed: false,
         })
     }
 
@@ -114,6 +118,22 @@ impl TlsConn {
         plain: &mut Vec<u8>,
         out: &mut Vec<u8>,
     ) -> Result<Received, TlsFailed> {
+        if self.failed {
+            return Err(TlsFailed::Protocol(rustls::Error::General(
+                "the connection failed before".to_string(),
+            )));
+        }
+        let received = self.receive_records(bytes, plain, out);
+        self.failed = received.is_err();
+        received
+    }
+
+    fn receive_records(
+        &mut self,
+        bytes: &mut [u8],
+        plain: &mut Vec<u8>,
+        out: &mut Vec<u8>,
+    ) -> Result<Received, TlsFailed> {
         if self.partial.is_empty() {
             // The common case: whole records straight from the loop's buffer.
             let (received, used) = drive(&mut self.conn, bytes, plain, out);
@@ -138,7 +158,7 @@ impl TlsConn {
     /// Encrypts `plain` as application data, appending the records to `out`.
     /// Only once the handshake is done (before, the connection says nothing).
     pub fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>) -> Result<(), TlsFailed> {
-        if plain.is_empty() || self.handshaking {
+        if plain.is_empty() || self.handshaking || self.failed {
             return Ok(());
         }
         self.write_traffic(out, |w, out| encrypt(w, plain, out))
@@ -146,7 +166,7 @@ impl TlsConn {
 
     /// Appends a close_notify alert to `out` (best effort, at the end).
     pub fn close_notify(&mut self, out: &mut Vec<u8>) {
-        if self.handshaking {
+        if self.handshaking || self.failed {
             return;
         }
         let _ = self.write_traffic(out, |w, out| {
@@ -211,8 +231,10 @@ fn drive(
         let state = match state {
             Ok(state) => state,
             Err(e) => {
-                // rustls queued an alert saying why: it goes out before the close.
-                send_alert(conn, out);
+                // rustls queued an alert saying why: it goes out before the
+                // close. The bytes handed over are those the deframer's state
+                // refers to (the rest of this buffer), as after any step.
+                send_alert(conn, &mut buf[used + discard..], out);
                 return (Err(e.into()), used + discard);
             }
         };
@@ -254,14 +276,12 @@ fn drive(
     }
 }
 
-/// Encodes the alert rustls queued after an error (a handful of steps at most).
-fn send_alert(conn: &mut UnbufferedServerConnection, out: &mut Vec<u8>) {
-    for _ in 0..4 {
-        match conn.process_tls_records(&mut []).state {
-            Ok(ConnectionState::EncodeTlsData(mut data)) => encode(&mut data, out),
-            Ok(ConnectionState::TransmitTlsData(data)) => data.done(),
-            _ => return,
-        }
+/// Encodes the alert rustls queued after an error. One step only: the
+/// alert is first in line, and a further step could deframe the offending
+/// bytes again (an error in framing does not stop the state machine).
+fn send_alert(conn: &mut UnbufferedServerConnection, rest: &mut [u8], out: &mut Vec<u8>) {
+    if let Ok(ConnectionState::EncodeTlsData(mut data)) = conn.process_tls_records(rest).state {
+        encode(&mut data, out);
     }
 }
 
