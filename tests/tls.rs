@@ -592,3 +592,90 @@ fn bad_tls_files_stop_the_start_with_one_line_naming_the_variable() {
         assert!(stderr.contains(var), "{env:?} names {var}: {stderr}");
     }
 }
+
+/// The first event of the client library matching `wanted`, within 5 s.
+fn wait_event(
+    client: &lifeline_client::Client,
+    wanted: impl Fn(&lifeline_client::ClientEvent) -> bool,
+) -> lifeline_client::ClientEvent {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match client.events().recv_timeout(left) {
+            Ok(event) if wanted(&event) => return event,
+            Ok(event) => seen.push(event),
+            Err(e) => panic!("no such event within 5 s ({e:?}); saw {seen:?}"),
+        }
+    }
+}
+
+#[test]
+fn the_rust_client_library_speaks_tls_with_a_ca_file_and_a_client_certificate() {
+    use lifeline_client::{Client, ClientConfig, ClientEvent, ClientTls};
+    let pki = Pki::new();
+    let server = start(
+        &pki,
+        &fast(&[("LIFELINE_TLS_CLIENT_CA", &path(&pki.ca_pem))]),
+    );
+    let cert = pki.issue_client("lib-client", &[], false);
+    let tls = ClientTls::builder("localhost")
+        .ca_file(&pki.ca_pem)
+        .client_cert(&cert.cert, &cert.key)
+        .build()
+        .unwrap();
+    let client = Client::start(ClientConfig {
+        tls: Some(tls),
+        ..ClientConfig::new(server.addr, "lib-client")
+    })
+    .unwrap();
+    wait_event(&client, |e| matches!(e, ClientEvent::Connected { .. }));
+
+    let peer_cert = pki.issue_client("peer", &[], false);
+    let mut peer = TlsClient::login(server.addr, &ClientOpts::new(&pki).cert(&peer_cert), "peer");
+    peer.send("<msg to=\"lib-client\" id=\"p1\">to the library</msg>");
+    let ClientEvent::Message { from, body, .. } =
+        wait_event(&client, |e| matches!(e, ClientEvent::Message { .. }))
+    else {
+        unreachable!()
+    };
+    assert_eq!((from.as_str(), body.as_str()), ("peer", "to the library"));
+    client.send_msg("peer", "l1", "from the library").unwrap();
+    assert_eq!(
+        peer.expect_frame(),
+        "<msg from=\"lib-client\" id=\"l1\">from the library</msg>"
+    );
+    // Heartbeats flow over TLS: the 200 ms interval passes several times
+    // and the connection stays (the server closes after 400 ms of silence).
+    let logins = metric(&server, "lifeline_logins_total");
+    let heartbeats = metric(&server, "lifeline_heartbeats_received_total");
+    assert!(
+        wait_metric(
+            &server,
+            "lifeline_heartbeats_received_total",
+            heartbeats + 5
+        ) >= heartbeats + 5
+    );
+    assert_eq!(
+        metric(&server, "lifeline_logins_total"),
+        logins,
+        "no reconnect"
+    );
+
+    // A client that trusts another CA does not get in, and says why.
+    let wrong = Client::start(ClientConfig {
+        tls: Some(
+            ClientTls::builder("localhost")
+                .ca_file(&Pki::new().ca_pem)
+                .build()
+                .unwrap(),
+        ),
+        ..ClientConfig::new(server.addr, "wrong-ca")
+    })
+    .unwrap();
+    let event = wait_event(&wrong, |e| matches!(e, ClientEvent::Disconnected { .. }));
+    assert!(
+        format!("{event:?}").contains("InvalidCertificate"),
+        "{event:?}"
+    );
+}

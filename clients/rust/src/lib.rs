@@ -5,7 +5,8 @@
 //! state machine, `Backoff → Connecting → LoggedIn`, until it reaches
 //! `Stopped`:
 //!
-//! - **Connecting**: TCP connect, `<login>` (with [`ClientConfig::token`]
+//! - **Connecting**: TCP connect (and the TLS handshake, with
+//!   [`ClientConfig::tls`]), `<login>` (with [`ClientConfig::token`]
 //!   when there is one), wait for `<welcome>`. Both together are bounded by
 //!   [`ClientConfig::connect_timeout`].
 //! - **LoggedIn**: ping every `interval` from the welcome (the first one
@@ -63,9 +64,11 @@ mod config;
 mod events;
 mod heartbeat;
 mod link;
+mod tls;
 mod worker;
 
 pub use backoff::Backoff;
 pub use client::Client;
 pub use config::ClientConfig;
 pub use events::{ClientError, ClientEvent, Disconnect, ProtocolError, StopReason};
+pub use tls::{ClientTls, TlsBuilder, TlsSetupError};

@@ -341,12 +341,16 @@ impl Worker {
             .registry()
             .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
             .map_err(failed)?;
+        let tls = match &self.config.tls {
+            None => None,
+            Some(tls) => Some(tls.connection().map_err(|e| failed(io::Error::other(e)))?),
+        };
         let mut login = Vec::new();
         let config = &self.config;
         to_server::encode_login(&mut login, &config.id, config.token.as_deref());
         debug!("connecting to {} as {}", config.addr, config.id);
         self.state = State::Connecting {
-            link: Link::new(stream, token, login),
+            link: Link::new(stream, token, login, tls),
             deadline: now + config.connect_timeout,
         };
         Ok(())
