@@ -328,3 +328,21 @@ fn encrypt<Data>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::conn::ClientConn;
+
+    /// A plaintext connection pays one pointer for TLS (the boxed state is
+    /// allocated only on a TLS listener): `ClientConn` was 168 bytes in a
+    /// release build and is 176 (mio's `TcpStream` is 4 bytes there, 16
+    /// with debug assertions).
+    #[test]
+    fn plaintext_connections_pay_one_pointer_for_tls() {
+        assert_eq!(std::mem::size_of::<Option<Box<TlsConn>>>(), 8);
+        let stream_extra = std::mem::size_of::<mio::net::TcpStream>() - 4;
+        let size = std::mem::size_of::<ClientConn>();
+        assert!(size <= 168 + 8 + stream_extra, "{size}");
+    }
+}
