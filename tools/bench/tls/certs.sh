@@ -15,4 +15,6 @@ printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nex
 openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
     -out server.pem -days 30 -extfile server.ext 2>/dev/null
 rm -f server.csr server.ext
+# Readable by all: mosquitto, started as root, runs as user mosquitto.
+chmod 644 server.key
 echo "$DIR"

@@ -15,6 +15,7 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.security.KeyStore;
 import java.security.cert.Certificate;
+import java.util.Base64;
 import java.util.concurrent.TimeUnit;
 import javax.net.ssl.KeyManagerFactory;
 import javax.net.ssl.SSLContext;
@@ -24,8 +25,8 @@ import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.io.TempDir;
 
 /**
- * The TLS path against a scripted TLS server (the Lifeline server has no TLS
- * yet), with throwaway certificates from the JDK's keytool.
+ * The TLS path against a scripted TLS server and against the real Lifeline
+ * server with TLS on, with throwaway certificates from the JDK's keytool.
  */
 @Timeout(value = 60, unit = TimeUnit.SECONDS)
 class TlsTest {
@@ -113,6 +114,33 @@ class TlsTest {
                 assertNull(peer.next(WAIT_MILLIS), "the client logged in to a server for another name");
             }
             assertEquals("connect-failed", recorder.awaitState(WAITING, 0, WAIT_MILLIS).reason);
+        }
+    }
+
+    /** Writes {@code der} as one PEM block of {@code type}. */
+    static Path pem(Path file, String type, byte[] der) throws Exception {
+        String body = Base64.getMimeEncoder(64, "\n".getBytes()).encodeToString(der);
+        Files.writeString(file, "-----BEGIN " + type + "-----\n" + body + "\n-----END " + type + "-----\n");
+        return file;
+    }
+
+    @Test
+    void logsInToTheRealServerOverTls(@TempDir Path dir) throws Exception {
+        KeyStore keys = selfSigned(dir, "ip:127.0.0.1");
+        Path cert = pem(dir.resolve("server.pem"), "CERTIFICATE", keys.getCertificate("server").getEncoded());
+        Path key = pem(dir.resolve("server.key"), "PRIVATE KEY", keys.getKey("server", PASSWORD).getEncoded());
+        Recorder recorder = new Recorder();
+        try (ServerProcess server = ServerProcess.start(
+                        "LIFELINE_TLS_CERT", cert.toString(), "LIFELINE_TLS_KEY", key.toString());
+                LifelineClient client = LifelineClient.builder("127.0.0.1", server.address.getPort(), "java-tls")
+                        .tls(trusting(keys).getSocketFactory()).listener(recorder).build()) {
+            client.start();
+            recorder.awaitState(ONLINE, 0, WAIT_MILLIS);
+            // A message to itself crosses the server and comes back over TLS.
+            String id = client.send("java-tls", "round trip over TLS");
+            assertEquals("round trip over TLS", recorder.awaitMessage(id, 0, WAIT_MILLIS).text);
+            client.close();
+            assertEquals(STOPPED, client.state());
         }
     }
 }
