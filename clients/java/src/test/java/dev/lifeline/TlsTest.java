@@ -35,10 +35,17 @@ class TlsTest {
 
     /** A PKCS12 key store with one self-signed key pair whose certificate names {@code subjectAltName}. */
     static KeyStore selfSigned(Path dir, String subjectAltName) throws Exception {
-        File store = dir.resolve("server-" + subjectAltName.replaceAll("[^a-z0-9]", "_") + ".p12").toFile();
+        return selfSigned(dir, subjectAltName, "EC", "-groupname", "secp256r1");
+    }
+
+    /** As above, with the key algorithm and its size or curve given. */
+    static KeyStore selfSigned(Path dir, String subjectAltName, String keyalg, String sizeFlag, String size)
+            throws Exception {
+        File store = dir.resolve("server-" + keyalg + "-" + subjectAltName.replaceAll("[^a-z0-9]", "_") + ".p12")
+                .toFile();
         String keytool = System.getProperty("java.home") + File.separator + "bin" + File.separator + "keytool";
-        Process process = new ProcessBuilder(keytool, "-genkeypair", "-alias", "server", "-keyalg", "EC",
-                "-groupname", "secp256r1", "-dname", "CN=lifeline test", "-ext", "san=" + subjectAltName,
+        Process process = new ProcessBuilder(keytool, "-genkeypair", "-alias", "server", "-keyalg", keyalg,
+                sizeFlag, size, "-dname", "CN=lifeline test", "-ext", "san=" + subjectAltName,
                 "-validity", "2", "-storetype", "PKCS12", "-keystore", store.getPath(),
                 "-storepass", new String(PASSWORD), "-keypass", new String(PASSWORD))
                 .redirectErrorStream(true).start();
@@ -126,7 +133,9 @@ class TlsTest {
 
     @Test
     void logsInToTheRealServerOverTls(@TempDir Path dir) throws Exception {
-        KeyStore keys = selfSigned(dir, "ip:127.0.0.1");
+        // RSA: the JDK writes EC private keys without their public key, which
+        // the server's crypto (ring) requires; openssl's EC keys carry it.
+        KeyStore keys = selfSigned(dir, "ip:127.0.0.1", "RSA", "-keysize", "2048");
         Path cert = pem(dir.resolve("server.pem"), "CERTIFICATE", keys.getCertificate("server").getEncoded());
         Path key = pem(dir.resolve("server.key"), "PRIVATE KEY", keys.getKey("server", PASSWORD).getEncoded());
         Recorder recorder = new Recorder();
