@@ -5,13 +5,12 @@
 //! variable, the value and what is accepted, and the process exits with code 2.
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
 use log::LevelFilter;
 
-use crate::tls::{TlsFiles, TlsLoadError, TlsSettings};
+use crate::tls::TlsSettings;
 
 /// Descriptors kept free for the listener, the poll instance, signals, logging
 /// and the admin side, so that accepting never starves the process itself.
@@ -258,7 +257,7 @@ impl Config {
                 });
             }
         }
-        let tls = tls_settings(raw)?;
+        let tls = crate::tls::settings(raw)?;
         Ok(Config {
             tls,
             receipt_ttl: Duration::from_millis(int_in(
@@ -342,120 +341,7 @@ impl Config {
     }
 }
 
-/// The TLS variables: both files or neither; the files are loaded here,
-/// so a bad one stops the start with the usual one line.
-fn tls_settings(raw: &RawConfig) -> Result<Option<TlsSettings>, ConfigError> {
-    let set = |v: &Option<String>| {
-        v.as_deref()
-            .filter(|v| !v.trim().is_empty())
-            .map(str::to_string)
-    };
-    let (cert, key, client_ca) = (
-        set(&raw.tls_cert),
-        set(&raw.tls_key),
-        set(&raw.tls_client_ca),
-    );
-    let id_from_cert = int_in(
-        &raw.tls_id_from_cert,
-        0,
-        1,
-        "LIFELINE_TLS_ID_FROM_CERT",
-        "tls-id-from-cert",
-    )? == 1;
-    let max_handshakes = int_in(
-        &raw.tls_max_handshakes,
-        1,
-        100_000,
-        "LIFELINE_TLS_MAX_HANDSHAKES",
-        "tls-max-handshakes",
-    )? as usize;
-    let (cert, key) = match (cert, key) {
-        (Some(cert), Some(key)) => (cert, key),
-        (None, None) => {
-            let needs_tls = |var, flag, value: String| ConfigError {
-                var,
-                flag,
-                value,
-                accepted: "LIFELINE_TLS_CERT and LIFELINE_TLS_KEY set too (it is a TLS setting)"
-                    .to_string(),
-            };
-            if let Some(ca) = client_ca {
-                return Err(needs_tls("LIFELINE_TLS_CLIENT_CA", "tls-client-ca", ca));
-            }
-            if id_from_cert {
-                return Err(needs_tls(
-                    "LIFELINE_TLS_ID_FROM_CERT",
-                    "tls-id-from-cert",
-                    raw.tls_id_from_cert.clone(),
-                ));
-            }
-            return Ok(None);
-        }
-        (Some(cert), None) => {
-            return Err(ConfigError {
-                var: "LIFELINE_TLS_CERT",
-                flag: "tls-cert",
-                value: cert,
-                accepted: "LIFELINE_TLS_KEY set too: both or neither".to_string(),
-            })
-        }
-        (None, Some(key)) => {
-            return Err(ConfigError {
-                var: "LIFELINE_TLS_KEY",
-                flag: "tls-key",
-                value: key,
-                accepted: "LIFELINE_TLS_CERT set too: both or neither".to_string(),
-            })
-        }
-    };
-    if id_from_cert && client_ca.is_none() {
-        return Err(ConfigError {
-            var: "LIFELINE_TLS_ID_FROM_CERT",
-            flag: "tls-id-from-cert",
-            value: raw.tls_id_from_cert.clone(),
-            accepted: "0 without LIFELINE_TLS_CLIENT_CA (the id comes from a client certificate)"
-                .to_string(),
-        });
-    }
-    let files = TlsFiles {
-        cert: PathBuf::from(&cert),
-        key: PathBuf::from(&key),
-        client_ca: client_ca.as_ref().map(PathBuf::from),
-    };
-    let loaded = crate::tls::load(&files).map_err(|e| {
-        let (flag, value, what) = match e.var() {
-            "LIFELINE_TLS_CERT" => ("tls-cert", cert.clone(), "a readable PEM certificate chain"),
-            "LIFELINE_TLS_CLIENT_CA" => (
-                "tls-client-ca",
-                client_ca.clone().unwrap_or_default(),
-                "a readable PEM file of CA certificates",
-            ),
-            _ => (
-                "tls-key",
-                key.clone(),
-                "a readable PEM private key matching LIFELINE_TLS_CERT",
-            ),
-        };
-        tls_error(&e, flag, value, what)
-    })?;
-    Ok(Some(TlsSettings {
-        files,
-        loaded,
-        id_from_cert,
-        max_handshakes,
-    }))
-}
-
-fn tls_error(e: &TlsLoadError, flag: &'static str, value: String, what: &str) -> ConfigError {
-    ConfigError {
-        var: e.var(),
-        flag,
-        value,
-        accepted: format!("{what} ({e})"),
-    }
-}
-
-fn int_in(
+pub(crate) fn int_in(
     value: &str,
     min: u64,
     max: u64,

@@ -7,9 +7,11 @@
 
 mod files;
 mod identity;
+mod settings;
 
 pub use files::{load, TlsFiles, TlsLoadError};
 pub use identity::{cert_names, CertNames};
+pub use settings::settings;
 
 /// The TLS settings the server runs with: where the files are (read again
 /// on SIGHUP), what was loaded from them at start-up, and the limits.
