@@ -198,16 +198,31 @@ impl TlsConn {
         // The incoming buffer handed over is the partial record kept from
         // the last read (rustls's deframer state refers to it); it holds no
         // complete record, so nothing is taken from it.
+        let mut write = Some(write);
         for _ in 0..16 {
             let UnbufferedStatus { discard, state } =
                 self.conn.process_tls_records(&mut self.partial);
-            debug_assert_eq!(discard, 0);
-            match state? {
-                ConnectionState::EncodeTlsData(mut data) => encode(&mut data, out),
-                ConnectionState::TransmitTlsData(data) => data.done(),
-                ConnectionState::WriteTraffic(mut traffic) => return write(&mut traffic, out),
-                ConnectionState::PeerClosed => {}
+            let done = match state? {
+                ConnectionState::EncodeTlsData(mut data) => {
+                    encode(&mut data, out);
+                    None
+                }
+                ConnectionState::TransmitTlsData(data) => {
+                    data.done();
+                    None
+                }
+                ConnectionState::WriteTraffic(mut traffic) => match write.take() {
+                    Some(write) => Some(write(&mut traffic, out)),
+                    None => break,
+                },
+                ConnectionState::PeerClosed => None,
                 _ => break,
+            };
+            // Nothing complete is left in `partial` after a read, so this is
+            // zero; should rustls take bytes anyway, they leave the buffer.
+            self.partial.drain(..discard.min(self.partial.len()));
+            if let Some(written) = done {
+                return written;
             }
         }
         Err(TlsFailed::Protocol(rustls::Error::General(
