@@ -15,6 +15,8 @@ use crate::logging::LogSpec;
 use crate::auth::Auth;
 use crate::login_policy::{LoginPolicy, RawLoginPolicy};
 
+use crate::tls::TlsSettings;
+
 /// Descriptors kept free for the listener, the poll instance, signals, logging
 /// and the admin side, so that accepting never starves the process itself.
 pub const FD_RESERVE: u64 = 64;
@@ -121,6 +123,26 @@ pub struct RawConfig {
     /// What a client may ask for at login: its heartbeat range, token expiry.
     #[command(flatten)]
     pub login: RawLoginPolicy,
+
+    /// TLS on the client port: the certificate chain (PEM); needs LIFELINE_TLS_KEY. Unset: plaintext. Read again on SIGHUP.
+    #[arg(long, env = "LIFELINE_TLS_CERT")]
+    pub tls_cert: Option<String>,
+
+    /// TLS: the certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1); needs LIFELINE_TLS_CERT.
+    #[arg(long, env = "LIFELINE_TLS_KEY")]
+    pub tls_key: Option<String>,
+
+    /// Mutual TLS: clients must present a certificate signed by a CA in this PEM file.
+    #[arg(long, env = "LIFELINE_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<String>,
+
+    /// With mutual TLS, a login id must be the client certificate's CN or one of its DNS SANs [0, 1].
+    #[arg(long, env = "LIFELINE_TLS_ID_FROM_CERT", default_value = "0")]
+    pub tls_id_from_cert: String,
+
+    /// TLS handshakes in progress at once; more new connections wait in the listen backlog [1..=100000].
+    #[arg(long, env = "LIFELINE_TLS_MAX_HANDSHAKES", default_value = "256")]
+    pub tls_max_handshakes: String,
 }
 
 /// Kernel keepalive settings, applied to every accepted socket.
@@ -163,6 +185,8 @@ pub struct Config {
     pub queue_max_per_client: usize,
     pub queue_max_bytes: usize,
     pub ops: Ops,
+    /// `None`: the client port speaks plaintext.
+    pub tls: Option<TlsSettings>,
 }
 
 /// A setting that could not be accepted.
@@ -281,7 +305,9 @@ impl Config {
                 }
             })?),
         };
+        let tls = crate::tls::settings(raw)?;
         Ok(Config {
+            tls,
             auth,
             login,
             receipt_ttl: Duration::from_millis(int_in(
@@ -361,7 +387,7 @@ impl Config {
     }
 }
 
-fn int_in(
+pub(crate) fn int_in(
     value: &str,
     min: u64,
     max: u64,

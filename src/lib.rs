@@ -17,6 +17,8 @@
 //!   [`receipts`] (receipts, ack waits), [`push_ids`] (ids unique across
 //!   restarts), [`offline`] (pushes held for offline clients, and
 //!   at-least-once pushes until acked);
+//! - [`tls`]: the TLS files (loaded again on SIGHUP) and client
+//!   certificate names; the per-connection TLS state is in `server`;
 //! - [`timers`] (the wheel and the timerfd), [`clock`], [`writeq`] (a
 //!   socket's write queue), [`auth`] (login tokens), [`metrics`] (with
 //!   [`process_metrics`], read from `/proc` at scrape time);
@@ -52,4 +54,5 @@ pub mod receipts;
 pub mod registry;
 pub mod server;
 pub mod timers;
+pub mod tls;
 pub mod writeq;

@@ -47,6 +47,8 @@ const OFFLINE_REASONS: [CloseReason; CloseReason::COUNT - 2] = [
     CloseReason::ProtocolError,
     CloseReason::IoError,
     CloseReason::Internal,
+    // A TLS record that does not decrypt can end a logged-in client too.
+    CloseReason::Tls,
 ];
 
 /// The largest close lateness of recent minutes: one slot per minute of

@@ -88,7 +88,7 @@ impl Backend for Core {
     fn metrics(&self, admin: AdminGauges) -> String {
         let out = self.clients.outbound_stats();
         let (transports, outbound_buffered) = self.clients.census();
-        self.metrics.render(
+        let mut text = self.metrics.render(
             &Gauges {
                 now_us: self.clock.now_us(),
                 lateness_bound_seconds: crate::config_ops::lateness_bound(self.config.tick)
@@ -109,7 +109,9 @@ impl Backend for Core {
                 pushes_delivered: out.pushes_delivered,
             },
             &self.pushes.stats,
-        )
+        );
+        self.render_tls_metrics(&mut text);
+        text
     }
 
     fn count_request(&mut self, status: u16) {

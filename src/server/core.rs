@@ -26,6 +26,7 @@ use crate::registry::{Location, Registry, Ticket};
 use crate::server::accept::AcceptCounts;
 use crate::server::conn::{CloseReason, ConnRef, Transport};
 use crate::server::liveness::Watched;
+use crate::server::secure::TlsRuntime;
 use crate::server::table::Clients;
 use crate::writeq::Flushed;
 use lifeline_wire::ws;
@@ -64,6 +65,8 @@ pub struct Core {
     /// The connection being served, and an end asked for it meanwhile (it
     /// ends when its serving is done, never under its own frame loop).
     pub(super) serving: Option<(ConnRef, Option<CloseReason>)>,
+    /// On a TLS listener: the TLS configuration and its counters.
+    pub(super) tls: Option<TlsRuntime>,
 }
 
 /// Per-client randomness and spreading: heartbeat phases and reconnect delays.
@@ -119,6 +122,7 @@ impl Core {
             advice: Advice::new(config.reconnect_spread.as_millis() as u64),
             pending: HashMap::new(),
             serving: None,
+            tls: config.tls.clone().map(TlsRuntime::new),
             clock,
             config,
         }
@@ -152,6 +156,10 @@ impl Core {
         poll: &mio::Registry,
     ) -> Option<ConnRef> {
         match self.clients.insert(stream, peer, self.clock.now_us(), poll) {
+            Ok(conn) if !self.attach_tls(conn) => {
+                self.clients.remove(conn);
+                None
+            }
             Ok(conn) => {
                 self.metrics.accepted += 1;
                 debug!(peer:% = peer, conn = conn.generation; "accepted");
@@ -195,6 +203,7 @@ impl Core {
         let Some(mut c) = self.clients.remove(conn) else {
             return;
         };
+        self.tls_released(&c);
         let closing = c.is_closing();
         let handshake = matches!(c.transport, Transport::Handshake);
         let ws_close = match &c.transport {
@@ -404,6 +413,7 @@ impl Core {
     /// the table, the socket closed, nothing else.
     pub fn forget(&mut self, conn: ConnRef) {
         if let Some(c) = self.clients.remove(conn) {
+            self.tls_released(&c);
             if let Some(id) = c.id() {
                 let _ = self.registry.release(id, conn);
             }

@@ -19,9 +19,11 @@ mod inbound;
 pub mod liveness;
 mod outbound;
 mod redelivery;
+mod secure;
 mod session;
 mod shutdown;
 mod table;
+mod tls;
 
 pub use self::conn::{CloseReason, ConnRef};
 pub use self::core::Core;
@@ -33,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 use mio::{Events, Poll, Token};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::admin::{Admin, AdminRef};
@@ -112,7 +114,7 @@ impl Server {
         let capacity = capacity(&config);
         let poll = Poll::new().map_err(ServerError::Poll)?;
         let listeners = Listeners::bind(&config, poll.registry(), LISTENER, ADMIN_LISTENER)?;
-        let mut signals = Signals::new([SIGINT, SIGTERM]).map_err(ServerError::Poll)?;
+        let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(ServerError::Poll)?;
         poll.registry()
             .register(&mut signals, SIGNALS, mio::Interest::READABLE)
             .map_err(ServerError::Poll)?;
@@ -143,6 +145,20 @@ impl Server {
             crate::build_info::VERSION,
             crate::build_info::COMMIT
         );
+        if let Some(tls) = &config.tls {
+            info!(
+                "TLS on the client port: certificate {}, client certificates {}, \
+                 at most {} handshakes at once",
+                tls.files.cert.display(),
+                match (&tls.files.client_ca, tls.id_from_cert) {
+                    (None, _) => "not asked for".to_string(),
+                    (Some(ca), false) => format!("required (CA {})", ca.display()),
+                    (Some(ca), true) =>
+                        format!("required (CA {}), login id from them", ca.display()),
+                },
+                tls.max_handshakes
+            );
+        }
         Ok(Server {
             poll,
             listeners,
@@ -268,6 +284,9 @@ impl Server {
         if self.listeners.retry_due(now) {
             self.accept_clients();
             self.accept_admin();
+        } else if self.listeners.held_back() && self.core.handshake_room() > 0 {
+            // Handshakes finished or ended: the backlog's turn again.
+            self.accept_clients();
         }
         // Deadlines after the batch: a frame that was waiting in a socket
         // when the loop woke counts, even if its deadline has just passed.
@@ -348,7 +367,8 @@ impl Server {
         let now = self.core.clock().now();
         let draining = self.drain_until.is_some();
         let (core, liveness, poll) = (&mut self.core, &mut self.liveness, &self.poll);
-        self.listeners.accept_clients(now, |stream, peer| {
+        let room = core.handshake_room();
+        self.listeners.accept_clients(now, room, |stream, peer| {
             if draining || core.clients().is_full() {
                 return Some(stream);
             }

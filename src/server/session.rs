@@ -143,6 +143,11 @@ impl Core {
                 return Fate::End(CloseReason::ProtocolError);
             }
         }
+        if let Some(refusal) = self.cert_refuses(conn, id) {
+            info!("login refused for {id} from {peer}: {refusal}");
+            self.error_reply(conn, ErrorCode::AuthFailed, Some(id), &refusal);
+            return Fate::End(CloseReason::ProtocolError);
+        }
         let id: Rc<str> = Rc::from(id);
         // The interval asked for, clamped into the operator's range; the
         // heartbeat rule reads it when this connection's entry comes due.

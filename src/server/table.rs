@@ -158,6 +158,18 @@ impl Clients {
         Some((&mut self.out, c))
     }
 
+    /// Hands the ciphertext read from `conn` (being served) to its TLS
+    /// state; `None` for a connection without one.
+    pub fn tls_receive(
+        &mut self,
+        conn: ConnRef,
+        bytes: &mut [u8],
+        plain: &mut Vec<u8>,
+    ) -> Option<Result<crate::server::tls::Received, crate::server::tls::TlsFailed>> {
+        let (out, c) = self.live(conn)?;
+        out.tls_receive(c, bytes, plain)
+    }
+
     /// Sends a frame to `conn` through the one outbound path. A connection
     /// that is gone takes nothing; `Err(Overflow)` leaves the caller to end
     /// a slow consumer.

@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::tls::ClientTls;
+
 #[cfg(doc)]
 use crate::ClientEvent;
 
@@ -36,6 +38,9 @@ pub struct ClientConfig {
     /// Unsent bytes the client holds before it refuses more messages
     /// (reported as [`ClientEvent::NotSent`]).
     pub max_outbound: usize,
+    /// Speak TLS (`None`: plaintext), e.g.
+    /// `ClientTls::builder("push.example.com").build()?`.
+    pub tls: Option<ClientTls>,
 }
 
 impl ClientConfig {
@@ -54,6 +59,7 @@ impl ClientConfig {
             connect_timeout: Duration::from_secs(10),
             max_frame: 1 << 20,
             max_outbound: 1 << 20,
+            tls: None,
         }
     }
 }
@@ -72,6 +78,7 @@ impl std::fmt::Debug for ClientConfig {
             .field("connect_timeout", &self.connect_timeout)
             .field("max_frame", &self.max_frame)
             .field("max_outbound", &self.max_outbound)
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }

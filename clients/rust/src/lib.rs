@@ -5,7 +5,8 @@
 //! state machine, `Backoff → Connecting → LoggedIn`, until it reaches
 //! `Stopped`:
 //!
-//! - **Connecting**: TCP connect, `<login>` (with [`ClientConfig::token`]
+//! - **Connecting**: TCP connect (and the TLS handshake, with
+//!   [`ClientConfig::tls`]), `<login>` (with [`ClientConfig::token`]
 //!   and its [`ClientConfig::exp`] when there is one, and the
 //!   [`ClientConfig::interval`] asked for), wait for `<welcome>`. Both
 //!   together are bounded by [`ClientConfig::connect_timeout`].
@@ -77,9 +78,11 @@ mod events;
 mod heartbeat;
 mod link;
 mod recent;
+mod tls;
 mod worker;
 
 pub use backoff::Backoff;
 pub use client::Client;
 pub use config::ClientConfig;
 pub use events::{ClientError, ClientEvent, Disconnect, ProtocolError, StopReason};
+pub use tls::{ClientTls, TlsBuilder, TlsSetupError};

@@ -364,6 +364,10 @@ impl Worker {
             .registry()
             .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
             .map_err(failed)?;
+        let tls = match &self.config.tls {
+            None => None,
+            Some(tls) => Some(tls.connection().map_err(|e| failed(io::Error::other(e)))?),
+        };
         let mut login = Vec::new();
         let config = &self.config;
         let options = to_server::LoginOptions {
@@ -374,7 +378,7 @@ impl Worker {
         to_server::encode_login_with(&mut login, &config.id, options);
         debug!("connecting to {} as {}", config.addr, config.id);
         self.state = State::Connecting {
-            link: Link::new(stream, token, login),
+            link: Link::new(stream, token, login, tls),
             deadline: now + config.connect_timeout,
         };
         Ok(())
