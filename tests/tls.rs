@@ -439,7 +439,7 @@ fn bad_input_is_closed_cleanly_logged_at_a_bounded_rate_and_harms_no_bystander()
 
     assert_eq!(wait_metric(&server, "lifeline_tls_failures_total", 34), 34);
     assert_eq!(
-        metric(&server, "lifeline_logouts_total{reason=\"tls\"}"),
+        metric(&server, "lifeline_connections_closed_total{reason=\"tls\"}"),
         34,
         "each closed with reason tls"
     );
@@ -470,7 +470,11 @@ fn a_handshake_that_never_finishes_is_closed_at_the_login_deadline_without_a_pro
         "closed at the 400 ms deadline, after {waited:?}"
     );
     assert_eq!(
-        wait_metric(&server, "lifeline_logouts_total{reason=\"timeout\"}", 1),
+        wait_metric(
+            &server,
+            "lifeline_connections_closed_total{reason=\"timeout\"}",
+            1
+        ),
         1
     );
     assert_eq!(metric(&server, "lifeline_probes_sent_total"), 0);
