@@ -496,7 +496,8 @@ fn metrics_name_every_family_and_the_counts_move() {
         "lifeline_clients_online gauge",
         "lifeline_ack_waits gauge",
         "lifeline_logins_total counter",
-        "lifeline_logouts_total counter",
+        "lifeline_connections_closed_total counter",
+        "lifeline_offline_total counter",
         "lifeline_heartbeats_received_total counter",
         "lifeline_probes_sent_total counter",
         "lifeline_frames_in_total counter",
@@ -558,10 +559,14 @@ fn metrics_name_every_family_and_the_counts_move() {
     for (key, expected) in [
         ("lifeline_accepted_total", 3.0),
         ("lifeline_logins_total", 2.0),
-        ("lifeline_logouts_total{reason=\"kicked\"}", 1.0),
-        ("lifeline_logouts_total{reason=\"bye\"}", 1.0),
-        ("lifeline_logouts_total{reason=\"error\"}", 1.0),
-        ("lifeline_logouts_total{reason=\"timeout\"}", 0.0),
+        ("lifeline_connections_closed_total{reason=\"kicked\"}", 1.0),
+        ("lifeline_connections_closed_total{reason=\"bye\"}", 1.0),
+        ("lifeline_connections_closed_total{reason=\"error\"}", 1.0),
+        ("lifeline_connections_closed_total{reason=\"timeout\"}", 0.0),
+        // The anonymous connection's end was no one's offline.
+        ("lifeline_offline_total{reason=\"kicked\"}", 1.0),
+        ("lifeline_offline_total{reason=\"bye\"}", 1.0),
+        ("lifeline_offline_total{reason=\"error\"}", 0.0),
         ("lifeline_errors_sent_total{code=\"unknown-frame\"}", 1.0),
         ("lifeline_errors_sent_total{code=\"not-logged-in\"}", 1.0),
         ("lifeline_errors_sent_total{code=\"bad-frame\"}", 0.0),
@@ -1289,8 +1294,13 @@ fn huge_headers_get_431_and_huge_bodies_413() {
     assert!(raw.closed());
 
     let mut raw = Raw::connect(admin_addr);
-    raw.send(b"POST /broadcast HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n");
-    assert_eq!(raw.expect_response().status, 411);
+    raw.send(b"POST /broadcast HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n2\r\nhi\r\n0\r\n\r\n");
+    let r = raw.expect_response();
+    assert_eq!(
+        (r.status, r.json()["error"].as_str()),
+        (501, Some("not-implemented"))
+    );
+    assert!(raw.closed());
 
     // Nobody else noticed.
     ping(&mut client, 1, WAIT);

@@ -510,6 +510,13 @@ fn polite_refusal_survives_an_outage_that_took_the_spare_descriptor() {
     let mut waiting = server.connect();
     waiting.send("<login id=\"w\"/>");
     assert!(server.wait_log(ACCEPT_ERROR, WAIT).is_some());
+    // The loop logs the shortage, then spends its spare on a refusal that
+    // fails too: only once the spare is gone (and cannot be reopened) is it
+    // waiting for descriptors. Restoring the limit before that would let the
+    // spare's refusal succeed and tell w `overload`.
+    common::wait_until("the spare descriptor given up", WAIT, || {
+        server.fds().len() < spare_before
+    });
     server.set_soft_nofile(NOFILE);
     let welcome = waiting
         .frame_within(Duration::from_secs(1))

@@ -650,7 +650,7 @@ fn a_new_binary_that_exits_after_reading_the_state_leaves_the_old_process_servin
 fn a_state_version_the_new_binary_does_not_know_is_refused_and_changes_nothing() {
     a_failed_upgrade_changes_nothing(
         &[("LIFELINE_TEST_UPGRADE", "state-version=99")],
-        "refused the state: state format version 99; this binary reads version 1 only (exit status: 1)",
+        "refused the state: state format version 99; this binary reads version 2 only (exit status: 1)",
     );
 }
 

@@ -8,6 +8,8 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use crate::admin::backend::{AdminGauges, Backend, ClientView, Pushed, StreamStart};
+use crate::admin::idempotency::{self, Idempotency, Seen};
+use crate::admin::stats::{AdminStats, Route};
 use crate::admin::AdminRef;
 use crate::http::{self, HttpError, Method, Request};
 
@@ -35,7 +37,9 @@ pub(super) struct Ctx<'a> {
     pub admin: AdminRef,
     pub token: Option<&'a [u8]>,
     pub gauges: AdminGauges,
+    pub stats: &'a AdminStats,
     pub out: &'a mut Vec<u8>,
+    pub idempotency: &'a mut Idempotency,
 }
 
 impl Ctx<'_> {
@@ -48,6 +52,23 @@ impl Ctx<'_> {
     fn error(&mut self, status: u16, error: &str, detail: &str, keep: bool) -> Outcome {
         self.backend.count_request(status);
         http::write_error(self.out, status, error, detail, keep);
+        Outcome::Responded { keep_alive: keep }
+    }
+
+    fn method_not_allowed(&mut self, allow: &str, keep: bool) -> Outcome {
+        self.backend.count_request(405);
+        let body = json!({
+            "error": "method-not-allowed",
+            "detail": format!("this endpoint serves {allow}"),
+        });
+        http::write_response_with(
+            self.out,
+            405,
+            "application/json",
+            body.to_string().as_bytes(),
+            keep,
+            &[("Allow", allow)],
+        );
         Outcome::Responded { keep_alive: keep }
     }
 
@@ -68,7 +89,8 @@ pub(super) fn refuse(e: &HttpError, backend: &mut dyn Backend, out: &mut Vec<u8>
     let error = match status {
         431 => "headers-too-large",
         413 => "body-too-large",
-        411 => "length-required",
+        417 => "expectation-failed",
+        501 => "not-implemented",
         _ => "bad-request",
     };
     http::write_error(out, status, error, &e.to_string(), false);
@@ -85,24 +107,56 @@ fn authorized(token: Option<&[u8]>, request: &Request<'_>) -> bool {
     presented.ct_eq(token).into()
 }
 
-/// Routes one request.
-pub(super) fn handle(request: &Request<'_>, ctx: &mut Ctx<'_>) -> Outcome {
-    let keep = request.keep_alive;
-    let segments: Vec<String> = request
+/// The decoded segments of a request's path.
+fn segments(request: &Request<'_>) -> Vec<String> {
+    request
         .path
         .trim_matches('/')
         .split('/')
         .filter(|s| !s.is_empty())
         .map(http::decode)
-        .collect();
+        .collect()
+}
+
+/// The route a request is for.
+pub(super) fn route_of(request: &Request<'_>) -> Route {
+    let segments = segments(request);
+    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+    Route::of(&segments)
+}
+
+/// Whether a request that waits for `100 Continue` may send its body:
+/// `None` when it may; otherwise its final answer is written (401, 404 or
+/// 405), and the connection closes after it, since the body that may still
+/// come is not read (RFC 9110 10.1.1).
+pub(super) fn precheck(request: &Request<'_>, ctx: &mut Ctx<'_>) -> Option<Outcome> {
+    let route = route_of(request);
+    if route != Route::Healthz && !authorized(ctx.token, request) {
+        return Some(unauthorized(ctx, false));
+    }
+    match route.allow() {
+        None => Some(ctx.error(404, "not-found", "no such endpoint", false)),
+        Some(allow) if !route.serves(request.method) => Some(ctx.method_not_allowed(allow, false)),
+        Some(_) => None,
+    }
+}
+
+fn unauthorized(ctx: &mut Ctx<'_>, keep: bool) -> Outcome {
+    ctx.error(
+        401,
+        "unauthorized",
+        "send Authorization: Bearer <LIFELINE_ADMIN_TOKEN>",
+        keep,
+    )
+}
+
+/// Routes one request.
+pub(super) fn handle(request: &Request<'_>, ctx: &mut Ctx<'_>) -> Outcome {
+    let keep = request.keep_alive;
+    let segments = segments(request);
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     if segments != ["healthz"] && !authorized(ctx.token, request) {
-        return ctx.error(
-            401,
-            "unauthorized",
-            "send Authorization: Bearer <LIFELINE_ADMIN_TOKEN>",
-            keep,
-        );
+        return unauthorized(ctx, keep);
     }
     match (request.method, segments.as_slice()) {
         (Method::Get, ["healthz"]) => ctx.reply(
@@ -112,7 +166,8 @@ pub(super) fn handle(request: &Request<'_>, ctx: &mut Ctx<'_>) -> Outcome {
         ),
         (Method::Get, ["metrics"]) => {
             ctx.backend.count_request(200);
-            let text = ctx.backend.metrics(ctx.gauges);
+            let mut text = ctx.backend.metrics(ctx.gauges);
+            ctx.stats.render(&mut text);
             http::write_response(
                 ctx.out,
                 200,
@@ -128,12 +183,7 @@ pub(super) fn handle(request: &Request<'_>, ctx: &mut Ctx<'_>) -> Outcome {
             None => ctx.not_online(id, keep),
         },
         (Method::Post, ["clients", id, "push"]) => push(id, request, ctx),
-        (Method::Post, ["broadcast"]) => match ctx.backend.broadcast(request.body) {
-            Ok((id, recipients)) => {
-                ctx.reply(202, json!({"id": &*id, "recipients": recipients}), keep)
-            }
-            Err(r) => ctx.error(r.status, r.error, &r.detail, keep),
-        },
+        (Method::Post, ["broadcast"]) => broadcast(request, ctx),
         (Method::Get, ["messages", message]) => match ctx.backend.receipt(message) {
             Some(r) => ctx.reply(
                 200,
@@ -146,6 +196,7 @@ pub(super) fn handle(request: &Request<'_>, ctx: &mut Ctx<'_>) -> Outcome {
                     "acked_at": r.acked_at,
                     "expires_at": r.expires_at,
                     "recipients": r.recipients,
+                    "redelivered": r.redelivered,
                 }),
                 keep,
             ),
@@ -186,14 +237,10 @@ pub(super) fn handle(request: &Request<'_>, ctx: &mut Ctx<'_>) -> Outcome {
                 }
             }
         }
-        (_, ["healthz" | "metrics" | "clients" | "broadcast" | "events" | "messages", ..]) => ctx
-            .error(
-                405,
-                "method-not-allowed",
-                "see the README for each endpoint's method",
-                keep,
-            ),
-        _ => ctx.error(404, "not-found", "no such endpoint", keep),
+        _ => match Route::of(&segments).allow() {
+            Some(allow) => ctx.method_not_allowed(allow, keep),
+            None => ctx.error(404, "not-found", "no such endpoint", keep),
+        },
     }
 }
 
@@ -256,6 +303,85 @@ fn query_number(
     }
 }
 
+/// What a request's `Idempotency-Key` says to do: `Err` with the answer
+/// already written (a replay, or a refusal), `Ok` with the key (if any) to
+/// remember the answer under.
+fn idempotent<'r>(
+    request: &Request<'r>,
+    fingerprint: &idempotency::Fingerprint,
+    ctx: &mut Ctx<'_>,
+) -> Result<Option<&'r str>, Outcome> {
+    let keep = request.keep_alive;
+    let key = match idempotency::key_of(request.idempotency_key) {
+        Ok(key) => key,
+        Err(bad) => return Err(ctx.error(400, "bad-idempotency-key", &bad.to_string(), keep)),
+    };
+    let Some(key) = key else {
+        return Ok(None);
+    };
+    match ctx.idempotency.seen(key, fingerprint, ctx.backend.now()) {
+        Seen::New => Ok(Some(key)),
+        Seen::Replay { status, body } => {
+            ctx.backend.count_request(status);
+            http::write_response_with(
+                ctx.out,
+                status,
+                "application/json",
+                body.as_bytes(),
+                keep,
+                &[("Idempotent-Replayed", "true")],
+            );
+            Err(Outcome::Responded { keep_alive: keep })
+        }
+        Seen::InProgress => Err(ctx.error(
+            409,
+            "idempotency-in-progress",
+            "the first request with this Idempotency-Key still waits for its ack; retry later",
+            keep,
+        )),
+        Seen::Reused => Err(ctx.error(
+            422,
+            "idempotency-key-reused",
+            "this Idempotency-Key was used for a different request (endpoint, client, queue_ttl_ms or body)",
+            keep,
+        )),
+    }
+}
+
+/// Answers an accepted push or broadcast, remembering the answer under its
+/// key; `waiting`: the answer stands only until that push's wait ends.
+fn accepted(
+    ctx: &mut Ctx<'_>,
+    key: Option<(&str, idempotency::Fingerprint)>,
+    status: u16,
+    body: serde_json::Value,
+    waiting: Option<Rc<str>>,
+    keep: bool,
+) -> Outcome {
+    if let Some((key, fingerprint)) = key {
+        let now = ctx.backend.now();
+        ctx.idempotency
+            .remember(key, fingerprint, status, body.to_string(), waiting, now);
+    }
+    ctx.reply(status, body, keep)
+}
+
+fn broadcast(request: &Request<'_>, ctx: &mut Ctx<'_>) -> Outcome {
+    let keep = request.keep_alive;
+    let fingerprint = idempotency::fingerprint("broadcast", "*", None, request.body);
+    let key = match idempotent(request, &fingerprint, ctx) {
+        Ok(key) => key.map(|k| (k, fingerprint)),
+        Err(answered) => return answered,
+    };
+    match ctx.backend.broadcast(request.body) {
+        Ok((id, recipients)) => {
+            let body = json!({"id": &*id, "recipients": recipients});
+            accepted(ctx, key, 202, body, None, keep)
+        }
+        Err(r) => ctx.error(r.status, r.error, &r.detail, keep),
+    }
+}
+
 fn push(id: &str, request: &Request<'_>, ctx: &mut Ctx<'_>) -> Outcome {
     let keep = request.keep_alive;
     let Ok(wait_ms) = query_number(request, "wait_ack_ms", 0..=MAX_WAIT_ACK_MS) else {
@@ -274,26 +400,47 @@ fn push(id: &str, request: &Request<'_>, ctx: &mut Ctx<'_>) -> Outcome {
             keep,
         );
     };
+    let fingerprint = idempotency::fingerprint("push", id, queue_ttl_ms, request.body);
+    let key = match idempotent(request, &fingerprint, ctx) {
+        Ok(key) => key.map(|k| (k, fingerprint)),
+        Err(answered) => return answered,
+    };
     match ctx.backend.push(id, request.body, queue_ttl_ms) {
         Err(r) => ctx.error(r.status, r.error, &r.detail, keep),
-        Ok(Pushed::Queued { id }) => ctx.reply(202, json!({"id": &*id, "status": "queued"}), keep),
+        Ok(Pushed::Queued { id }) => {
+            let body = json!({"id": &*id, "status": "queued"});
+            accepted(ctx, key, 202, body, None, keep)
+        }
         Ok(Pushed::Sent { id, target }) => match wait_ms {
             Some(ms) if ms > 0 => {
                 let until = ctx.backend.now() + ms * 1000;
                 ctx.backend.await_ack(&id, target, ctx.admin, until);
+                if let Some((key, fingerprint)) = key {
+                    // Provisional: a repeat meanwhile is told to wait (409);
+                    // should this request go away, a repeat gets "sent".
+                    let body = json!({"id": &*id, "status": "sent"}).to_string();
+                    let now = ctx.backend.now();
+                    ctx.idempotency
+                        .remember(key, fingerprint, 202, body, Some(id.clone()), now);
+                }
                 Outcome::AwaitAck {
                     message: id,
                     keep_alive: keep,
                 }
             }
-            _ => ctx.reply(202, json!({"id": &*id, "status": "sent"}), keep),
+            _ => {
+                let body = json!({"id": &*id, "status": "sent"});
+                accepted(ctx, key, 202, body, None, keep)
+            }
         },
     }
 }
 
-/// The response to a push whose wait ended.
+/// The response to a push whose wait ended (remembered for a repeat of
+/// its request, if it had an `Idempotency-Key`).
 pub(super) fn waited(
     backend: &mut dyn Backend,
+    idempotency: &mut Idempotency,
     message: &str,
     acked: bool,
     keep_alive: bool,
@@ -301,10 +448,7 @@ pub(super) fn waited(
 ) {
     let (status, text) = if acked { (200, "acked") } else { (202, "sent") };
     backend.count_request(status);
-    http::write_json(
-        out,
-        status,
-        &json!({"id": message, "status": text}),
-        keep_alive,
-    );
+    let body = json!({"id": message, "status": text});
+    idempotency.answered(message, status, &body.to_string());
+    http::write_json(out, status, &body, keep_alive);
 }

@@ -19,11 +19,14 @@ use crate::clock::{Clock, Micros};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::presence::{PresenceEvent, PresenceKind, PresenceLog};
+use crate::push_ids;
 use crate::pushes::Pushes;
 use crate::pushes::WaitEnd;
 use crate::registry::{Location, Registry, Ticket};
 use crate::server::accept::AcceptCounts;
 use crate::server::conn::{CloseReason, ConnRef, Transport};
+use crate::server::liveness::Watched;
+use crate::server::secure::TlsRuntime;
 use crate::server::table::Clients;
 use crate::writeq::Flushed;
 use lifeline_wire::ws;
@@ -62,6 +65,8 @@ pub struct Core {
     /// The connection being served, and an end asked for it meanwhile (it
     /// ends when its serving is done, never under its own frame loop).
     pub(super) serving: Option<(ConnRef, Option<CloseReason>)>,
+    /// On a TLS listener: the TLS configuration and its counters.
+    pub(super) tls: Option<TlsRuntime>,
 }
 
 /// Per-client randomness and spreading: heartbeat phases and reconnect delays.
@@ -120,11 +125,14 @@ impl Core {
                 receipt_ttl,
                 config.queue_max_per_client,
                 config.queue_max_bytes,
+                // Cluster mode will name its node here.
+                push_ids::id_prefix(None, clock.unix_epoch_us() / 1000),
             ),
             metrics: Metrics::default(),
             advice: Advice::new(config.reconnect_spread.as_millis() as u64),
             pending: HashMap::new(),
             serving: None,
+            tls: config.tls.clone().map(TlsRuntime::new),
             clock,
             config,
         }
@@ -158,9 +166,13 @@ impl Core {
         poll: &mio::Registry,
     ) -> Option<ConnRef> {
         match self.clients.insert(stream, peer, self.clock.now_us(), poll) {
+            Ok(conn) if !self.attach_tls(conn) => {
+                self.clients.remove(conn);
+                None
+            }
             Ok(conn) => {
                 self.metrics.accepted += 1;
-                debug!("accepted {peer} as connection {}", conn.generation);
+                debug!(peer:% = peer, conn = conn.generation; "accepted");
                 Some(conn)
             }
             Err(e) => {
@@ -170,13 +182,16 @@ impl Core {
         }
     }
 
-    /// When `conn` was last heard from, unless it is gone or saying goodbye
-    /// (a shutdown drain ends those by itself).
-    pub fn last_seen(&self, conn: ConnRef) -> Option<Micros> {
+    /// When `conn` was last heard from and its interval, unless it is gone
+    /// or saying goodbye (a shutdown drain ends those by itself).
+    pub fn watched(&self, conn: ConnRef) -> Option<Watched> {
         self.clients
             .get(conn)
             .filter(|c| !c.is_closing())
-            .map(|c| c.last_seen)
+            .map(|c| Watched {
+                last_seen: c.last_seen,
+                interval_ms: c.interval_ms,
+            })
     }
 
     pub fn is_live(&self, conn: ConnRef) -> bool {
@@ -198,6 +213,7 @@ impl Core {
         let Some(mut c) = self.clients.remove(conn) else {
             return;
         };
+        self.tls_released(&c);
         let closing = c.is_closing();
         let handshake = matches!(c.transport, Transport::Handshake);
         let ws_close = match &c.transport {
@@ -234,12 +250,18 @@ impl Core {
             Some(id) => {
                 let id = id.clone();
                 let was_holder = self.registry.release(&id, conn);
+                if was_holder {
+                    self.metrics.went_offline(reason);
+                }
                 if was_holder || reason == CloseReason::Replaced {
+                    // Fields for JSON logs; text reads
+                    // "offline id=.. reason=.. lived=1.234s conn=..".
                     info!(
-                        "offline id={id} reason={} lived={:.3}s conn={}",
-                        reason.as_str(),
-                        lived.as_secs_f64(),
-                        conn.generation
+                        id = &*id,
+                        reason = reason.as_str(),
+                        lived = lived.as_secs_f64(),
+                        conn = conn.generation;
+                        "offline"
                     );
                 }
                 // A replaced connection's id stays online (its successor
@@ -250,6 +272,7 @@ impl Core {
                     PresenceKind::Replaced
                 };
                 self.publish(kind, &id, conn, c.peer, Some(reason.as_str()));
+                self.hand_back_unacked(&id, conn, was_holder);
             }
             None => debug!(
                 "closed connection {} from {} ({}) after {:.3}s",
@@ -285,9 +308,25 @@ impl Core {
             kind,
             id: id.clone(),
             conn: conn.generation,
-            peer,
+            peer: Some(peer),
             reason,
             at: self.clock.unix_ms(self.clock.now_us()),
+            message: None,
+        });
+    }
+
+    /// Numbers a push event (`queued`, `expired`) about `client`'s push
+    /// `message` and keeps it, as [`Core::publish`] does.
+    pub(super) fn publish_push(&mut self, kind: PresenceKind, client: &Rc<str>, message: &Rc<str>) {
+        self.presence.record(PresenceEvent {
+            seq: 0,
+            kind,
+            id: client.clone(),
+            conn: 0,
+            peer: None,
+            reason: None,
+            at: self.clock.unix_ms(self.clock.now_us()),
+            message: Some(message.clone()),
         });
     }
 
@@ -334,10 +373,6 @@ impl Core {
         }
     }
 
-    pub fn heartbeat(&self) -> Duration {
-        self.config.heartbeat
-    }
-
     /// One of the registry's own sockets is ready.
     pub fn registry_ready(&mut self, token: mio::Token) {
         self.registry.on_ready(token);
@@ -361,6 +396,7 @@ impl Core {
     /// Expires receipts, held pushes and ack waits whose time is up.
     pub fn expire(&mut self) {
         self.pushes.expire(self.clock.now_us());
+        self.publish_expired();
     }
 
     /// When [`Core::expire`] next has something to do.
@@ -387,6 +423,7 @@ impl Core {
     /// the table, the socket closed, nothing else.
     pub fn forget(&mut self, conn: ConnRef) {
         if let Some(c) = self.clients.remove(conn) {
+            self.tls_released(&c);
             if let Some(id) = c.id() {
                 let _ = self.registry.release(id, conn);
             }

@@ -19,9 +19,12 @@ pub mod handover;
 mod inbound;
 pub mod liveness;
 mod outbound;
+mod redelivery;
+mod secure;
 mod session;
 mod shutdown;
 mod table;
+mod tls;
 
 pub use self::conn::{CloseReason, ConnRef};
 pub use self::core::Core;
@@ -33,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 use mio::{Events, Poll, Token};
-use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR2};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::admin::{Admin, AdminRef};
@@ -111,6 +114,8 @@ pub struct Server {
     /// something before deadlines are looked at (bytes that arrived during
     /// the hand-over count, as they would have in the old process).
     catching_up: bool,
+    /// Started by an upgrade: the pid of the process it took over from.
+    taken_over_from: Option<u32>,
 }
 
 impl Server {
@@ -145,7 +150,8 @@ impl Server {
         listeners: Listeners,
     ) -> Result<Server, ServerError> {
         let capacity = capacity(&config);
-        let mut signals = Signals::new([SIGINT, SIGTERM, SIGUSR2]).map_err(ServerError::Poll)?;
+        let mut signals =
+            Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR2]).map_err(ServerError::Poll)?;
         poll.registry()
             .register(&mut signals, SIGNALS, mio::Interest::READABLE)
             .map_err(ServerError::Poll)?;
@@ -153,7 +159,8 @@ impl Server {
             clock.epoch(),
             config.tick,
             config.heartbeat,
-            config.deadline(),
+            config.login.heartbeat_min,
+            config.misses,
         )
         .map_err(ServerError::Poll)?;
         liveness
@@ -164,21 +171,41 @@ impl Server {
             .map_err(ServerError::Poll)?;
         info!(
             "listening on {}; pid {}; capacity {capacity} connections (open-file limit {}); \
-             heartbeat {} ms, misses {}, deadline {} ms, tick {} ms",
+             heartbeat {} ms, misses {}, deadline {} ms, tick {} ms; version {} commit {}",
             listeners.local_addr(),
             std::process::id(),
             open_file_limit(),
             config.heartbeat.as_millis(),
             config.misses,
             config.deadline().as_millis(),
-            config.tick.as_millis()
+            config.tick.as_millis(),
+            crate::build_info::VERSION,
+            crate::build_info::COMMIT
         );
+        if let Some(tls) = &config.tls {
+            info!(
+                "TLS on the client port: certificate {}, client certificates {}, \
+                 at most {} handshakes at once",
+                tls.files.cert.display(),
+                match (&tls.files.client_ca, tls.id_from_cert) {
+                    (None, _) => "not asked for".to_string(),
+                    (Some(ca), false) => format!("required (CA {})", ca.display()),
+                    (Some(ca), true) =>
+                        format!("required (CA {}), login id from them", ca.display()),
+                },
+                tls.max_handshakes
+            );
+        }
         Ok(Server {
             poll,
             listeners,
             signals,
             liveness,
-            admin: Admin::new(config.admin_token.clone()),
+            admin: Admin::new(
+                config.admin_token.clone(),
+                config.ops.admin_max_connections,
+                config.receipt_ttl,
+            ),
             core: Core::new(config, clock, capacity, registry),
             read_buf: vec![0; READ_CHUNK],
             read_again: Vec::new(),
@@ -187,6 +214,7 @@ impl Server {
             drain_until: None,
             upgrade: None,
             catching_up: false,
+            taken_over_from: None,
         })
     }
 
@@ -197,6 +225,12 @@ impl Server {
     /// Where the admin API listens, when enabled.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.listeners.admin_addr()
+    }
+
+    /// The pid this process took every client over from, when an upgrade
+    /// started it (it has then told systemd it is ready already).
+    pub fn taken_over_from(&self) -> Option<u32> {
+        self.taken_over_from
     }
 
     /// Connections the server accepts before refusing with `overload`.
@@ -304,6 +338,9 @@ impl Server {
         if self.listeners.retry_due(now) {
             self.accept_clients();
             self.accept_admin();
+        } else if self.listeners.held_back() && self.core.handshake_room() > 0 {
+            // Handshakes finished or ended: the backlog's turn again.
+            self.accept_clients();
         }
         // Deadlines after the batch: a frame that was waiting in a socket
         // when the loop woke counts, even if its deadline has just passed.
@@ -345,10 +382,10 @@ impl Server {
         for &conn in &due {
             self.guarded(Subject::Client(conn), |s| {
                 // Gone, or saying goodbye: the entry is stale.
-                let Some(last_seen) = s.core.last_seen(conn) else {
+                let Some(watched) = s.core.watched(conn) else {
                     return;
                 };
-                let next = match s.liveness.verdict(last_seen, now_us) {
+                let next = match s.liveness.verdict(watched, now_us) {
                     Verdict::Close { late } => return s.core.timed_out(conn, late),
                     Verdict::Rearm { at } => at,
                     Verdict::Probe { seq, next } => {
@@ -384,14 +421,14 @@ impl Server {
         let now = self.core.clock().now();
         let draining = self.drain_until.is_some();
         let (core, liveness, poll) = (&mut self.core, &mut self.liveness, &self.poll);
-        let heartbeat = core.heartbeat();
-        self.listeners.accept_clients(now, |stream, peer| {
+        let room = core.handshake_room();
+        self.listeners.accept_clients(now, room, |stream, peer| {
             if draining || core.clients().is_full() {
                 return Some(stream);
             }
             // A connection that never logs in is held to the same deadline.
             if let Some(conn) = core.admit(stream, peer, poll.registry()) {
-                liveness.watch(conn, now + heartbeat);
+                liveness.watch_accepted(conn, now);
             }
             None
         });
@@ -462,7 +499,11 @@ impl Server {
 /// capacity from it (and from `LIFELINE_MAX_CONNECTIONS`).
 fn capacity(config: &Config) -> usize {
     let fd_limit = raise_open_file_limit();
-    let fd_capacity = usize::try_from(fd_limit.saturating_sub(FD_RESERVE)).unwrap_or(usize::MAX);
+    // Admin connections allowed beyond the default limit take their
+    // descriptors from the clients' share.
+    let reserve =
+        FD_RESERVE + crate::config_ops::extra_admin_reserve(config.ops.admin_max_connections);
+    let fd_capacity = usize::try_from(fd_limit.saturating_sub(reserve)).unwrap_or(usize::MAX);
     let capacity = match config.max_connections {
         Some(n) if n > fd_capacity => {
             warn!(
@@ -475,7 +516,7 @@ fn capacity(config: &Config) -> usize {
     };
     if capacity == 0 {
         warn!(
-            "the open-file limit ({fd_limit}) leaves no room for clients: {FD_RESERVE} descriptors \
+            "the open-file limit ({fd_limit}) leaves no room for clients: {reserve} descriptors \
              are kept for the server itself; raise the limit (ulimit -n)"
         );
     }

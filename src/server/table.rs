@@ -11,7 +11,7 @@ use mio::{Events, Interest};
 use slab::Slab;
 
 use crate::clock::Micros;
-use crate::server::conn::{ClientConn, ConnRef, GENERATION_MASK};
+use crate::server::conn::{ClientConn, ConnRef, Transport, GENERATION_MASK};
 use crate::server::outbound::{Outbound, Overflow, Prepared, WriteFailed};
 use crate::writeq::Flushed;
 
@@ -155,6 +155,25 @@ impl Clients {
             .collect()
     }
 
+    /// Connections by transport (in `metrics::TRANSPORTS` order) and the
+    /// bytes queued for them, counted by walking the table: for a scrape,
+    /// never per frame.
+    pub fn census(&self) -> ([usize; 4], usize) {
+        let mut transports = [0; 4];
+        let mut buffered = 0;
+        for (_, c) in &self.slab {
+            let i = match c.transport {
+                Transport::Sniffing => 0,
+                Transport::Raw => 1,
+                Transport::Handshake => 2,
+                Transport::WebSocket(_) => 3,
+            };
+            transports[i] += 1;
+            buffered += c.outbound.len();
+        }
+        (transports, buffered)
+    }
+
     /// Loads the slab entry of every client in the batch before any is
     /// served. Between two heartbeats of a client its entry has left the
     /// caches; independent loads overlap, so the batch pays about one cache
@@ -181,6 +200,18 @@ impl Clients {
             .get_mut(conn.key as usize)
             .filter(|c| c.generation == conn.generation)?;
         Some((&mut self.out, c))
+    }
+
+    /// Hands the ciphertext read from `conn` (being served) to its TLS
+    /// state; `None` for a connection without one.
+    pub fn tls_receive(
+        &mut self,
+        conn: ConnRef,
+        bytes: &mut [u8],
+        plain: &mut Vec<u8>,
+    ) -> Option<Result<crate::server::tls::Received, crate::server::tls::TlsFailed>> {
+        let (out, c) = self.live(conn)?;
+        out.tls_receive(c, bytes, plain)
     }
 
     /// Sends a frame to `conn` through the one outbound path. A connection
@@ -259,6 +290,12 @@ impl Clients {
 
     pub fn outbound_stats(&self) -> crate::server::outbound::OutboundStats {
         self.out.stats
+    }
+
+    /// The pushes the process this one took over from had delivered (an
+    /// upgrade): the push counters go on.
+    pub fn resume_pushes_delivered(&mut self, delivered: u64) {
+        self.out.stats.pushes_delivered = delivered;
     }
 
     /// After a caught panic: forget the half-served connection's replies.

@@ -40,6 +40,8 @@ pub enum Kind {
     Refuse,
     /// Old → new: the old process is leaving; serve.
     Go,
+    /// New → old: serving, and systemd told (`MAINPID=`); the old one exits.
+    Serving,
 }
 
 impl Kind {
@@ -51,6 +53,7 @@ impl Kind {
             Kind::Ack => b'A',
             Kind::Refuse => b'R',
             Kind::Go => b'G',
+            Kind::Serving => b'V',
         }
     }
 
@@ -62,6 +65,7 @@ impl Kind {
             b'A' => Kind::Ack,
             b'R' => Kind::Refuse,
             b'G' => Kind::Go,
+            b'V' => Kind::Serving,
             _ => return None,
         })
     }

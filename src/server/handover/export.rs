@@ -12,9 +12,12 @@ use crate::server::conn::{ClientConn, ConnRef, State as ConnPhase, Transport};
 use crate::server::Server;
 use lifeline_wire::StreamPosition;
 
+use crate::offline::Held;
+
 use super::state::{
-    self, ConnState, DecoderState, EventKind, EventState, FormatError, HeldFor, HeldPush, Phase,
-    Position, PresenceState, PushState, ReceiptState, State, StatusState, TransportState,
+    self, ConnState, DecoderState, EndedConn, EventKind, EventState, FormatError, HeldFor,
+    HeldPush, IdempotentAnswer, Phase, Position, PresenceState, PushState, ReceiptState, State,
+    StatusState, TransportState, UnackedFor, UnackedPush,
 };
 
 /// A state record ready to send, with its descriptors in index order.
@@ -23,6 +26,9 @@ pub struct Export<'a> {
     pub fds: Vec<BorrowedFd<'a>>,
     pub conns: usize,
     pub online: usize,
+    /// The TLS connections, not handed over: the old process ends them
+    /// once the new one has acknowledged.
+    pub tls: Vec<ConnRef>,
 }
 
 /// Writes down everything the next process needs. `checks`: each
@@ -44,7 +50,25 @@ pub fn export<'a>(
     });
     let mut conns = Vec::with_capacity(core.clients.len());
     let mut online = 0;
+    let (mut tls, mut tls_ended) = (Vec::new(), Vec::new());
     for (conn, c) in core.clients.iter() {
+        if c.tls.is_some() {
+            // A rustls session cannot be exported: this connection stays
+            // here, to be told goodbye after the new process's Ack.
+            let id = c.session().map(|s| s.id.to_string());
+            let holder = id
+                .as_deref()
+                .is_some_and(|id| core.registry.local(id) == Some(conn));
+            tls.push(conn);
+            tls_ended.push(EndedConn {
+                key: conn.key,
+                generation: conn.generation,
+                peer: c.peer,
+                id,
+                holder,
+            });
+            continue;
+        }
         // Every connection has an entry; should one be missing, it is
         // looked at on the next tick, which only re-arms it.
         let check_at = checks
@@ -73,11 +97,14 @@ pub fn export<'a>(
             ring: core.presence.ring().map(event).collect(),
         },
         pushes: PushState {
-            issued: pushes.issued(),
+            id_prefix: pushes.ids().prefix().to_string(),
+            issued: pushes.ids().issued(),
             accepted: pushes.stats.accepted,
             acked: pushes.stats.acked,
             expired: pushes.stats.expired,
             refused_full: pushes.stats.refused_full,
+            redelivered: pushes.stats.redelivered,
+            delivered: core.clients.outbound_stats().pushes_delivered,
             receipts: pushes
                 .receipts()
                 .in_order()
@@ -85,20 +112,41 @@ pub fn export<'a>(
                 .collect(),
             held: pushes
                 .offline()
-                .iter()
+                .held()
                 .map(|(client, held)| HeldFor {
                     client: client.to_string(),
-                    pushes: held
-                        .iter()
-                        .map(|h| HeldPush {
-                            message: h.message.to_string(),
-                            frame: h.frame.clone(),
-                            expires: h.expires,
+                    pushes: held.iter().map(held_push).collect(),
+                })
+                .collect(),
+            unacked: pushes
+                .offline()
+                .unacked()
+                .map(|(client, sent)| UnackedFor {
+                    client: client.to_string(),
+                    pushes: sent
+                        .into_iter()
+                        .map(|(conn, h)| UnackedPush {
+                            key: conn.key,
+                            generation: conn.generation,
+                            push: held_push(h),
                         })
                         .collect(),
                 })
                 .collect(),
         },
+        idempotency: server
+            .admin
+            .idempotency()
+            .remembered()
+            .map(|(key, at, answer)| IdempotentAnswer {
+                key: key.to_string(),
+                at,
+                fingerprint: *answer.fingerprint,
+                status: answer.status,
+                body: answer.body.to_string(),
+            })
+            .collect(),
+        tls_ended,
         logins: core.advice.logins(),
     };
     let count = state.conns.len();
@@ -107,7 +155,17 @@ pub fn export<'a>(
         fds,
         conns: count,
         online,
+        tls,
     }))
+}
+
+fn held_push(h: &Held) -> HeldPush {
+    HeldPush {
+        message: h.message.to_string(),
+        frame: h.frame.clone(),
+        expires: h.expires,
+        at_least_once: h.at_least_once,
+    }
 }
 
 fn phase(c: &ClientConn) -> Option<Phase> {
@@ -152,6 +210,7 @@ fn connection(conn: ConnRef, c: &ClientConn, fd: u32, check_at: Micros, phase: P
         connected_at: c.connected_at,
         last_seen: c.last_seen,
         check_at,
+        interval_ms: c.interval_ms,
         phase,
         transport,
         position: match c.position {
@@ -174,12 +233,15 @@ fn event(e: &PresenceEvent) -> EventState {
             PresenceKind::Alive => EventKind::Alive,
             PresenceKind::Offline => EventKind::Offline,
             PresenceKind::Replaced => EventKind::Replaced,
+            PresenceKind::Queued => EventKind::Queued,
+            PresenceKind::Expired => EventKind::Expired,
         },
         id: e.id.to_string(),
         conn: e.conn,
         peer: e.peer,
         reason: e.reason.map(str::to_string),
         at: e.at,
+        message: e.message.as_deref().map(str::to_string),
     }
 }
 
@@ -198,5 +260,6 @@ fn receipt(id: &str, r: &Receipt) -> ReceiptState {
         acked: r.acked,
         expires: r.expires,
         recipients: r.recipients.map(|n| n as u64),
+        redelivered: r.redelivered,
     }
 }

@@ -1,7 +1,9 @@
 //! The new process's side: a [`State`] record and its descriptors made into
 //! a running server: the old loop's clock, every connection at its own key
 //! and generation with its buffers and heartbeat entry, the registry claimed
-//! again, presence, receipts, the offline queue and push ids going on.
+//! again, presence, receipts, the offline queue, unacked pushes, push ids
+//! and remembered `Idempotency-Key` answers going on; the ends of the TLS
+//! connections the old process said goodbye to recorded as they happen.
 
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
@@ -12,9 +14,11 @@ use mio::Poll;
 
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::offline::Held;
 use crate::presence::{PresenceEvent, PresenceKind, PresenceLog};
+use crate::push_ids::PushIds;
 use crate::pushes::PushStats;
-use crate::receipts::{Held, Receipt, Status};
+use crate::receipts::{Receipt, Status};
 use crate::registry::Registry;
 use crate::server::accept::Listeners;
 use crate::server::conn::{
@@ -26,12 +30,14 @@ use lifeline_wire::ws::{Decoder, DecoderParts};
 use lifeline_wire::StreamPosition;
 
 use super::state::{
-    ConnState, EventKind, EventState, Phase, Position, ReceiptState, State, StatusState,
-    TransportState,
+    ConnState, EndedConn, EventKind, EventState, HeldPush, Phase, Position, ReceiptState, State,
+    StatusState, TransportState,
 };
 
 /// Slab keys beyond this are not a table the old process can have had.
 const MAX_KEY: u32 = 1 << 26;
+/// The longest heartbeat interval a login can be granted (protocol 1.2).
+const MAX_INTERVAL_MS: u32 = 3_600_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
@@ -45,6 +51,8 @@ pub enum ImportError {
         generation: u32,
         why: &'static str,
     },
+    #[error("push id prefix {0:?} does not make valid message ids")]
+    PushIds(String),
     #[error("{0}")]
     Server(#[from] ServerError),
 }
@@ -112,30 +120,79 @@ pub fn import(
         state.presence.ring.into_iter().map(event).collect(),
     );
     let p = state.pushes;
+    let p_delivered = p.delivered;
+    // The longest id of the run must still be a valid message id.
+    if !lifeline_wire::is_valid_message_id(&format!("{}{}", p.id_prefix, u64::MAX)) {
+        return Err(ImportError::PushIds(p.id_prefix));
+    }
     core.pushes.restore(
-        p.issued,
+        PushIds::resume(p.id_prefix, p.issued),
         PushStats {
             accepted: p.accepted,
             acked: p.acked,
             expired: p.expired,
             refused_full: p.refused_full,
+            redelivered: p.redelivered,
         },
         p.receipts.into_iter().map(receipt),
         p.held.into_iter().map(|h| {
-            let pushes: VecDeque<Held> = h
-                .pushes
-                .into_iter()
-                .map(|p| Held {
-                    message: Rc::from(p.message),
-                    frame: p.frame,
-                    expires: p.expires,
-                })
-                .collect();
+            let pushes: VecDeque<Held> = h.pushes.into_iter().map(held).collect();
             (Rc::from(h.client), pushes)
         }),
+        p.unacked.into_iter().flat_map(|u| {
+            let client: Rc<str> = Rc::from(u.client);
+            u.pushes.into_iter().map(move |sent| {
+                let conn = ConnRef {
+                    key: sent.key,
+                    generation: sent.generation,
+                };
+                (client.clone(), conn, held(sent.push))
+            })
+        }),
     );
+    core.clients.resume_pushes_delivered(p_delivered);
     core.advice.set_logins(state.logins);
+    let idempotency = server.admin.idempotency_mut();
+    for a in state.idempotency {
+        idempotency.remember(&a.key, a.fingerprint, a.status, a.body, None, a.at);
+    }
+    for ended in state.tls_ended {
+        record_end(&mut server, ended);
+    }
     Ok(server)
+}
+
+/// A TLS connection the old process says goodbye to (after this process's
+/// Ack): its end as `Core::end` records it there, here where presence and
+/// pushes now live — `offline` (or `replaced`) with reason `shutdown`, and
+/// its unacked at-least-once pushes handed back to the client's queue.
+fn record_end(server: &mut Server, ended: EndedConn) {
+    let Some(id) = ended.id else {
+        return; // not logged in: nothing to record
+    };
+    let id: Rc<str> = Rc::from(id);
+    let conn = ConnRef {
+        key: ended.key,
+        generation: ended.generation,
+    };
+    let kind = if ended.holder {
+        PresenceKind::Offline
+    } else {
+        PresenceKind::Replaced
+    };
+    let reason = Some(CloseReason::Shutdown.as_str());
+    let core = &mut server.core;
+    core.publish(kind, &id, conn, ended.peer, reason);
+    core.hand_back_unacked(&id, conn, ended.holder);
+}
+
+fn held(p: HeldPush) -> Held {
+    Held {
+        message: Rc::from(p.message),
+        frame: p.frame,
+        expires: p.expires,
+        at_least_once: p.at_least_once,
+    }
 }
 
 fn listener(fd: OwnedFd) -> mio::net::TcpListener {
@@ -154,6 +211,9 @@ fn connection(s: ConnState, fd: OwnedFd) -> Result<(ConnRef, ClientConn, u64), I
     if s.key >= MAX_KEY {
         return Err(bad("a slab key no table can have"));
     }
+    if s.interval_ms > MAX_INTERVAL_MS {
+        return Err(bad("a heartbeat interval no login can be granted"));
+    }
     let conn = ConnRef {
         key: s.key,
         generation: s.generation,
@@ -163,6 +223,7 @@ fn connection(s: ConnState, fd: OwnedFd) -> Result<(ConnRef, ClientConn, u64), I
     let stream = mio::net::TcpStream::from_std(std::net::TcpStream::from(fd));
     let mut c = ClientConn::new(stream, s.generation, s.peer, s.connected_at);
     c.last_seen = s.last_seen;
+    c.interval_ms = s.interval_ms;
     c.state = match s.phase {
         Phase::Connected => ConnPhase::Connected,
         Phase::LoggedIn { id, suspect } => ConnPhase::LoggedIn(Session {
@@ -226,6 +287,8 @@ fn event(e: EventState) -> PresenceEvent {
             EventKind::Alive => PresenceKind::Alive,
             EventKind::Offline => PresenceKind::Offline,
             EventKind::Replaced => PresenceKind::Replaced,
+            EventKind::Queued => PresenceKind::Queued,
+            EventKind::Expired => PresenceKind::Expired,
         },
         id: Rc::from(e.id),
         conn: e.conn,
@@ -238,6 +301,7 @@ fn event(e: EventState) -> PresenceEvent {
                 .find(|name| *name == r)
         }),
         at: e.at,
+        message: e.message.map(Rc::from),
     }
 }
 
@@ -257,6 +321,7 @@ fn receipt(r: ReceiptState) -> (Rc<str>, Receipt) {
             acked: r.acked,
             expires: r.expires,
             recipients: r.recipients.map(|n| n as usize),
+            redelivered: r.redelivered,
         },
     )
 }

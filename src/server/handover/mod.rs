@@ -11,15 +11,27 @@
 //!    sends it with the listening sockets and every connection's socket
 //!    (`SCM_RIGHTS`, 253 per message);
 //! 3. waits for `Ack` (the new process imported everything, `import.rs`),
-//!    answers `Go` and exits 0.
+//!    tells each TLS connection goodbye (see below), answers `Go`, waits
+//!    for `Serving` (the new process told systemd it is the main process
+//!    now) and exits 0, without telling systemd it stops.
 //!
-//! Nothing is closed, shut down or written to a client on the way: the
-//! descriptors the old process holds are duplicates of the ones in flight,
-//! and closing them on exit leaves the sockets open. If anything fails (the
-//! binary does not start, exits, refuses the state, or misses the timeout)
-//! the old process puts its wheel back and serves on; whatever arrived
-//! meanwhile waits in the sockets and is read as usual. The new process
-//! touches no socket before `Go`, so the two never serve at once.
+//! Nothing is closed, shut down or written to a plaintext client on the
+//! way: the descriptors the old process holds are duplicates of the ones in
+//! flight, and closing them on exit leaves the sockets open. If anything
+//! fails (the binary does not start, exits, refuses the state, or misses
+//! the timeout) the old process puts its wheel back and serves on; whatever
+//! arrived meanwhile waits in the sockets and is read as usual. The new
+//! process touches no socket before `Go`, so the two never serve at once.
+//!
+//! TLS connections are not handed over: a rustls session (keys, sequence
+//! numbers) cannot be exported. The TLS listener is (it holds no session),
+//! and the new process reads the TLS files again with its configuration.
+//! Only once the new process has acknowledged does the old one end each
+//! TLS connection through `Core::end` with reason `shutdown`: an encrypted
+//! `<bye reason="shutdown" retry-ms=…/>`, then close_notify. So a failed
+//! upgrade costs TLS clients nothing, and their reconnects wait in the
+//! listen backlog for the new process. The state names them, and the new
+//! process records their ends (presence, unacked pushes handed back).
 //!
 //! Not handed over: admin API connections (they close when the old process
 //! exits; an event stream resumes with `Last-Event-ID`), and so the admin
@@ -44,7 +56,8 @@ use mio::{Interest, Token};
 
 use crate::config::Config;
 use crate::registry::Registry;
-use crate::server::{Server, ServerError};
+use crate::server::conn::{CloseReason, ConnRef};
+use crate::server::{Server, ServerError, Subject};
 pub use binary::remember_start_path;
 use channel::{Channel, ChannelError, Kind, FDS_PER_MESSAGE, MAX_PAYLOAD};
 pub use import::ImportError;
@@ -80,6 +93,15 @@ pub enum HandoverError {
     ShuttingDown,
     #[error("{UPGRADE_FD_ENV}={0:?} is not a descriptor this process was given")]
     BadFd(String),
+}
+
+/// The new process acknowledged the state.
+struct Acked {
+    conns: usize,
+    online: usize,
+    /// The TLS connections, to be ended before `Go`.
+    tls: Vec<ConnRef>,
+    deadline: Instant,
 }
 
 /// An upgrade under way in the old process.
@@ -206,17 +228,22 @@ impl Server {
     fn hand_over(&mut self) -> bool {
         let stopped = Instant::now();
         let checks: HashMap<_, _> = self.liveness.drain().into_iter().collect();
-        let result = self.transfer(&checks, stopped);
+        let result = self
+            .transfer(&checks, stopped)
+            .and_then(|acked| self.go(acked));
         let Some(u) = self.upgrade.take() else {
             return false;
         };
         match result {
-            Ok((conns, online)) => {
+            Ok(acked) => {
                 info!(
-                    "upgrade: handed {conns} connections ({online} logged in) and the listeners \
-                     to pid {} in {:.1} ms; pid {} exits",
+                    "upgrade: handed {} connections ({} logged in) and the listeners to pid {} \
+                     in {:.1} ms; {} TLS connections told to reconnect; pid {} exits",
+                    acked.conns,
+                    acked.online,
                     u.child.id(),
                     stopped.elapsed().as_secs_f64() * 1e3,
+                    acked.tls.len(),
                     std::process::id()
                 );
                 true
@@ -236,12 +263,12 @@ impl Server {
         }
     }
 
-    /// Sends the state and the descriptors, waits for `Ack`, says `Go`.
+    /// Sends the state and the descriptors and waits for `Ack`.
     fn transfer(
         &self,
-        checks: &HashMap<crate::server::ConnRef, Instant>,
+        checks: &HashMap<ConnRef, Instant>,
         stopped: Instant,
-    ) -> Result<(usize, usize), HandoverError> {
+    ) -> Result<Acked, HandoverError> {
         let Some(u) = &self.upgrade else {
             return Err(HandoverError::Channel(ChannelError::Closed));
         };
@@ -280,8 +307,36 @@ impl Server {
             }
             other => return Err(HandoverError::Unexpected(other, "Ack")),
         }
-        u.channel.send(Kind::Go, &[], &[], deadline)?;
-        Ok((export.conns, export.online))
+        Ok(Acked {
+            conns: export.conns,
+            online: export.online,
+            tls: export.tls,
+            deadline,
+        })
+    }
+
+    /// The new process has everything: the TLS connections are told
+    /// goodbye (their reconnects wait in the listen backlog for the new
+    /// process), then `Go`; then waits for the new process to say it
+    /// serves, so that it has told systemd it is the main process before
+    /// this one exits.
+    fn go(&mut self, acked: Acked) -> Result<Acked, HandoverError> {
+        for &conn in &acked.tls {
+            self.guarded(Subject::Client(conn), |s| {
+                s.core.end(conn, CloseReason::Shutdown)
+            });
+        }
+        let Some(u) = &self.upgrade else {
+            return Err(HandoverError::Channel(ChannelError::Closed));
+        };
+        u.channel.send(Kind::Go, &[], &[], acked.deadline)?;
+        match u.channel.recv(acked.deadline) {
+            Ok(m) if m.kind == Kind::Serving => {}
+            // Committed: the new process has the sockets either way.
+            Ok(m) => warn!("upgrade: pid {} sent {:?} after Go", u.child.id(), m.kind),
+            Err(e) => warn!("upgrade: pid {} did not confirm: {e}", u.child.id()),
+        }
+        Ok(acked)
     }
 
     /// The upgrade failed: stop the new process if it still runs, and serve on.
@@ -432,6 +487,18 @@ fn receive(
         Ok(m) => return Err(HandoverError::Unexpected(m.kind, "Go")),
         Err(e) => return Err(HandoverError::NoGo(e)),
     }
+    // Under systemd this process is the service's main process now; it says
+    // so before the old one exits (which waits for `Serving`), or systemd
+    // would take that exit for the end of the service.
+    crate::notify::notify(&format!(
+        "MAINPID={}\nREADY=1\nSTATUS=took over from pid {from}; listening on {}",
+        std::process::id(),
+        server.local_addr()
+    ));
+    if let Err(e) = channel.send(Kind::Serving, &[], &[], deadline) {
+        warn!("upgrade: could not tell pid {from} this process serves: {e}");
+    }
+    server.taken_over_from = Some(from);
     let now = server.core.clock_mut().read();
     let unserved = server.core.clock().micros(now).saturating_sub(stopped_at);
     info!(

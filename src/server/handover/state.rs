@@ -23,7 +23,12 @@ use serde::{Deserialize, Serialize};
 /// Marks a Lifeline state record.
 pub const MAGIC: [u8; 8] = *b"LLSTATE\0";
 /// The format this binary writes and the only one it reads.
-pub const VERSION: u32 = 1;
+///
+/// 2: the granted heartbeat interval per connection; push events
+/// (`queued`, `expired`); the push ids' run prefix; unacked at-least-once
+/// pushes and redelivery counts; remembered `Idempotency-Key` answers; TLS
+/// connections ended at the hand-over.
+pub const VERSION: u32 = 2;
 const HEADER_LEN: usize = 8 + 4 + 8;
 /// A record larger than this is refused unread (19,000 connections with
 /// full outbound queues stay far below it).
@@ -48,6 +53,13 @@ pub struct State {
     pub conns: Vec<ConnState>,
     pub presence: PresenceState,
     pub pushes: PushState,
+    /// Answers the admin API remembered under `Idempotency-Key`, oldest
+    /// first (admin connections themselves are not handed over).
+    pub idempotency: Vec<IdempotentAnswer>,
+    /// TLS connections: not handed over (a rustls session cannot be
+    /// exported). The old process tells each `<bye reason="shutdown"/>`
+    /// once the new one has acknowledged; the new one records their ends.
+    pub tls_ended: Vec<EndedConn>,
     /// Logins so far: the heartbeat phases go on spreading from there.
     pub logins: u64,
 }
@@ -65,6 +77,8 @@ pub struct ConnState {
     pub last_seen: u64,
     /// When its heartbeat entry comes due (the wheel's instant, loop µs).
     pub check_at: u64,
+    /// The heartbeat interval granted at login, ms (0: the server's own).
+    pub interval_ms: u32,
     pub phase: Phase,
     pub transport: TransportState,
     pub position: Position,
@@ -133,9 +147,12 @@ pub struct EventState {
     pub kind: EventKind,
     pub id: String,
     pub conn: u32,
-    pub peer: SocketAddr,
+    /// `None` for a push event.
+    pub peer: Option<SocketAddr>,
     pub reason: Option<String>,
     pub at: u64,
+    /// The push a `queued` or `expired` event is about.
+    pub message: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,20 +162,29 @@ pub enum EventKind {
     Alive,
     Offline,
     Replaced,
+    Queued,
+    Expired,
 }
 
-/// Pushes: the id counter, the counters, receipts (oldest first) and the
-/// offline queue. Ack waits belong to admin requests, which are not handed
-/// over, so none travel.
+/// Pushes: the ids' run and counter, the counters, receipts (oldest
+/// first), the offline queue and the at-least-once pushes waiting for their
+/// ack. Ack waits belong to admin requests, which are not handed over, so
+/// none travel.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PushState {
+    /// `p-RUN-`: the new process issues ids in the same run.
+    pub id_prefix: String,
     pub issued: u64,
     pub accepted: u64,
     pub acked: u64,
     pub expired: u64,
     pub refused_full: u64,
+    pub redelivered: u64,
+    /// Pushes fully written to their recipients.
+    pub delivered: u64,
     pub receipts: Vec<ReceiptState>,
     pub held: Vec<HeldFor>,
+    pub unacked: Vec<UnackedFor>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -171,6 +197,7 @@ pub struct ReceiptState {
     pub acked: Option<u64>,
     pub expires: Option<u64>,
     pub recipients: Option<u64>,
+    pub redelivered: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -194,6 +221,48 @@ pub struct HeldPush {
     /// The encoded `<msg>` frame.
     pub frame: Vec<u8>,
     pub expires: u64,
+    pub at_least_once: bool,
+}
+
+/// The sent at-least-once pushes of one client waiting for their ack, in
+/// the order they were sent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnackedFor {
+    pub client: String,
+    pub pushes: Vec<UnackedPush>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UnackedPush {
+    /// The connection it went out on (key and generation: a handed-over
+    /// connection keeps both; an ended one hands the push back).
+    pub key: u32,
+    pub generation: u32,
+    pub push: HeldPush,
+}
+
+/// One answer remembered under an `Idempotency-Key`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IdempotentAnswer {
+    pub key: String,
+    /// When it was remembered (loop µs): it is forgotten a receipt TTL later.
+    pub at: u64,
+    pub fingerprint: [u8; 32],
+    pub status: u16,
+    pub body: String,
+}
+
+/// A connection the old process ends at the hand-over (TLS), as the new
+/// process records its end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EndedConn {
+    pub key: u32,
+    pub generation: u32,
+    pub peer: SocketAddr,
+    /// Logged in as this id, and whether it held the id (a connection a
+    /// newer login replaced does not).
+    pub id: Option<String>,
+    pub holder: bool,
 }
 
 /// A record that cannot be read.
@@ -279,6 +348,7 @@ mod tests {
                 connected_at: 10,
                 last_seen: 20,
                 check_at: 5_020,
+                interval_ms: 2_500,
                 phase: Phase::LoggedIn {
                     id: "alice".into(),
                     suspect: true,
@@ -305,24 +375,40 @@ mod tests {
             presence: PresenceState {
                 last_seq: 77,
                 recording: true,
-                ring: vec![EventState {
-                    seq: 77,
-                    kind: EventKind::Online,
-                    id: "alice".into(),
-                    conn: 9,
-                    peer: "127.0.0.1:4000".parse().unwrap(),
-                    reason: Some("timeout".into()),
-                    at: 1_700_000_000_123,
-                }],
+                ring: vec![
+                    EventState {
+                        seq: 76,
+                        kind: EventKind::Online,
+                        id: "alice".into(),
+                        conn: 9,
+                        peer: Some("127.0.0.1:4000".parse().unwrap()),
+                        reason: Some("timeout".into()),
+                        at: 1_700_000_000_123,
+                        message: None,
+                    },
+                    EventState {
+                        seq: 77,
+                        kind: EventKind::Queued,
+                        id: "bob".into(),
+                        conn: 0,
+                        peer: None,
+                        reason: None,
+                        at: 1_700_000_000_124,
+                        message: Some("p-x-4".into()),
+                    },
+                ],
             },
             pushes: PushState {
+                id_prefix: "p-lqu5m2o0-".into(),
                 issued: 5,
                 accepted: 5,
                 acked: 1,
                 expired: 0,
                 refused_full: 0,
+                redelivered: 1,
+                delivered: 4,
                 receipts: vec![ReceiptState {
-                    id: "push-5".into(),
+                    id: "p-lqu5m2o0-5".into(),
                     to: "alice".into(),
                     status: StatusState::Sent,
                     created: 1,
@@ -330,16 +416,45 @@ mod tests {
                     acked: None,
                     expires: None,
                     recipients: None,
+                    redelivered: 1,
                 }],
                 held: vec![HeldFor {
                     client: "bob".into(),
                     pushes: vec![HeldPush {
-                        message: "push-4".into(),
+                        message: "p-lqu5m2o0-4".into(),
                         frame: b"<msg/>".to_vec(),
                         expires: 99,
+                        at_least_once: true,
+                    }],
+                }],
+                unacked: vec![UnackedFor {
+                    client: "alice".into(),
+                    pushes: vec![UnackedPush {
+                        key: 3,
+                        generation: 9,
+                        push: HeldPush {
+                            message: "p-lqu5m2o0-5".into(),
+                            frame: b"<msg/>".to_vec(),
+                            expires: 120,
+                            at_least_once: true,
+                        },
                     }],
                 }],
             },
+            idempotency: vec![IdempotentAnswer {
+                key: "order-17".into(),
+                at: 30,
+                fingerprint: [7; 32],
+                status: 202,
+                body: "{\"id\":\"p-lqu5m2o0-5\"}".into(),
+            }],
+            tls_ended: vec![EndedConn {
+                key: 4,
+                generation: 10,
+                peer: "127.0.0.1:4001".parse().unwrap(),
+                id: Some("carol".into()),
+                holder: true,
+            }],
             logins: 12,
         }
     }
