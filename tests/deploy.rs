@@ -80,6 +80,9 @@ fn the_unit_passes_systemd_analyze_verify_and_outlasts_the_drain() {
     for (key, value) in [
         ("Type", "notify"),
         ("ExecStart", INSTALLED_BINARY),
+        // `systemctl reload` upgrades; the new process names itself MAINPID.
+        ("ExecReload", "/bin/kill -USR2 $MAINPID"),
+        ("NotifyAccess", "all"),
         ("Restart", "on-failure"),
         ("KillSignal", "SIGTERM"),
         ("NoNewPrivileges", "yes"),
