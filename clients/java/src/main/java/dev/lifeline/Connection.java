@@ -122,6 +122,11 @@ final class Connection {
         return heartbeat == null ? connectDeadline : heartbeat.nextWakeup();
     }
 
+    /** When this connection ends unless the server is heard: the connect deadline, then the loss deadline. */
+    private long nextDeadline() {
+        return heartbeat == null ? connectDeadline : heartbeat.lostAt();
+    }
+
     /** The deadlines: connect, server lost, ping due. Returns an ending when one has passed. */
     private Ending onTimers(long now) throws IOException {
         if (heartbeat == null) {
@@ -189,7 +194,10 @@ final class Connection {
                 case PENDING:
                     return;
                 case ACKED_BEFORE:
-                    link.writeWithin(ClientFrames.ack(messageId), heartbeat.lostAt());
+                    // An app thread may hold the socket; wait for it no longer than the
+                    // deadline this thread watches. Before the welcome (only a broken
+                    // server sends a msg then) that is the connect deadline.
+                    link.writeWithin(ClientFrames.ack(messageId), nextDeadline());
                     return;
                 case NEW:
                 default:
