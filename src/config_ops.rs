@@ -35,7 +35,7 @@ pub struct OpsArgs {
     #[arg(long, env = "LIFELINE_ADMIN_MAX_CONNECTIONS", default_value = "32")]
     pub admin_max_connections: String,
 
-    /// Serve the demo page (/) and the browser client (/lifeline.js) on the client port [on, off]; WebSocket upgrades work either way.
+    /// Serve the demo page (/) and the browser client (/lifeline.js and its modules) on the client port [on, off]; WebSocket upgrades work either way.
     #[arg(long, env = "LIFELINE_DEMO_PAGE", default_value = "on")]
     pub demo_page: String,
 

@@ -274,7 +274,9 @@ fn systemd_hears_ready_once_listening_and_stopping_at_shutdown() {
 #[test]
 fn with_the_demo_page_off_only_websockets_are_served() {
     let server = ServerProc::start(&[("LIFELINE_DEMO_PAGE", "off")]);
-    for path in ["/", "/index.html", "/lifeline.js"] {
+    // Every file the server embeds: the page and each module of the client.
+    let every_page = lifeline::pages::PAGES.iter().map(|page| page.path);
+    for path in every_page.clone() {
         let r = request(server.addr, "GET", path, "", b"");
         assert_eq!(
             (r.status, r.text().as_str()),
@@ -289,8 +291,10 @@ fn with_the_demo_page_off_only_websockets_are_served() {
     assert_eq!(ws.expect("upgrade").1.status(), 101);
     // On by default.
     let server = ServerProc::start(&[]);
-    let r = request(server.addr, "GET", "/lifeline.js", "", b"");
-    assert_eq!(r.status, 200);
+    for path in every_page {
+        let r = request(server.addr, "GET", path, "", b"");
+        assert_eq!(r.status, 200, "{path}");
+    }
 }
 
 fn upgrade(addr: std::net::SocketAddr, origin: Option<&str>) -> (u16, bool) {

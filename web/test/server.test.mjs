@@ -22,10 +22,32 @@ function clientFor(t, options) {
   return { client, seen };
 }
 
-test('the server serves this very file as /lifeline.js', async (t) => {
+/** A file of the package, as it is on disk. */
+const packageFile = (file) => readFile(new URL(`../${file}`, import.meta.url), 'utf8');
+
+/** The client's modules: the entry, and every module it imports by relative path, transitively. */
+async function clientModules() {
+  const files = ['lifeline.js'];
+  for (let i = 0; i < files.length; i += 1) {
+    for (const [, file] of (await packageFile(files[i])).matchAll(/from '\.\/([^']+)'/g)) {
+      if (!files.includes(file)) files.push(file);
+    }
+  }
+  return files;
+}
+
+test('the server serves every module of the client as these very files, and the package ships them', async (t) => {
   const server = await startServer(t);
-  const served = await (await fetch(`http://${server.addr}/lifeline.js`)).text();
-  assert.equal(served, await readFile(new URL('../lifeline.js', import.meta.url), 'utf8'));
+  const files = await clientModules();
+  assert.ok(files.length > 1, `lifeline.js imports its sibling modules: ${files}`);
+  for (const file of files) {
+    const res = await fetch(`http://${server.addr}/${file}`);
+    assert.equal(res.status, 200, file);
+    assert.equal(res.headers.get('content-type'), 'text/javascript; charset=utf-8', file);
+    assert.equal(await res.text(), await packageFile(file), file);
+  }
+  const { files: shipped } = JSON.parse(await packageFile('package.json'));
+  for (const file of files) assert.ok(shipped.includes(file), `package.json "files" lacks ${file}`);
 });
 
 test('start() resolves online; send() goes out at once; messages and pushes arrive and are acked', async (t) => {
