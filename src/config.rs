@@ -105,6 +105,22 @@ pub struct RawConfig {
     #[arg(long, env = "LIFELINE_QUEUE_MAX_BYTES", default_value = "67108864")]
     pub queue_max_bytes: String,
 
+    /// Cluster mode: Redis URL, redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] (host resolved once at start); unset: standalone.
+    #[arg(long, env = "LIFELINE_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+
+    /// Cluster mode: this node's id (letters, digits, - _ . :) [default: host name-pid].
+    #[arg(long, env = "LIFELINE_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Cluster mode: a node that has not refreshed its liveness in Redis this long is dead; its clients go offline (node-lost) [300..=600000].
+    #[arg(long, env = "LIFELINE_NODE_TTL_MS", default_value = "10000")]
+    pub node_ttl_ms: String,
+
+    /// Run N worker processes sharing the ports (SO_REUSEPORT), each its own node (id: NODE_ID-wK), supervised by this one [1..=256].
+    #[arg(long, env = "LIFELINE_WORKERS")]
+    pub workers: Option<String>,
+
     /// On SIGINT/SIGTERM, how long to keep flushing <bye reason="shutdown"/> before exiting, in ms [0..=60000].
     #[arg(long, env = "LIFELINE_DRAIN_MS", default_value = "1000")]
     pub drain_ms: String,
@@ -145,6 +161,10 @@ pub struct Config {
     pub receipt_ttl: Duration,
     pub queue_max_per_client: usize,
     pub queue_max_bytes: usize,
+    /// Cluster mode (`LIFELINE_REDIS_URL` set).
+    pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// `--workers N`: this process supervises N workers.
+    pub workers: Option<u32>,
 }
 
 /// A setting that could not be accepted.
@@ -233,7 +253,20 @@ impl Config {
                 });
             }
         }
+        let event_backlog = int_in(
+            &raw.event_backlog,
+            0,
+            10_000_000,
+            "LIFELINE_EVENT_BACKLOG",
+            "event-backlog",
+        )? as usize;
+        let workers = match &raw.workers {
+            None => None,
+            Some(v) => Some(int_in(v, 1, 256, "LIFELINE_WORKERS", "workers")? as u32),
+        };
         Ok(Config {
+            cluster: cluster(raw, event_backlog)?,
+            workers,
             receipt_ttl: Duration::from_millis(int_in(
                 &raw.receipt_ttl_ms,
                 1000,
@@ -255,13 +288,7 @@ impl Config {
                 "LIFELINE_QUEUE_MAX_BYTES",
                 "queue-max-bytes",
             )? as usize,
-            event_backlog: int_in(
-                &raw.event_backlog,
-                0,
-                10_000_000,
-                "LIFELINE_EVENT_BACKLOG",
-                "event-backlog",
-            )? as usize,
+            event_backlog,
             reconnect_spread: Duration::from_millis(int_in(
                 &raw.reconnect_spread_ms,
                 0,
@@ -352,6 +379,48 @@ fn socket_addr(
         .map_err(|_| err())?
         .next()
         .ok_or_else(err)
+}
+
+/// Cluster mode's settings, when `LIFELINE_REDIS_URL` is set.
+fn cluster(
+    raw: &RawConfig,
+    backlog: usize,
+) -> Result<Option<crate::cluster::ClusterConfig>, ConfigError> {
+    use crate::cluster::url;
+    let ttl = int_in(
+        &raw.node_ttl_ms,
+        300,
+        600_000,
+        "LIFELINE_NODE_TTL_MS",
+        "node-ttl-ms",
+    )?;
+    let Some(redis) = raw.redis_url.as_deref().filter(|u| !u.trim().is_empty()) else {
+        return Ok(None);
+    };
+    let target = url::parse(redis).ok_or_else(|| ConfigError {
+        var: "LIFELINE_REDIS_URL",
+        flag: "redis-url",
+        value: redis.to_string(),
+        accepted: url::ACCEPTED.to_string(),
+    })?;
+    let node = match raw.node_id.as_deref().filter(|n| !n.is_empty()) {
+        Some(n) if url::valid_node_id(n) => n.to_string(),
+        Some(n) => {
+            return Err(ConfigError {
+                var: "LIFELINE_NODE_ID",
+                flag: "node-id",
+                value: n.to_string(),
+                accepted: "1 to 64 letters, digits, '-', '_', '.' or ':'".to_string(),
+            })
+        }
+        None => url::default_node_id(),
+    };
+    Ok(Some(crate::cluster::ClusterConfig {
+        target,
+        node,
+        ttl: Duration::from_millis(ttl),
+        backlog,
+    }))
 }
 
 fn keepalive(value: &str) -> Result<Option<Keepalive>, ConfigError> {
@@ -448,6 +517,35 @@ mod tests {
         assert!(c.is_ok());
         let c = Config::validate(&raw(&["--admin-addr", ""])).unwrap();
         assert_eq!(c.admin_addr, None);
+    }
+
+    #[test]
+    fn cluster_settings_are_checked() {
+        let c = Config::validate(&raw(&[])).unwrap();
+        assert!(c.cluster.is_none());
+        let e = Config::validate(&raw(&["--redis-url", "localhost:6379"])).unwrap_err();
+        assert_eq!(e.var, "LIFELINE_REDIS_URL");
+        let e = Config::validate(&raw(&[
+            "--redis-url",
+            "redis://127.0.0.1:1",
+            "--node-id",
+            "a b",
+        ]))
+        .unwrap_err();
+        assert_eq!(e.var, "LIFELINE_NODE_ID");
+        let c = Config::validate(&raw(&[
+            "--redis-url",
+            "redis://127.0.0.1:6390/1",
+            "--node-id",
+            "n1",
+            "--node-ttl-ms",
+            "1500",
+        ]))
+        .unwrap();
+        let cluster = c.cluster.unwrap();
+        assert_eq!(cluster.node, "n1");
+        assert_eq!(cluster.ttl, Duration::from_millis(1500));
+        assert_eq!(cluster.target.db, 1);
     }
 
     #[test]

@@ -14,6 +14,8 @@
 //! - [`registry`] (who is online, behind a trait cluster mode implements),
 //!   [`presence`] (numbered events and their ring), [`pushes`] and
 //!   [`receipts`] (push ids, receipts, the offline queue, ack waits);
+//! - [`cluster`]: cluster mode — presence, routing and node liveness
+//!   shared through Redis, on the same loop;
 //! - [`timers`] (the wheel and the timerfd), [`clock`], [`writeq`] (a
 //!   socket's write queue), [`auth`] (login tokens), [`metrics`].
 
@@ -25,6 +27,7 @@ compile_error!("Lifeline packs slab key and generation into a 64-bit mio token")
 pub mod admin;
 pub mod auth;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod metrics;

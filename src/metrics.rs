@@ -18,7 +18,7 @@ const LATENESS_BUCKETS: [f64; 10] = [
 ];
 
 /// Error codes counted per code.
-const ERROR_CODES: [ErrorCode; 8] = [
+const ERROR_CODES: [ErrorCode; 9] = [
     ErrorCode::BadFrame,
     ErrorCode::FrameTooLarge,
     ErrorCode::UnknownFrame,
@@ -27,6 +27,7 @@ const ERROR_CODES: [ErrorCode; 8] = [
     ErrorCode::NotLoggedIn,
     ErrorCode::AlreadyLoggedIn,
     ErrorCode::Offline,
+    ErrorCode::Unavailable,
 ];
 
 /// Plain counters: the loop is single-threaded, so no atomics are needed.

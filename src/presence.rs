@@ -42,6 +42,9 @@ pub struct PresenceEvent {
     pub seq: u64,
     pub kind: PresenceKind,
     pub id: Rc<str>,
+    /// Cluster mode: the node the connection is on (standalone: `None`,
+    /// and the field is left out of the event).
+    pub node: Option<Rc<str>>,
     /// The connection's generation: tells two connections of one id apart.
     pub conn: u32,
     pub peer: SocketAddr,
@@ -112,6 +115,27 @@ impl PresenceLog {
         self.last_seq
     }
 
+    /// Keeps an event numbered elsewhere (cluster mode: by the cluster's
+    /// stream, in stream order). A gap in the numbers (the stream was
+    /// trimmed past what this node had read, or Redis restarted) empties
+    /// the ring: resuming across a gap must reset.
+    pub fn record_numbered(&mut self, event: PresenceEvent) {
+        if event.seq <= self.last_seq && !self.ring.is_empty() {
+            return; // read twice (a feed reconnect)
+        }
+        if self.ring.back().is_some_and(|last| last.seq + 1 != event.seq) {
+            self.ring.clear();
+        }
+        self.last_seq = event.seq;
+        if self.capacity > 0 {
+            if self.ring.len() == self.capacity {
+                self.ring.pop_front();
+            }
+            self.ring.push_back(event.clone());
+        }
+        self.fresh.push(event);
+    }
+
     /// Moves the events recorded since the last call into `into` (cleared
     /// first), in order.
     pub fn take_fresh(&mut self, into: &mut Vec<PresenceEvent>) {
@@ -149,7 +173,7 @@ impl PresenceLog {
 /// One event as SSE: `id:` is the sequence number, so a browser's
 /// EventSource resumes with `Last-Event-ID` by itself.
 pub fn write_sse(out: &mut Vec<u8>, e: &PresenceEvent) {
-    let data = serde_json::json!({
+    let mut data = serde_json::json!({
         "seq": e.seq,
         "event": e.kind.as_str(),
         "id": &*e.id,
@@ -158,6 +182,9 @@ pub fn write_sse(out: &mut Vec<u8>, e: &PresenceEvent) {
         "reason": e.reason,
         "at": e.at,
     });
+    if let (Some(node), Some(map)) = (&e.node, data.as_object_mut()) {
+        map.insert("node".to_string(), serde_json::json!(&**node));
+    }
     let _ = write!(
         out,
         "id: {}\nevent: {}\ndata: {data}\n\n",
@@ -183,6 +210,7 @@ mod tests {
             seq: 0,
             kind: PresenceKind::Online,
             id: id.into(),
+            node: None,
             conn: 1,
             peer: "127.0.0.1:1".parse().unwrap(),
             reason: None,

@@ -24,11 +24,12 @@ pub enum WaitEnd {
     TimedOut,
 }
 
-/// An admin request waiting for the ack of a push to `target`.
+/// An admin request waiting for the ack of a push to `target` (`None`: a
+/// client on another node, whose node reports the ack).
 #[derive(Debug, Clone, Copy)]
 struct Wait {
     admin: AdminRef,
-    target: ConnRef,
+    target: Option<ConnRef>,
     until: Micros,
 }
 
@@ -48,6 +49,9 @@ pub struct Pushes {
     receipts: Receipts,
     offline: OfflineQueue,
     issued: u64,
+    /// Cluster mode: push ids start with the node and its start time, so
+    /// that ids from different nodes (and restarts) never collide.
+    prefix: Option<String>,
     waits: HashMap<Rc<str>, Wait>,
     /// When each wait ends: (until, push id).
     wait_ends: BTreeSet<(Micros, Rc<str>)>,
@@ -61,6 +65,7 @@ impl Pushes {
             receipts: Receipts::new(receipt_ttl, MAX_RECEIPTS),
             offline: OfflineQueue::new(queue_max_per_client, queue_max_bytes),
             issued: 0,
+            prefix: None,
             waits: HashMap::new(),
             wait_ends: BTreeSet::new(),
             woken: Vec::new(),
@@ -71,7 +76,26 @@ impl Pushes {
     /// A fresh push id.
     pub fn new_id(&mut self) -> Rc<str> {
         self.issued += 1;
-        Rc::from(format!("push-{}", self.issued))
+        match &self.prefix {
+            Some(prefix) => Rc::from(format!("{prefix}.push-{}", self.issued)),
+            None => Rc::from(format!("push-{}", self.issued)),
+        }
+    }
+
+    /// Cluster mode: ids become `NODE.START.push-N` (START: the process's
+    /// start in base-36 milliseconds).
+    pub fn set_id_prefix(&mut self, node: &str, start_ms: u64) {
+        let mut start = String::new();
+        let mut n = start_ms;
+        loop {
+            let digit = (n % 36) as u32;
+            start.insert(0, char::from_digit(digit, 36).unwrap_or('0'));
+            n /= 36;
+            if n == 0 {
+                break;
+            }
+        }
+        self.prefix = Some(format!("{node}.{start}"));
     }
 
     /// A push handed to `to`'s connection.
@@ -195,7 +219,7 @@ impl Pushes {
             }
         }
         if let Some(wait) = self.waits.get(message) {
-            if wait.target == acker {
+            if wait.target == Some(acker) {
                 self.end_wait(message, WaitEnd::Acked);
             }
         }
@@ -213,11 +237,33 @@ impl Pushes {
             message.clone(),
             Wait {
                 admin,
-                target,
+                target: Some(target),
                 until,
             },
         );
         self.wait_ends.insert((until, message.clone()));
+    }
+
+    /// An admin request waits for the ack of `message`, pushed to a client
+    /// on another node (which reports the ack, see [`Pushes::remote_acked`]).
+    pub fn await_remote_ack(&mut self, message: &Rc<str>, admin: AdminRef, until: Micros) {
+        self.waits.insert(
+            message.clone(),
+            Wait {
+                admin,
+                target: None,
+                until,
+            },
+        );
+        self.wait_ends.insert((until, message.clone()));
+    }
+
+    /// The node of the recipient of `message` reports its ack.
+    pub fn remote_acked(&mut self, message: &str) {
+        if self.waits.get(message).is_some_and(|w| w.target.is_none()) {
+            self.stats.acked += 1;
+            self.end_wait(message, WaitEnd::Acked);
+        }
     }
 
     /// The waiting request went away.

@@ -13,7 +13,8 @@ mod events;
 mod routes;
 
 pub use backend::{
-    AdminGauges, Backend, ClientView, ClientsPage, Pushed, ReceiptView, Refused, StreamStart,
+    AdminGauges, Answer, Backend, ClientView, ClientsPage, Pushed, Question, ReceiptView, Refused,
+    StreamStart,
 };
 
 use std::collections::BTreeSet;
@@ -87,6 +88,12 @@ enum State {
     /// A push waits for the client's ack: the response goes out when the ack
     /// comes or the wait ends; requests behind it wait their turn.
     AwaitingAck { message: Rc<str>, keep_alive: bool },
+    /// Cluster mode: a question to the cluster waits for its answer (then,
+    /// for a push with `wait_ack_ms`, for the ack); requests behind it wait.
+    Asking {
+        wait_ms: Option<u64>,
+        keep_alive: bool,
+    },
     /// The last response is being flushed; then the write side is shut and
     /// input discarded until the peer closes (a lingering close, so that a
     /// client still sending a refused body reads the answer, not a reset).
@@ -237,7 +244,7 @@ impl Admin {
                         return false;
                     }
                 }
-                State::Requests | State::AwaitingAck { .. } => {
+                State::Requests | State::AwaitingAck { .. } | State::Asking { .. } => {
                     c.inbound.extend_from_slice(&buf[..n]);
                     // Requests piled up behind a push that waits for its ack.
                     if c.inbound.len() > http::MAX_HEAD + MAX_BODY + 1024 {
@@ -324,6 +331,16 @@ impl Admin {
                 } => {
                     c.state = State::AwaitingAck {
                         message,
+                        keep_alive,
+                    };
+                    return true;
+                }
+                Outcome::Asked {
+                    wait_ms,
+                    keep_alive,
+                } => {
+                    c.state = State::Asking {
+                        wait_ms,
                         keep_alive,
                     };
                     return true;
@@ -438,6 +455,49 @@ impl Admin {
         }
     }
 
+    /// Cluster mode: answers the requests whose question the cluster
+    /// answered, then serves what queued up behind them.
+    pub fn answer(&mut self, answers: Vec<(AdminRef, Answer)>, backend: &mut dyn Backend) {
+        for (admin, answer) in answers {
+            let Some(c) = self.get_mut(admin) else {
+                continue;
+            };
+            let State::Asking {
+                wait_ms,
+                keep_alive,
+            } = c.state
+            else {
+                continue;
+            };
+            c.state = State::Requests;
+            self.response.clear();
+            let outcome = routes::answered(
+                backend,
+                admin,
+                answer,
+                wait_ms,
+                keep_alive,
+                &mut self.response,
+            );
+            if let Outcome::AwaitAck { message, .. } = outcome {
+                if let Some(c) = self.get_mut(admin) {
+                    c.state = State::AwaitingAck {
+                        message,
+                        keep_alive,
+                    };
+                }
+                continue;
+            }
+            if !self.respond(admin, backend) {
+                self.end(admin, backend);
+            } else if !keep_alive {
+                self.begin_draining(admin);
+            } else if !self.serve(admin, backend) {
+                self.end(admin, backend);
+            }
+        }
+    }
+
     /// When the next admin timer comes due.
     pub fn next_timer(&self) -> Option<Micros> {
         self.timers.first().map(|&(at, _, _)| at)
@@ -472,7 +532,7 @@ impl Admin {
                     continue;
                 }
                 State::Draining { .. } => now + (micros(LINGER) - idle),
-                State::AwaitingAck { .. } => now + micros(ADMIN_IDLE),
+                State::AwaitingAck { .. } | State::Asking { .. } => now + micros(ADMIN_IDLE),
                 State::Requests if idle >= micros(ADMIN_IDLE) => {
                     self.end(admin, backend);
                     continue;

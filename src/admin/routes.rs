@@ -7,7 +7,9 @@ use std::rc::Rc;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
-use crate::admin::backend::{AdminGauges, Backend, ClientView, Pushed, StreamStart};
+use crate::admin::backend::{
+    AdminGauges, Answer, Backend, ClientView, Pushed, Question, ReceiptView, StreamStart,
+};
 use crate::admin::AdminRef;
 use crate::http::{self, HttpError, Method, Request};
 
@@ -27,6 +29,12 @@ pub(super) enum Outcome {
     Stream(StreamStart),
     /// Nothing is written yet: the response waits for the push's ack.
     AwaitAck { message: Rc<str>, keep_alive: bool },
+    /// Cluster mode: nothing is written yet: the response waits for the
+    /// cluster's answer (and then, with `wait_ms`, for a push's ack).
+    Asked {
+        wait_ms: Option<u64>,
+        keep_alive: bool,
+    },
 }
 
 /// What a route needs besides the request.
@@ -119,41 +127,33 @@ pub(super) fn handle(request: &Request<'_>, ctx: &mut Ctx<'_>) -> Outcome {
             Outcome::Responded { keep_alive: keep }
         }
         (Method::Get, ["clients"]) => list_clients(request, ctx),
+        (Method::Get, ["clients", id]) if ctx.ask(|| Question::Client(id.to_string())) => {
+            ctx.asked(None, keep)
+        }
         (Method::Get, ["clients", id]) => match ctx.backend.client(id) {
             Some(view) => ctx.reply(200, client_json(&view), keep),
             None => ctx.not_online(id, keep),
         },
         (Method::Post, ["clients", id, "push"]) => push(id, request, ctx),
+        (Method::Post, ["broadcast"]) if ctx.ask(|| Question::Broadcast(request.body.to_vec())) => {
+            ctx.asked(None, keep)
+        }
         (Method::Post, ["broadcast"]) => match ctx.backend.broadcast(request.body) {
             Ok((id, recipients)) => {
                 ctx.reply(202, json!({"id": &*id, "recipients": recipients}), keep)
             }
             Err(r) => ctx.error(r.status, r.error, &r.detail, keep),
         },
-        (Method::Get, ["messages", message]) => match ctx.backend.receipt(message) {
-            Some(r) => ctx.reply(
-                200,
-                json!({
-                    "id": message,
-                    "to": &*r.to,
-                    "status": r.status,
-                    "created_at": r.created_at,
-                    "sent_at": r.sent_at,
-                    "acked_at": r.acked_at,
-                    "expires_at": r.expires_at,
-                    "recipients": r.recipients,
-                }),
-                keep,
-            ),
-            None => ctx.error(
-                404,
-                "unknown-message",
-                &format!(
-                    "no receipt for {message:?} (unknown, or older than LIFELINE_RECEIPT_TTL_MS)"
-                ),
-                keep,
-            ),
-        },
+        (Method::Get, ["messages", message]) if ctx.ask(|| Question::Receipt(message.to_string())) => {
+            ctx.asked(None, keep)
+        }
+        (Method::Get, ["messages", message]) => {
+            let receipt = ctx.backend.receipt(message);
+            ctx.receipt(message, receipt, keep)
+        }
+        (Method::Delete, ["clients", id]) if ctx.ask(|| Question::Kick(id.to_string())) => {
+            ctx.asked(None, keep)
+        }
         (Method::Delete, ["clients", id]) => {
             if ctx.backend.kick(id) {
                 ctx.backend.count_request(204);
@@ -193,15 +193,147 @@ pub(super) fn handle(request: &Request<'_>, ctx: &mut Ctx<'_>) -> Outcome {
     }
 }
 
+impl Ctx<'_> {
+    /// Cluster mode: hands the question to the cluster (true), or false
+    /// standalone.
+    fn ask(&mut self, question: impl FnOnce() -> Question) -> bool {
+        self.backend.is_clustered() && self.backend.ask(self.admin, question())
+    }
+
+    fn asked(&mut self, wait_ms: Option<u64>, keep_alive: bool) -> Outcome {
+        Outcome::Asked {
+            wait_ms,
+            keep_alive,
+        }
+    }
+
+    fn receipt(&mut self, message: &str, receipt: Option<ReceiptView>, keep: bool) -> Outcome {
+        match receipt {
+            Some(r) => self.reply(
+                200,
+                json!({
+                    "id": message,
+                    "to": &*r.to,
+                    "status": r.status,
+                    "created_at": r.created_at,
+                    "sent_at": r.sent_at,
+                    "acked_at": r.acked_at,
+                    "expires_at": r.expires_at,
+                    "recipients": r.recipients,
+                }),
+                keep,
+            ),
+            None => self.error(
+                404,
+                "unknown-message",
+                &format!(
+                    "no receipt for {message:?} (unknown, or older than LIFELINE_RECEIPT_TTL_MS)"
+                ),
+                keep,
+            ),
+        }
+    }
+
+    /// The response to a push that was taken; with `wait_ms`, the wait for
+    /// its ack begins instead.
+    fn pushed(&mut self, pushed: Pushed, wait_ms: Option<u64>, keep: bool) -> Outcome {
+        let wait_until = wait_ms
+            .filter(|&ms| ms > 0)
+            .map(|ms| self.backend.now() + ms * 1000);
+        match (pushed, wait_until) {
+            (Pushed::Queued { id }, _) => {
+                self.reply(202, json!({"id": &*id, "status": "queued"}), keep)
+            }
+            (Pushed::Sent { id, target }, Some(until)) => {
+                self.backend.await_ack(&id, target, self.admin, until);
+                Outcome::AwaitAck {
+                    message: id,
+                    keep_alive: keep,
+                }
+            }
+            (Pushed::Forwarded { id }, Some(until)) => {
+                self.backend.await_remote_ack(&id, self.admin, until);
+                Outcome::AwaitAck {
+                    message: id,
+                    keep_alive: keep,
+                }
+            }
+            (Pushed::Sent { id, .. } | Pushed::Forwarded { id }, None) => {
+                self.reply(202, json!({"id": &*id, "status": "sent"}), keep)
+            }
+        }
+    }
+}
+
+/// Cluster mode: the response to a question the cluster answered.
+pub(super) fn answered(
+    backend: &mut dyn Backend,
+    admin: AdminRef,
+    answer: Answer,
+    wait_ms: Option<u64>,
+    keep: bool,
+    out: &mut Vec<u8>,
+) -> Outcome {
+    let mut ctx = Ctx {
+        backend,
+        admin,
+        token: None,
+        gauges: AdminGauges::default(),
+        out,
+    };
+    match answer {
+        Answer::Unavailable => ctx.error(
+            503,
+            "cluster-unavailable",
+            "Redis cannot be reached: the cluster cannot answer this now",
+            keep,
+        ),
+        Answer::Client(_, Some(view)) => ctx.reply(200, client_json(&view), keep),
+        Answer::Client(id, None) | Answer::Kicked(id, false) => ctx.not_online(&id, keep),
+        Answer::Kicked(_, true) => {
+            ctx.backend.count_request(204);
+            http::write_response(ctx.out, 204, "application/json", b"", keep);
+            Outcome::Responded { keep_alive: keep }
+        }
+        Answer::Clients(page) => {
+            let clients: Vec<serde_json::Value> = page.clients.iter().map(client_json).collect();
+            ctx.reply(
+                200,
+                json!({
+                    "clients": clients,
+                    "next": page.next.as_deref(),
+                    "online": page.online,
+                    "seq": page.seq,
+                }),
+                keep,
+            )
+        }
+        Answer::Pushed(Ok(pushed)) => ctx.pushed(pushed, wait_ms, keep),
+        Answer::Pushed(Err(r)) | Answer::Broadcast(Err(r)) => {
+            ctx.error(r.status, r.error, &r.detail, keep)
+        }
+        Answer::Broadcast(Ok((id, recipients, nodes))) => ctx.reply(
+            202,
+            json!({"id": &*id, "recipients": recipients, "nodes": nodes}),
+            keep,
+        ),
+        Answer::Receipt(message, receipt) => ctx.receipt(&message, receipt, keep),
+    }
+}
+
 fn client_json(c: &ClientView) -> serde_json::Value {
-    json!({
+    let mut v = json!({
         "id": &*c.id,
         "peer": c.peer,
         "connected_at": c.connected_at,
         "last_seen_ms_ago": c.last_seen_ms_ago,
         "conn": c.conn,
         "state": if c.suspect { "suspect" } else { "online" },
-    })
+    });
+    if let (Some(node), Some(map)) = (&c.node, v.as_object_mut()) {
+        map.insert("node".to_string(), json!(&**node));
+    }
+    v
 }
 
 fn list_clients(request: &Request<'_>, ctx: &mut Ctx<'_>) -> Outcome {
@@ -221,6 +353,12 @@ fn list_clients(request: &Request<'_>, ctx: &mut Ctx<'_>) -> Outcome {
         },
     };
     let after = http::query_param(request.query, "after");
+    if ctx.ask(|| Question::Clients {
+        after: after.clone(),
+        limit,
+    }) {
+        return ctx.asked(None, keep);
+    }
     let page = ctx.backend.clients(after.as_deref(), limit);
     let clients: Vec<serde_json::Value> = page.clients.iter().map(client_json).collect();
     // The loop is single-threaded: this page is exactly the online set as
@@ -270,20 +408,17 @@ fn push(id: &str, request: &Request<'_>, ctx: &mut Ctx<'_>) -> Outcome {
             keep,
         );
     };
+    let question = || Question::Push {
+        to: id.to_string(),
+        body: request.body.to_vec(),
+        queue_ttl_ms,
+    };
+    if ctx.ask(question) {
+        return ctx.asked(wait_ms, keep);
+    }
     match ctx.backend.push(id, request.body, queue_ttl_ms) {
         Err(r) => ctx.error(r.status, r.error, &r.detail, keep),
-        Ok(Pushed::Queued { id }) => ctx.reply(202, json!({"id": &*id, "status": "queued"}), keep),
-        Ok(Pushed::Sent { id, target }) => match wait_ms {
-            Some(ms) if ms > 0 => {
-                let until = ctx.backend.now() + ms * 1000;
-                ctx.backend.await_ack(&id, target, ctx.admin, until);
-                Outcome::AwaitAck {
-                    message: id,
-                    keep_alive: keep,
-                }
-            }
-            _ => ctx.reply(202, json!({"id": &*id, "status": "sent"}), keep),
-        },
+        Ok(pushed) => ctx.pushed(pushed, wait_ms, keep),
     }
 }
 

@@ -3,8 +3,8 @@
 use std::rc::Rc;
 
 use crate::admin::{
-    AdminGauges, AdminRef, Backend, ClientView, ClientsPage, Pushed, ReceiptView, Refused,
-    StreamStart,
+    AdminGauges, AdminRef, Backend, ClientView, ClientsPage, Pushed, Question, ReceiptView,
+    Refused, StreamStart,
 };
 use crate::clock::Micros;
 use crate::metrics::Gauges;
@@ -16,14 +16,15 @@ use crate::server::outbound::Prepared;
 use lifeline_wire as wire;
 
 impl Core {
-    fn view(&self, id: &Rc<str>, conn: ConnRef) -> Option<ClientView> {
+    pub(super) fn view(&self, id: &Rc<str>, conn: ConnRef) -> Option<ClientView> {
         let c = self.clients.get(conn)?;
         let now = self.clock.now_us();
         Some(ClientView {
             id: id.clone(),
             peer: c.peer.to_string(),
             connected_at: self.clock.unix_ms(c.connected_at),
-            last_seen_ms_ago: now.saturating_sub(c.last_seen) / 1000,
+            last_seen_ms_ago: Some(now.saturating_sub(c.last_seen) / 1000),
+            node: self.node_id(),
             conn: c.generation,
             suspect: c.session().is_some_and(|s| s.suspect),
         })
@@ -31,7 +32,7 @@ impl Core {
 
     /// `<msg from="admin" id="MID">escaped text</msg>`, refused when the
     /// body is not UTF-8 or the frame would pass `max_frame`.
-    fn encode_push(&self, message: &str, body: &[u8]) -> Result<Vec<u8>, Refused> {
+    pub(super) fn encode_push(&self, message: &str, body: &[u8]) -> Result<Vec<u8>, Refused> {
         let text = std::str::from_utf8(body).map_err(|_| Refused {
             status: 400,
             error: "bad-body",
@@ -78,7 +79,7 @@ impl Backend for Core {
 
     fn metrics(&self, admin: AdminGauges) -> String {
         let out = self.clients.outbound_stats();
-        self.metrics.render(
+        let mut text = self.metrics.render(
             &Gauges {
                 connections_open: self.clients.len(),
                 clients_online: self.registry.local_len(),
@@ -91,7 +92,9 @@ impl Backend for Core {
                 pushes_delivered: out.pushes_delivered,
             },
             &self.pushes.stats,
-        )
+        );
+        self.render_cluster_metrics(&mut text);
+        text
     }
 
     fn count_request(&mut self, status: u16) {
@@ -242,6 +245,18 @@ impl Backend for Core {
             expires_at: ms(r.expires),
             recipients: r.recipients,
         })
+    }
+
+    fn is_clustered(&self) -> bool {
+        self.cluster_state.node.is_some()
+    }
+
+    fn ask(&mut self, admin: AdminRef, question: Question) -> bool {
+        self.ask_cluster(admin, question)
+    }
+
+    fn await_remote_ack(&mut self, message: &Rc<str>, admin: AdminRef, until: Micros) {
+        self.pushes.await_remote_ack(message, admin, until);
     }
 
     fn stream_from(&mut self, last_event_id: Option<u64>) -> StreamStart {

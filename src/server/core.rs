@@ -36,6 +36,8 @@ const PHASE_STEP: f64 = 0.618_033_988_749_895;
 pub(super) struct PendingMsg {
     pub sender: ConnRef,
     pub from: Rc<str>,
+    /// Cluster mode forwards it to the recipient's node by id.
+    pub to: Box<str>,
     pub id: Option<Box<str>>,
     pub body: Box<str>,
 }
@@ -62,6 +64,8 @@ pub struct Core {
     /// The connection being served, and an end asked for it meanwhile (it
     /// ends when its serving is done, never under its own frame loop).
     pub(super) serving: Option<(ConnRef, Option<CloseReason>)>,
+    /// Cluster mode's questions and answers in flight (empty standalone).
+    pub(super) cluster_state: crate::server::cluster::ClusterState,
 }
 
 /// Per-client randomness and spreading: heartbeat phases and reconnect delays.
@@ -100,17 +104,34 @@ impl Advice {
 }
 
 impl Core {
-    pub fn new(config: Config, clock: Clock, capacity: usize, registry: Box<dyn Registry>) -> Core {
+    pub fn new(
+        config: Config,
+        clock: Clock,
+        capacity: usize,
+        mut registry: Box<dyn Registry>,
+    ) -> Core {
         let receipt_ttl = crate::clock::micros(config.receipt_ttl);
+        let mut cluster_state = crate::server::cluster::ClusterState::default();
+        cluster_state.node = registry.shared().map(|c| c.node().clone());
+        // Cluster mode: events are numbered by the cluster's stream.
+        let first_seq = match cluster_state.node {
+            Some(_) => 0,
+            None => clock.unix_epoch_us(),
+        };
+        let mut pushes = Pushes::new(
+            receipt_ttl,
+            config.queue_max_per_client,
+            config.queue_max_bytes,
+        );
+        if let Some(node) = &cluster_state.node {
+            pushes.set_id_prefix(node, clock.unix_ms(clock.now_us()));
+        }
         Core {
             clients: Clients::new(capacity, config.max_outbound),
             registry,
-            presence: PresenceLog::new(config.event_backlog, clock.unix_epoch_us()),
-            pushes: Pushes::new(
-                receipt_ttl,
-                config.queue_max_per_client,
-                config.queue_max_bytes,
-            ),
+            cluster_state,
+            presence: PresenceLog::new(config.event_backlog, first_seq),
+            pushes,
             metrics: Metrics::default(),
             advice: Advice::new(config.reconnect_spread.as_millis() as u64),
             pending: HashMap::new(),
@@ -270,14 +291,22 @@ impl Core {
         peer: SocketAddr,
         reason: Option<&'static str>,
     ) {
+        let at = self.clock.unix_ms(self.clock.now_us());
+        if self.cluster_state.node.is_some() {
+            // Cluster mode: numbered by the cluster's stream; subscribers
+            // get it from there, in the one cluster-wide order.
+            self.cluster_event(kind, id, conn, &peer.to_string(), reason, at);
+            return;
+        }
         self.presence.record(PresenceEvent {
             seq: 0,
             kind,
             id: id.clone(),
+            node: None,
             conn: conn.generation,
             peer,
             reason,
-            at: self.clock.unix_ms(self.clock.now_us()),
+            at,
         });
     }
 
@@ -308,8 +337,12 @@ impl Core {
                     wire::encode_msg(out, &msg.from, msg.id.as_deref(), &msg.body)
                 });
             }
-            // Cluster mode forwards to the other node; a standalone registry
-            // never answers Elsewhere.
+            Location::Elsewhere(node) => {
+                self.forward_msg(msg.sender, &msg.from, &msg.to, msg.id.as_deref(), &msg.body, &node)
+            }
+            Location::Unavailable => {
+                self.refuse_msg(msg.sender, msg.id.as_deref(), wire::ErrorCode::Unavailable)
+            }
             _ => {
                 self.metrics.error_sent(wire::ErrorCode::Offline);
                 self.send_or_end(msg.sender, |out| {

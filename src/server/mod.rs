@@ -13,6 +13,8 @@
 
 mod accept;
 mod backend;
+mod cluster;
+mod cluster_admin;
 pub mod conn;
 mod core;
 mod inbound;
@@ -99,8 +101,21 @@ pub struct Server {
 
 impl Server {
     /// Raises the open-file limit, binds the listeners and sets up the loop.
+    /// In cluster mode (`LIFELINE_REDIS_URL`), the registry is the cluster's.
     pub fn bind(config: Config) -> Result<Server, ServerError> {
-        Server::bind_with_registry(config, Box::new(LocalRegistry::default()))
+        let registry: Box<dyn Registry> = match &config.cluster {
+            Some(cluster) => {
+                info!(
+                    "cluster mode: node {} with Redis at {}, node TTL {} ms",
+                    cluster.node,
+                    cluster.target.addr,
+                    cluster.ttl.as_millis()
+                );
+                Box::new(crate::cluster::Cluster::new(cluster))
+            }
+            None => Box::new(LocalRegistry::default()),
+        };
+        Server::bind_with_registry(config, registry)
     }
 
     /// As [`Server::bind`], with the registry given (cluster mode brings its own).
@@ -255,6 +270,7 @@ impl Server {
 
     /// The work deferred to after the batch, each piece guarded.
     fn deferred(&mut self, now: Instant) {
+        self.guarded(Subject::Loop, |s| s.core.cluster_tick(now));
         self.guarded(Subject::Loop, |s| s.core.route_answered());
         self.wake_admin();
         if self.listeners.retry_due(now) {
@@ -269,6 +285,8 @@ impl Server {
         self.guarded(Subject::Loop, |s| s.admin.on_timers(&mut s.core));
         self.stream_events();
         self.flush_scheduled();
+        // The registry's timers and its one write of the iteration's commands.
+        self.guarded(Subject::Loop, |s| s.core.registry_on_time(now));
     }
 
     /// Admin requests whose push was acked (or whose wait ended) are
@@ -278,6 +296,12 @@ impl Server {
             self.guarded(Subject::Loop, |s| {
                 let woken = s.core.take_woken();
                 s.admin.wake(woken, &mut s.core);
+            });
+        }
+        if self.core.has_answers() {
+            self.guarded(Subject::Loop, |s| {
+                let answers = s.core.take_answers();
+                s.admin.answer(answers, &mut s.core);
             });
         }
     }
@@ -383,6 +407,9 @@ impl Server {
                 .retry_at()
                 .map(|at| at.saturating_duration_since(now)),
             self.drain_until.map(|at| at.saturating_duration_since(now)),
+            self.core
+                .registry_next_wake()
+                .map(|at| at.saturating_duration_since(now)),
         ]
         .into_iter()
         .flatten()

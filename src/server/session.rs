@@ -44,6 +44,9 @@ impl Core {
                 Some(acker) => {
                     self.metrics.acks += 1;
                     self.pushes.on_ack(id, &acker, conn, self.clock.now_us());
+                    if self.cluster_state.node.is_some() {
+                        self.cluster_ack(id, &acker, conn);
+                    }
                     Fate::Keep
                 }
                 None => self.refuse_not_logged_in(conn),
@@ -150,6 +153,9 @@ impl Core {
         if let Some(previous) = self.registry.claim(&id, conn) {
             self.end(previous, CloseReason::Replaced);
         }
+        if self.cluster_state.node.is_some() {
+            self.cluster_login(conn, &id);
+        }
         info!("online id={id} peer={peer} conn={}", conn.generation);
         self.publish(PresenceKind::Online, &id, conn, peer, None);
         Fate::Keep
@@ -167,13 +173,22 @@ impl Core {
                     PendingMsg {
                         sender,
                         from,
+                        to: to.into(),
                         id: id.map(Into::into),
                         body: body.into(),
                     },
                 );
             }
-            // Cluster mode forwards to the other node; a standalone registry
-            // never answers Elsewhere.
+            // Cluster mode: through the other node's channel.
+            Lookup::Ready(Location::Elsewhere(node)) => {
+                self.forward_msg(sender, &from, to, id, body, &node)
+            }
+            Lookup::Ready(Location::Unavailable) => self.error_reply(
+                sender,
+                ErrorCode::Unavailable,
+                id,
+                "the recipient's node cannot be reached now; try again",
+            ),
             Lookup::Ready(_) => self.error_reply(
                 sender,
                 ErrorCode::Offline,
