@@ -258,12 +258,15 @@ impl Pushes {
         self.wait_ends.insert((until, message.clone()));
     }
 
-    /// The node of the recipient of `message` reports its ack.
-    pub fn remote_acked(&mut self, message: &str) {
+    /// The node of the recipient of `message` reports its ack; false when
+    /// no request waits for it (yet).
+    pub fn remote_acked(&mut self, message: &str) -> bool {
         if self.waits.get(message).is_some_and(|w| w.target.is_none()) {
             self.stats.acked += 1;
             self.end_wait(message, WaitEnd::Acked);
+            return true;
         }
+        false
     }
 
     /// The waiting request went away.

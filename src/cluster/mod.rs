@@ -494,7 +494,13 @@ impl Cluster {
             let items = resp::array(&frame);
             match items.first().and_then(resp::text) {
                 Some("message") => {}
-                Some("subscribe") | None => {
+                Some("subscribe") => {
+                    if let Some(channel) = items.get(1).and_then(resp::text) {
+                        info!("redis pubsub: subscribed to {channel}");
+                    }
+                    continue;
+                }
+                None => {
                     if let OwnedFrame::Error(e) = &frame {
                         warn!("redis pubsub: {e}");
                     }

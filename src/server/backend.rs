@@ -257,6 +257,9 @@ impl Backend for Core {
 
     fn await_remote_ack(&mut self, message: &Rc<str>, admin: AdminRef, until: Micros) {
         self.pushes.await_remote_ack(message, admin, until);
+        if self.cluster_state.take_early_ack(message) {
+            self.pushes.remote_acked(message);
+        }
     }
 
     fn stream_from(&mut self, last_event_id: Option<u64>) -> StreamStart {

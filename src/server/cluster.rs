@@ -57,6 +57,9 @@ pub struct ClusterState {
     /// the connection that must send it.
     forwarded: HashMap<Rc<str>, (String, ConnRef)>,
     forwarded_order: VecDeque<Rc<str>>,
+    /// Acks that came in the same batch as the push's `sent`, before the
+    /// admin request began to wait for them (a few, bounded).
+    early_acks: VecDeque<String>,
     inbox: Vec<Inbound>,
 }
 
@@ -65,6 +68,24 @@ impl ClusterState {
         self.next_q += 1;
         self.asks.insert(self.next_q, ask);
         self.next_q
+    }
+
+    fn early_ack(&mut self, mid: String) {
+        if self.early_acks.len() >= 1024 {
+            self.early_acks.pop_front();
+        }
+        self.early_acks.push_back(mid);
+    }
+
+    /// Whether `mid`'s ack already came (and forgets it).
+    pub(super) fn take_early_ack(&mut self, mid: &str) -> bool {
+        match self.early_acks.iter().position(|m| m == mid) {
+            Some(i) => {
+                self.early_acks.remove(i);
+                true
+            }
+            None => false,
+        }
     }
 
     pub(super) fn expect_by(&mut self, q: u64, now: Instant) {
@@ -226,7 +247,11 @@ impl Core {
                 let outcome = outcome.to_string();
                 self.tell(&origin, &Note::Pushed { q, outcome });
             }
-            Note::Acked { mid } => self.pushes.remote_acked(&mid),
+            Note::Acked { mid } => {
+                if !self.pushes.remote_acked(&mid) {
+                    self.cluster_state.early_ack(mid);
+                }
+            }
             Note::Kick { id, origin, q } => {
                 let ok = self.kick(&id);
                 self.tell(&origin, &Note::Kicked { q, ok });
