@@ -264,8 +264,19 @@ impl Config {
             None => None,
             Some(v) => Some(int_in(v, 1, 256, "LIFELINE_WORKERS", "workers")? as u32),
         };
+        let cluster = cluster(raw, event_backlog)?;
+        if let (Some(_), None) = (workers, &cluster) {
+            return Err(ConfigError {
+                var: "LIFELINE_WORKERS",
+                flag: "workers",
+                value: raw.workers.clone().unwrap_or_default(),
+                accepted: "a worker count together with LIFELINE_REDIS_URL (workers are \
+                           cluster nodes: without Redis they could not see each other's clients)"
+                    .to_string(),
+            });
+        }
         Ok(Config {
-            cluster: cluster(raw, event_backlog)?,
+            cluster,
             workers,
             receipt_ttl: Duration::from_millis(int_in(
                 &raw.receipt_ttl_ms,

@@ -38,4 +38,5 @@ pub mod receipts;
 pub mod registry;
 pub mod server;
 pub mod timers;
+pub mod workers;
 pub mod writeq;

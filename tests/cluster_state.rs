@@ -124,3 +124,44 @@ fn two_nodes_share_one_port_with_reuseport() {
     let frame = clients[to_i].expect_frame();
     assert_eq!(frame, format!("<msg from=\"{}\" id=\"p\">across</msg>", from.0));
 }
+
+#[test]
+fn workers_share_the_port_as_nodes_and_stop_with_their_supervisor() {
+    let redis = RedisProc::start();
+    let port = cluster_common::free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let url = redis.url();
+    let mut supervisor = common::ServerProc::start(&[
+        ("LIFELINE_REDIS_URL", &url),
+        ("LIFELINE_NODE_ID", "host"),
+        ("LIFELINE_LISTEN", &listen),
+        ("LIFELINE_WORKERS", "2"),
+    ]);
+    // Dropped on a failure, the harness kills the supervisor (SIGKILL); its
+    // workers get SIGTERM then (their parent-death signal).
+    wait_for("two worker nodes alive in Redis", Duration::from_secs(10), || {
+        (redis.int(&["ZCARD", "ll:nodes"]) == 2).then_some(())
+    });
+    let nodes = redis.try_command(&["ZRANGE", "ll:nodes", "0", "-1"]);
+    assert!(nodes.is_some());
+    assert_eq!(supervisor.addr.port(), port);
+    let mut one = supervisor.login("w-one");
+    let mut two = supervisor.login("w-two");
+    wait_for("both in Redis", Duration::from_secs(5), || {
+        (redis.int(&["HLEN", "ll:presence"]) == 2).then_some(())
+    });
+    one.send("<msg to=\"w-two\" id=\"w\">hi</msg>");
+    assert_eq!(two.expect_frame(), "<msg from=\"w-one\" id=\"w\">hi</msg>");
+
+    supervisor.signal(libc::SIGTERM);
+    assert_eq!(supervisor.wait_exit(Duration::from_secs(10)), Some(0));
+    // Its workers said goodbye and went.
+    for c in [&mut one, &mut two] {
+        match c.wait_closed(Duration::from_secs(5)) {
+            common::Closed::Yes(frames) => {
+                assert!(frames.iter().any(|f| f.starts_with("<bye reason=\"shutdown\"")))
+            }
+            common::Closed::Timeout => panic!("a worker kept its client"),
+        }
+    }
+}
