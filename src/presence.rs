@@ -123,7 +123,11 @@ impl PresenceLog {
         if event.seq <= self.last_seq && !self.ring.is_empty() {
             return; // read twice (a feed reconnect)
         }
-        if self.ring.back().is_some_and(|last| last.seq + 1 != event.seq) {
+        if self
+            .ring
+            .back()
+            .is_some_and(|last| last.seq + 1 != event.seq)
+        {
             self.ring.clear();
         }
         self.last_seq = event.seq;

@@ -23,7 +23,10 @@ fn a_killed_nodes_clients_go_offline_everywhere_once_with_node_lost() {
     let mut doomed = node(&redis.url(), "node-c", TTL, &[]);
     let _alice = a.login("alice");
     let _bob = b.login("bob");
-    let _c: Vec<_> = ["c1", "c2", "c3"].iter().map(|id| doomed.login(id)).collect();
+    let _c: Vec<_> = ["c1", "c2", "c3"]
+        .iter()
+        .map(|id| doomed.login(id))
+        .collect();
     let admins = [Admin::new(&a), Admin::new(&b)];
     for admin in &admins {
         wait_for("five online", Duration::from_secs(5), || {
@@ -35,12 +38,22 @@ fn a_killed_nodes_clients_go_offline_everywhere_once_with_node_lost() {
 
     doomed.signal(libc::SIGKILL);
     let killed = Instant::now();
-    assert!(doomed.wait_exit(Duration::from_secs(5)).is_none(), "killed, no exit code");
+    assert!(
+        doomed.wait_exit(Duration::from_secs(5)).is_none(),
+        "killed, no exit code"
+    );
     for admin in &admins {
-        wait_for("node-c's clients gone", Duration::from_millis(TTL + 1000), || {
-            let online = admin.online();
-            online.iter().all(|(_, node)| node != "node-c").then_some(())
-        });
+        wait_for(
+            "node-c's clients gone",
+            Duration::from_millis(TTL + 1000),
+            || {
+                let online = admin.online();
+                online
+                    .iter()
+                    .all(|(_, node)| node != "node-c")
+                    .then_some(())
+            },
+        );
     }
     let took = killed.elapsed();
     assert!(took <= Duration::from_millis(TTL + 1000), "{took:?}");
@@ -92,7 +105,10 @@ fn a_redis_restart_rebuilds_presence_and_disconnects_no_one() {
     });
     // Redis down: heartbeats and local messages go on...
     on_a[0].send("<heartbeat mode=\"ping\" seq=\"1\"/>");
-    assert_eq!(on_a[0].expect_frame(), "<heartbeat mode=\"pong\" seq=\"1\"/>");
+    assert_eq!(
+        on_a[0].expect_frame(),
+        "<heartbeat mode=\"pong\" seq=\"1\"/>"
+    );
     on_a[0].send("<msg to=\"a2\" id=\"local\">still here</msg>");
     assert_eq!(
         on_a[1].expect_frame(),
@@ -101,7 +117,11 @@ fn a_redis_restart_rebuilds_presence_and_disconnects_no_one() {
     // ...a message for another node cannot be routed: unavailable...
     on_a[0].send("<msg to=\"b1\" id=\"far\">?</msg>");
     let error = on_a[0].expect_frame();
-    assert_eq!(attr(&error, "code").as_deref(), Some("unavailable"), "{error}");
+    assert_eq!(
+        attr(&error, "code").as_deref(),
+        Some("unavailable"),
+        "{error}"
+    );
     assert_eq!(attr(&error, "ref").as_deref(), Some("far"));
     // ...and admin calls that need Redis answer 503.
     let (status, reply) = admin_a.get("/clients");
@@ -211,8 +231,7 @@ fn a_node_restarted_under_its_id_leaves_no_ghosts() {
     let _fresh = a.login("fresh");
     wait_for("only 'fresh' online", Duration::from_secs(5), || {
         let present = redis.try_command(&["HEXISTS", "ll:presence", "fresh"]);
-        (redis.int(&["HLEN", "ll:presence"]) == 1 && present.as_deref() == Some(":1"))
-            .then_some(())
+        (redis.int(&["HLEN", "ll:presence"]) == 1 && present.as_deref() == Some(":1")).then_some(())
     });
     let seen = events.until(Duration::from_secs(5), "online fresh", |e| {
         e.kind == "online" && e.data["id"] == "fresh"
@@ -261,7 +280,11 @@ fn a_node_started_before_redis_serves_its_clients_and_joins_when_redis_comes() {
     assert_eq!(y.expect_frame(), "<msg from=\"x\" id=\"1\">local</msg>");
     x.send("<msg to=\"elsewhere\" id=\"2\">?</msg>");
     let error = x.expect_frame();
-    assert_eq!(attr(&error, "code").as_deref(), Some("unavailable"), "{error}");
+    assert_eq!(
+        attr(&error, "code").as_deref(),
+        Some("unavailable"),
+        "{error}"
+    );
 
     let redis = RedisProc::start_on(port);
     wait_for("x and y in Redis", Duration::from_secs(8), || {
@@ -269,8 +292,12 @@ fn a_node_started_before_redis_serves_its_clients_and_joins_when_redis_comes() {
     });
     let b = node(&redis.url(), "late", TTL, &[]);
     let mut z = b.login("z");
-    wait_for("routing from the early node", Duration::from_secs(5), || {
-        x.send("<msg to=\"z\" id=\"3\">hello</msg>");
-        z.frame_within(Duration::from_millis(500))
-    });
+    wait_for(
+        "routing from the early node",
+        Duration::from_secs(5),
+        || {
+            x.send("<msg to=\"z\" id=\"3\">hello</msg>");
+            z.frame_within(Duration::from_millis(500))
+        },
+    );
 }

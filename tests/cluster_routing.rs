@@ -27,7 +27,10 @@ fn a_msg_crosses_nodes_and_offline_means_online_nowhere() {
     });
 
     alice.send("<msg to=\"bob\" id=\"m1\">hi bob</msg>");
-    assert_eq!(bob.expect_frame(), "<msg from=\"alice\" id=\"m1\">hi bob</msg>");
+    assert_eq!(
+        bob.expect_frame(),
+        "<msg from=\"alice\" id=\"m1\">hi bob</msg>"
+    );
     bob.send("<msg to=\"alice\" id=\"m2\">hi &amp; bye</msg>");
     assert_eq!(
         alice.expect_frame(),
@@ -101,7 +104,10 @@ fn an_admin_push_to_another_node_waits_for_the_ack_that_comes_back() {
     assert!(frame.ends_with(">first</msg>"), "{frame}");
     let first = attr(&frame, "id").unwrap();
     assert_eq!(reply["id"].as_str(), Some(first.as_str()));
-    assert!(first.starts_with("node-a."), "cluster push ids name their node: {first}");
+    assert!(
+        first.starts_with("node-a."),
+        "cluster push ids name their node: {first}"
+    );
 
     // With wait_ack_ms: the ack on node B answers the request on node A.
     let acker = std::thread::spawn(move || {
@@ -112,7 +118,13 @@ fn an_admin_push_to_another_node_waits_for_the_ack_that_comes_back() {
     });
     let (status, reply) = admin_a.post("/clients/bob/push?wait_ack_ms=5000", "second");
     let (_bob, acked) = acker.join().unwrap();
-    assert_eq!(status, 200, "{reply}; A: {:?}\nB: {:?}", a.log_lines(), b.log_lines());
+    assert_eq!(
+        status,
+        200,
+        "{reply}; A: {:?}\nB: {:?}",
+        a.log_lines(),
+        b.log_lines()
+    );
     assert_eq!(reply["status"], "acked");
     assert_eq!(reply["id"].as_str(), Some(acked.as_str()));
 
@@ -162,7 +174,10 @@ fn a_login_on_one_node_replaces_the_connection_on_the_other() {
     }
     // The replaced connection's late close did not take carol offline.
     second.send("<heartbeat mode=\"ping\" seq=\"1\"/>");
-    assert_eq!(second.expect_frame(), "<heartbeat mode=\"pong\" seq=\"1\"/>");
+    assert_eq!(
+        second.expect_frame(),
+        "<heartbeat mode=\"pong\" seq=\"1\"/>"
+    );
     assert_eq!(redis.int(&["HLEN", "ll:presence"]), 1);
 }
 
@@ -194,7 +209,10 @@ fn clients_kick_and_broadcast_answer_for_the_whole_cluster() {
     assert_eq!(page["online"], 5);
     let b1 = &page["clients"][3];
     assert_eq!(b1["id"], "b1");
-    assert!(b1["last_seen_ms_ago"].is_null(), "only b1's node knows: {b1}");
+    assert!(
+        b1["last_seen_ms_ago"].is_null(),
+        "only b1's node knows: {b1}"
+    );
     assert!(page["clients"][0]["last_seen_ms_ago"].is_u64());
 
     // A broadcast through node B reaches every client of both nodes.
@@ -211,7 +229,10 @@ fn clients_kick_and_broadcast_answer_for_the_whole_cluster() {
     assert_eq!(admin_b.delete("/clients/a2"), 204);
     match on_a[1].wait_closed(Duration::from_secs(5)) {
         Closed::Yes(frames) => {
-            assert_eq!(frames.last().map(String::as_str), Some("<bye reason=\"kicked\"/>"))
+            assert_eq!(
+                frames.last().map(String::as_str),
+                Some("<bye reason=\"kicked\"/>")
+            )
         }
         Closed::Timeout => panic!("a2 was not kicked"),
     }

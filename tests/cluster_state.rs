@@ -29,7 +29,9 @@ fn one_event_stream_in_one_order_resumable_on_any_node() {
     for events in [&mut on_a, &mut on_b] {
         let mut got = Vec::new();
         while got.len() < 4 {
-            let e = events.next_within(Duration::from_secs(5)).expect("4 events");
+            let e = events
+                .next_within(Duration::from_secs(5))
+                .expect("4 events");
             got.push((
                 e.id.clone().unwrap(),
                 e.kind.clone(),
@@ -94,7 +96,11 @@ fn a_push_held_in_redis_outlives_every_node_and_is_delivered_on_another() {
         let (_, r) = admin_c.get(&format!("/messages/{mid}"));
         (r["status"] == "acked").then_some(())
     });
-    assert_eq!(redis.int(&["EXISTS", "ll:q:dana"]), 0, "the queue was taken");
+    assert_eq!(
+        redis.int(&["EXISTS", "ll:q:dana"]),
+        0,
+        "the queue was taken"
+    );
 }
 
 #[test]
@@ -102,7 +108,10 @@ fn two_nodes_share_one_port_with_reuseport() {
     let redis = RedisProc::start();
     let port = cluster_common::free_port();
     let listen = format!("127.0.0.1:{port}");
-    let extra = [("LIFELINE_REUSEPORT", "1"), ("LIFELINE_LISTEN", listen.as_str())];
+    let extra = [
+        ("LIFELINE_REUSEPORT", "1"),
+        ("LIFELINE_LISTEN", listen.as_str()),
+    ];
     let a = node(&redis.url(), "node-a", TTL, &extra);
     let b = node(&redis.url(), "node-b", TTL, &extra);
     assert_eq!(a.addr, b.addr);
@@ -117,12 +126,18 @@ fn two_nodes_share_one_port_with_reuseport() {
         (online.len() == clients.len() && on_a > 0 && on_a < online.len()).then_some(online)
     });
     // And they reach each other whichever node each landed on.
-    let (from, to) = (&online[0], online.iter().find(|(_, n)| *n != online[0].1).unwrap());
+    let (from, to) = (
+        &online[0],
+        online.iter().find(|(_, n)| *n != online[0].1).unwrap(),
+    );
     let from_i: usize = from.0[1..].parse().unwrap();
     let to_i: usize = to.0[1..].parse().unwrap();
     clients[from_i].send(&format!("<msg to=\"{}\" id=\"p\">across</msg>", to.0));
     let frame = clients[to_i].expect_frame();
-    assert_eq!(frame, format!("<msg from=\"{}\" id=\"p\">across</msg>", from.0));
+    assert_eq!(
+        frame,
+        format!("<msg from=\"{}\" id=\"p\">across</msg>", from.0)
+    );
 }
 
 #[test]
@@ -139,9 +154,11 @@ fn workers_share_the_port_as_nodes_and_stop_with_their_supervisor() {
     ]);
     // Dropped on a failure, the harness kills the supervisor (SIGKILL); its
     // workers get SIGTERM then (their parent-death signal).
-    wait_for("two worker nodes alive in Redis", Duration::from_secs(10), || {
-        (redis.int(&["ZCARD", "ll:nodes"]) == 2).then_some(())
-    });
+    wait_for(
+        "two worker nodes alive in Redis",
+        Duration::from_secs(10),
+        || (redis.int(&["ZCARD", "ll:nodes"]) == 2).then_some(()),
+    );
     let nodes = redis.try_command(&["ZRANGE", "ll:nodes", "0", "-1"]);
     assert!(nodes.is_some());
     assert_eq!(supervisor.addr.port(), port);
@@ -159,7 +176,9 @@ fn workers_share_the_port_as_nodes_and_stop_with_their_supervisor() {
     for c in [&mut one, &mut two] {
         match c.wait_closed(Duration::from_secs(5)) {
             common::Closed::Yes(frames) => {
-                assert!(frames.iter().any(|f| f.starts_with("<bye reason=\"shutdown\"")))
+                assert!(frames
+                    .iter()
+                    .any(|f| f.starts_with("<bye reason=\"shutdown\"")))
             }
             common::Closed::Timeout => panic!("a worker kept its client"),
         }

@@ -52,7 +52,10 @@ pub enum Pushed {
 #[derive(Debug, Clone)]
 pub enum Question {
     Client(String),
-    Clients { after: Option<String>, limit: usize },
+    Clients {
+        after: Option<String>,
+        limit: usize,
+    },
     Kick(String),
     Push {
         to: String,

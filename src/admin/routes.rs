@@ -144,7 +144,9 @@ pub(super) fn handle(request: &Request<'_>, ctx: &mut Ctx<'_>) -> Outcome {
             }
             Err(r) => ctx.error(r.status, r.error, &r.detail, keep),
         },
-        (Method::Get, ["messages", message]) if ctx.ask(|| Question::Receipt(message.to_string())) => {
+        (Method::Get, ["messages", message])
+            if ctx.ask(|| Question::Receipt(message.to_string())) =>
+        {
             ctx.asked(None, keep)
         }
         (Method::Get, ["messages", message]) => {

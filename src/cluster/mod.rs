@@ -38,7 +38,7 @@ use crate::presence::PresenceEvent;
 use crate::registry::{LocalRegistry, Location, Lookup, Registry, Ticket, Tokens};
 use crate::server::ConnRef;
 use notes::Note;
-use resp::{RedisConn, Readiness};
+use resp::{Readiness, RedisConn};
 use scripts::{Script, Scripts, SEP};
 pub use stats::{ClusterGauges, ClusterStats};
 pub use url::RedisTarget;
@@ -256,10 +256,18 @@ impl Cluster {
     /// Records a presence event in the cluster's stream.
     #[allow(clippy::too_many_arguments)]
     pub fn event(&mut self, kind: &str, id: &str, conn: u32, peer: &str, reason: &str, at: u64) {
-        let args = [kind, id, &self.me, &conn.to_string(), peer, reason, &at.to_string()]
-            .iter()
-            .map(|s| s.as_bytes().to_vec())
-            .collect();
+        let args = [
+            kind,
+            id,
+            &self.me,
+            &conn.to_string(),
+            peer,
+            reason,
+            &at.to_string(),
+        ]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect();
         self.run_script(Script::Event, args);
     }
 
@@ -381,10 +389,15 @@ impl Cluster {
     }
 
     fn cleanup(&mut self, node: Rc<str>) {
-        let args = [&*node, &*self.me, &unix_ms().to_string(), &BATCH.to_string()]
-            .iter()
-            .map(|s| s.as_bytes().to_vec())
-            .collect();
+        let args = [
+            &*node,
+            &*self.me,
+            &unix_ms().to_string(),
+            &BATCH.to_string(),
+        ]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect();
         self.script(Script::Cleanup, args, Expect::Cleaned { node });
     }
 
@@ -400,7 +413,10 @@ impl Cluster {
             out.push(auth);
         }
         if select && self.target.db != 0 {
-            out.push(vec![b"SELECT".to_vec(), self.target.db.to_string().into_bytes()]);
+            out.push(vec![
+                b"SELECT".to_vec(),
+                self.target.db.to_string().into_bytes(),
+            ]);
         }
         out
     }
@@ -474,10 +490,7 @@ impl Cluster {
                     .into_iter()
                     .chain(args.iter().cloned());
                     if self.cmd.command_owned(call).is_ok() {
-                        self.waiting.push_back(Pending {
-                            sent: now,
-                            ..p
-                        });
+                        self.waiting.push_back(Pending { sent: now, ..p });
                     } else {
                         self.fail(p.expect);
                     }

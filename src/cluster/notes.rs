@@ -43,14 +43,29 @@ pub enum Note {
         q: u64,
     },
     /// How a forwarded push went: `sent`, `busy` or `offline`.
-    Pushed { q: u64, outcome: String },
+    Pushed {
+        q: u64,
+        outcome: String,
+    },
     /// The recipient acked a forwarded push.
-    Acked { mid: String },
-    Kick { id: String, origin: String, q: u64 },
-    Kicked { q: u64, ok: bool },
+    Acked {
+        mid: String,
+    },
+    Kick {
+        id: String,
+        origin: String,
+        q: u64,
+    },
+    Kicked {
+        q: u64,
+        ok: bool,
+    },
     /// A login on another node took `id` from the receiving node's
     /// connection of this generation.
-    Replaced { id: String, conn: u32 },
+    Replaced {
+        id: String,
+        conn: u32,
+    },
     /// A broadcast: every node delivers the frame to its own clients.
     Broadcast {
         mid: String,
@@ -84,7 +99,9 @@ mod tests {
             sender: (3, 9),
         };
         let bytes = n.encode();
-        assert!(std::str::from_utf8(&bytes).unwrap().starts_with("{\"k\":\"msg\""));
+        assert!(std::str::from_utf8(&bytes)
+            .unwrap()
+            .starts_with("{\"k\":\"msg\""));
         assert_eq!(Note::decode(&bytes), Some(n));
         assert_eq!(Note::decode(b"{\"k\":\"nope\"}"), None);
     }

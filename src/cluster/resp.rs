@@ -46,9 +46,13 @@ pub enum SendError {
 #[derive(Debug)]
 enum Phase {
     /// No socket; the next attempt is at `retry_at`.
-    Down { retry_at: Instant },
+    Down {
+        retry_at: Instant,
+    },
     /// Connecting: usable once the socket turns writable without error.
-    Connecting { since: Instant },
+    Connecting {
+        since: Instant,
+    },
     Up,
 }
 
@@ -140,9 +144,11 @@ impl RedisConn {
         match TcpStream::connect(self.addr) {
             Ok(mut stream) => {
                 let _ = stream.set_nodelay(true);
-                if let Err(e) =
-                    poll.register(&mut stream, self.token, Interest::READABLE | Interest::WRITABLE)
-                {
+                if let Err(e) = poll.register(
+                    &mut stream,
+                    self.token,
+                    Interest::READABLE | Interest::WRITABLE,
+                ) {
                     warn!("redis {}: cannot register the socket: {e}", self.name);
                     self.schedule_retry(now);
                     return;
@@ -171,7 +177,10 @@ impl RedisConn {
     /// Closes the socket and forgets queued bytes and partial replies.
     pub fn drop_connection(&mut self, now: Instant, why: &str) {
         if self.is_up() {
-            warn!("redis {}: connection to {} lost: {why}", self.name, self.addr);
+            warn!(
+                "redis {}: connection to {} lost: {why}",
+                self.name, self.addr
+            );
         }
         self.stream = None;
         self.out = BytesMut::new();
@@ -203,7 +212,10 @@ impl RedisConn {
     }
 
     /// Queues a command given as owned strings (scratch kept between calls).
-    pub fn command_owned(&mut self, args: impl IntoIterator<Item = Vec<u8>>) -> Result<(), SendError> {
+    pub fn command_owned(
+        &mut self,
+        args: impl IntoIterator<Item = Vec<u8>>,
+    ) -> Result<(), SendError> {
         let mut scratch = std::mem::take(&mut self.args);
         scratch.clear();
         scratch.extend(args);

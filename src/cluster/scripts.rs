@@ -314,8 +314,8 @@ impl Scripts {
         let texts = Script::ALL
             .iter()
             .map(|s| {
-                let text = format!("{PRELUDE}{}", s.body())
-                    .replace("@BACKLOG@", &backlog.to_string());
+                let text =
+                    format!("{PRELUDE}{}", s.body()).replace("@BACKLOG@", &backlog.to_string());
                 let sha = hex::encode(Sha1::digest(text.as_bytes()));
                 (text, sha)
             })

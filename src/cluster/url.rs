@@ -33,10 +33,7 @@ pub fn parse(url: &str) -> Option<RedisTarget> {
     let (user, password) = match userinfo {
         None => (None, None),
         Some(u) => match u.split_once(':') {
-            Some((user, pass)) => (
-                (!user.is_empty()).then(|| decode(user)),
-                Some(decode(pass)),
-            ),
+            Some((user, pass)) => ((!user.is_empty()).then(|| decode(user)), Some(decode(pass))),
             None => (None, Some(decode(u))),
         },
     };

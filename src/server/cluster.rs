@@ -110,7 +110,10 @@ impl Core {
     /// When the registry next needs the loop.
     pub fn registry_next_wake(&self) -> Option<Instant> {
         let asks = self.cluster_state.deadlines.front().map(|(at, _)| *at);
-        [self.registry.next_wake(), asks].into_iter().flatten().min()
+        [self.registry.next_wake(), asks]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The registry's timers and its one write per iteration.
@@ -141,7 +144,9 @@ impl Core {
             }
             self.cluster_state.deadlines.pop_front();
             if let Some(Ask::Admin(admin, _)) = self.cluster_state.asks.remove(&q) {
-                self.cluster_state.answers.push((admin, Answer::Unavailable));
+                self.cluster_state
+                    .answers
+                    .push((admin, Answer::Unavailable));
             }
         }
     }
@@ -220,7 +225,11 @@ impl Core {
                 body,
                 origin,
                 sender,
-            } => match self.registry.local(&to).filter(|&c| self.clients.is_live(c)) {
+            } => match self
+                .registry
+                .local(&to)
+                .filter(|&c| self.clients.is_live(c))
+            {
                 Some(target) => {
                     self.metrics.messages_routed += 1;
                     self.send_or_end(target, |out| {

@@ -207,7 +207,11 @@ impl Core {
             },
             Question::Receipt(mid) => {
                 let key = format!("ll:r:{mid}");
-                self.ask_redis(admin, AdminAsk::Receipt { mid }, &[b"HGETALL", key.as_bytes()]);
+                self.ask_redis(
+                    admin,
+                    AdminAsk::Receipt { mid },
+                    &[b"HGETALL", key.as_bytes()],
+                );
             }
         }
         true
@@ -278,7 +282,10 @@ impl Core {
             }
             AdminAsk::Hold(p) => {
                 let r = resp::array(&frame);
-                match (r.first().and_then(resp::text), r.get(1).and_then(resp::text)) {
+                match (
+                    r.first().and_then(resp::text),
+                    r.get(1).and_then(resp::text),
+                ) {
                     (Some("queued"), _) => {
                         self.pushes.stats.accepted += 1;
                         self.answer(admin, Answer::Pushed(Ok(Pushed::Queued { id: p.mid })));
@@ -307,9 +314,7 @@ impl Core {
                 self.answer(admin, Answer::Broadcast(Ok((mid, recipients, nodes))));
             }
             AdminAsk::Receipt { mid } => {
-                let receipt = self
-                    .receipt_from(&frame)
-                    .or_else(|| self.receipt(&mid));
+                let receipt = self.receipt_from(&frame).or_else(|| self.receipt(&mid));
                 self.answer(admin, Answer::Receipt(mid, receipt));
             }
         }

@@ -337,9 +337,14 @@ impl Core {
                     wire::encode_msg(out, &msg.from, msg.id.as_deref(), &msg.body)
                 });
             }
-            Location::Elsewhere(node) => {
-                self.forward_msg(msg.sender, &msg.from, &msg.to, msg.id.as_deref(), &msg.body, &node)
-            }
+            Location::Elsewhere(node) => self.forward_msg(
+                msg.sender,
+                &msg.from,
+                &msg.to,
+                msg.id.as_deref(),
+                &msg.body,
+                &node,
+            ),
             Location::Unavailable => {
                 self.refuse_msg(msg.sender, msg.id.as_deref(), wire::ErrorCode::Unavailable)
             }

@@ -313,7 +313,12 @@ impl Sse {
     }
 
     /// Events until one matches, within `timeout`; panics otherwise.
-    pub fn until(&mut self, timeout: Duration, what: &str, f: impl Fn(&Event) -> bool) -> Vec<Event> {
+    pub fn until(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        f: impl Fn(&Event) -> bool,
+    ) -> Vec<Event> {
         let deadline = Instant::now() + timeout;
         let mut seen = Vec::new();
         loop {
