@@ -79,6 +79,11 @@ fn a_push_held_in_redis_outlives_every_node_and_is_delivered_on_another() {
     a.signal(libc::SIGTERM);
     assert_eq!(a.wait_exit(Duration::from_secs(5)), Some(0));
     drop(a);
+    assert_eq!(
+        redis.int(&["ZCARD", "ll:nodes"]),
+        0,
+        "a node that stops leaves the liveness set"
+    );
 
     let b = node(&redis.url(), "node-b", TTL, &[]);
     let (status, receipt) = Admin::new(&b).get(&format!("/messages/{mid}"));

@@ -451,6 +451,15 @@ impl Core {
         true
     }
 
+    /// Shutting down: this node leaves the cluster's liveness set, and what
+    /// is queued for Redis is written once.
+    pub fn leave_cluster(&mut self) {
+        if let Some(cluster) = self.registry.shared() {
+            cluster.leave();
+        }
+        self.registry.on_time(Instant::now());
+    }
+
     /// Redis is (back): every local client goes back into presence.
     fn reassert(&mut self) {
         let online = self.registry.page(None, usize::MAX);
