@@ -189,3 +189,22 @@ fn workers_share_the_port_as_nodes_and_stop_with_their_supervisor() {
         }
     }
 }
+
+#[test]
+fn a_bad_cluster_setting_exits_2_naming_the_variable() {
+    for (var, value) in [
+        ("LIFELINE_REDIS_URL", "localhost:6379"),
+        ("LIFELINE_NODE_TTL_MS", "5"),
+        ("LIFELINE_WORKERS", "2"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_lifeline"))
+            .env_clear()
+            .env(var, value)
+            .output()
+            .expect("run lifeline");
+        assert_eq!(out.status.code(), Some(2), "{var}={value}");
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.contains(var), "{text}");
+    }
+}
