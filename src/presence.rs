@@ -260,6 +260,22 @@ mod tests {
     }
 
     #[test]
+    fn events_numbered_elsewhere_keep_the_ring_contiguous() {
+        let mut log = PresenceLog::new(10, 0);
+        let numbered = |seq| PresenceEvent { seq, ..event("c") };
+        log.record_numbered(numbered(100));
+        log.record_numbered(numbered(101));
+        log.record_numbered(numbered(101)); // read twice: ignored
+        assert_eq!(seqs(log.since(99)), Some(vec![100, 101]));
+        // A gap (the stream was trimmed, Redis restarted): resuming across
+        // it must reset.
+        log.record_numbered(numbered(200));
+        assert_eq!(seqs(log.since(101)), None);
+        assert_eq!(seqs(log.since(199)), Some(vec![200]));
+        assert_eq!(log.last_seq(), 200);
+    }
+
+    #[test]
     fn sse_is_byte_exact() {
         let mut log = PresenceLog::new(10, 0);
         log.record(event("x"));

@@ -301,3 +301,32 @@ fn a_node_started_before_redis_serves_its_clients_and_joins_when_redis_comes() {
         },
     );
 }
+
+#[test]
+fn a_node_that_stops_answering_costs_a_pusher_a_503_not_a_hang() {
+    let redis = RedisProc::start();
+    let a = node(&redis.url(), "node-a", 60_000, &[]);
+    let b = node(&redis.url(), "node-b", 60_000, &[]);
+    let _bob = b.login("bob");
+    wait_for("bob in Redis", Duration::from_secs(5), || {
+        (redis.int(&["HLEN", "ll:presence"]) == 1).then_some(())
+    });
+    // Node B is frozen (SIGSTOP): subscribed, so the push is published to
+    // it, but it never answers.
+    // SAFETY: kill(2) on a node this test started.
+    unsafe { libc::kill(b.pid() as i32, libc::SIGSTOP) };
+    let _resume = Resume(b.pid() as i32);
+    let admin = Admin::new(&a);
+    let started = Instant::now();
+    let (status, reply) = admin.post("/clients/bob/push", "anyone?");
+    let took = started.elapsed();
+    assert_eq!(status, 503, "{reply}");
+    assert_eq!(reply["error"], "cluster-unavailable");
+    assert!(
+        took >= Duration::from_secs(4) && took < Duration::from_secs(8),
+        "{took:?}"
+    );
+    // Node A itself answered everything else meanwhile.
+    let (status, _) = admin.get("/healthz");
+    assert_eq!(status, 200);
+}

@@ -47,6 +47,14 @@ fn a_msg_crosses_nodes_and_offline_means_online_nowhere() {
         );
     }
 
+    // Counted: the 21 msgs out of node A, into node B; Redis round trips.
+    let (admin_a, admin_b) = (Admin::new(&a), Admin::new(&b));
+    assert!(admin_a.metric("lifeline_cluster_routed_out_total") >= 21.0);
+    assert!(admin_b.metric("lifeline_cluster_routed_in_total") >= 21.0);
+    assert!(admin_a.metric("lifeline_redis_round_trip_seconds_count") > 0.0);
+    assert!(admin_a.metric("lifeline_redis_commands_total") > 0.0);
+    assert_eq!(admin_a.metric("lifeline_redis_reconnects_total"), 0.0);
+
     alice.send("<msg to=\"nobody\" id=\"m3\">?</msg>");
     let error = alice.expect_frame();
     assert_eq!(attr(&error, "code").as_deref(), Some("offline"), "{error}");
