@@ -30,6 +30,9 @@ pub struct Feed {
     /// Replies owed, in order: true for the XREAD.
     owed: std::collections::VecDeque<bool>,
     events: Vec<PresenceEvent>,
+    /// Node names, shared by every event of a node (the ring holds up to
+    /// `LIFELINE_EVENT_BACKLOG` of them).
+    nodes: Vec<Rc<str>>,
 }
 
 impl Feed {
@@ -39,6 +42,7 @@ impl Feed {
             last: "0-0".to_string(),
             owed: Default::default(),
             events: Vec::new(),
+            nodes: Vec::new(),
         }
     }
 
@@ -117,7 +121,14 @@ impl Feed {
                 };
                 self.last = id.to_string();
                 let fields = parts.get(1).map(resp::array).unwrap_or_default();
-                if let Some(event) = event(id, fields) {
+                if let Some(mut event) = event(id, fields) {
+                    if let Some(node) = &event.node {
+                        match self.nodes.iter().find(|n| n[..] == node[..]) {
+                            Some(known) => event.node = Some(known.clone()),
+                            None if self.nodes.len() < 4096 => self.nodes.push(node.clone()),
+                            None => {}
+                        }
+                    }
                     self.events.push(event);
                 }
             }
