@@ -8,6 +8,7 @@
 //! loop hands to [`Admin::wake`] after the connection being served is done —
 //! the admin API never runs inside another connection's frame handling.
 
+mod asking;
 mod backend;
 mod events;
 mod routes;
@@ -445,49 +446,6 @@ impl Admin {
                 keep_alive,
                 &mut self.response,
             );
-            if !self.respond(admin, backend) {
-                self.end(admin, backend);
-            } else if !keep_alive {
-                self.begin_draining(admin);
-            } else if !self.serve(admin, backend) {
-                self.end(admin, backend);
-            }
-        }
-    }
-
-    /// Cluster mode: answers the requests whose question the cluster
-    /// answered, then serves what queued up behind them.
-    pub fn answer(&mut self, answers: Vec<(AdminRef, Answer)>, backend: &mut dyn Backend) {
-        for (admin, answer) in answers {
-            let Some(c) = self.get_mut(admin) else {
-                continue;
-            };
-            let State::Asking {
-                wait_ms,
-                keep_alive,
-            } = c.state
-            else {
-                continue;
-            };
-            c.state = State::Requests;
-            self.response.clear();
-            let outcome = routes::answered(
-                backend,
-                admin,
-                answer,
-                wait_ms,
-                keep_alive,
-                &mut self.response,
-            );
-            if let Outcome::AwaitAck { message, .. } = outcome {
-                if let Some(c) = self.get_mut(admin) {
-                    c.state = State::AwaitingAck {
-                        message,
-                        keep_alive,
-                    };
-                }
-                continue;
-            }
             if !self.respond(admin, backend) {
                 self.end(admin, backend);
             } else if !keep_alive {
