@@ -330,3 +330,17 @@ fn a_node_that_stops_answering_costs_a_pusher_a_503_not_a_hang() {
     let (status, _) = admin.get("/healthz");
     assert_eq!(status, 200);
 }
+
+#[test]
+fn scripts_flushed_from_redis_are_sent_whole() {
+    let redis = RedisProc::start();
+    let a = node(&redis.url(), "node-a", TTL, &[]);
+    assert_eq!(redis.try_command(&["SCRIPT", "FLUSH"]).as_deref(), Some("+OK"));
+    // The login's script is unknown to Redis now (NOSCRIPT): the node sends
+    // it with EVAL instead, and presence is recorded all the same.
+    let _late = a.login("after-flush");
+    wait_for("presence recorded", Duration::from_secs(5), || {
+        let present = redis.try_command(&["HEXISTS", "ll:presence", "after-flush"]);
+        (present.as_deref() == Some(":1")).then_some(())
+    });
+}
