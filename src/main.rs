@@ -2,13 +2,13 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 use lifeline::config::Config;
+use lifeline::logging::Logger;
+use lifeline::notify;
 use lifeline::server::Server;
 
 fn main() {
     let config = Config::from_env_and_args();
-    let logger = simple_logger::SimpleLogger::new()
-        .with_level(config.log)
-        .with_utc_timestamps();
+    let logger = Logger::new(config.log.clone(), config.ops.log_format);
     if let Err(e) = logger.init() {
         eprintln!("lifeline: cannot set up logging: {e}");
     }
@@ -22,6 +22,9 @@ fn main() {
             std::process::exit(1);
         }
     };
+    // The listeners are bound: from here on a client's connect is queued
+    // even before the loop runs, so the service manager may call it ready.
+    notify::ready(&format!("listening on {}", server.local_addr()));
     if let Err(e) = server.run() {
         eprintln!("lifeline: {e}");
         std::process::exit(1);

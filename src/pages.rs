@@ -48,10 +48,26 @@ impl Page {
 /// Answers a plain `GET` of `path`: its page, or a 404. Either response says
 /// `Connection: close`; the caller closes once it is flushed.
 pub fn answer_get(out: &mut Vec<u8>, path: &str) {
+    answer_get_if(out, path, true);
+}
+
+/// [`answer_get`], or a 404 for every path when the pages are off
+/// (`LIFELINE_DEMO_PAGE=off`: the public port then serves WebSocket
+/// upgrades only).
+pub fn answer_get_if(out: &mut Vec<u8>, path: &str, pages_on: bool) {
     match Page::find(path) {
-        Some(page) => write_page(out, page),
-        None => ws::write_handshake_error(out, &HandshakeError::NotFound),
+        Some(page) if pages_on => write_page(out, page),
+        _ if pages_on => ws::write_handshake_error(out, &HandshakeError::NotFound),
+        _ => write_not_found(out),
     }
+}
+
+/// A bare 404 that names nothing this server could serve.
+fn write_not_found(out: &mut Vec<u8>) {
+    out.extend_from_slice(
+        b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\n\
+          Content-Length: 10\r\nConnection: close\r\n\r\nnot found\n",
+    );
 }
 
 /// Writes a `200` carrying `page`, with `Connection: close`.
@@ -111,5 +127,14 @@ mod tests {
         assert!(text.ends_with(
             "\r\n\r\nnot found: the demo page is at / and the client at /lifeline.js\n"
         ));
+        for path in ["/", "/lifeline.js", "/favicon.ico"] {
+            let mut out = Vec::new();
+            answer_get_if(&mut out, path, false);
+            let text = String::from_utf8(out).unwrap();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap();
+            assert!(head.starts_with("HTTP/1.1 404 Not Found\r\n"), "{text}");
+            assert!(head.contains(&format!("Content-Length: {}\r\n", body.len())));
+            assert_eq!(body, "not found\n");
+        }
     }
 }

@@ -23,6 +23,12 @@ pub enum PresenceKind {
     Offline,
     /// This connection lost its id to a newer login; the id stays online.
     Replaced,
+    /// A push for the client is held while it is offline (`queue_ttl_ms`),
+    /// or went back to its queue when its connection ended unacked: the back
+    /// end may fall back to the phone's OS push (APNs, FCM).
+    Queued,
+    /// A held push's time ran out before it could be delivered.
+    Expired,
 }
 
 impl PresenceKind {
@@ -33,6 +39,8 @@ impl PresenceKind {
             PresenceKind::Alive => "alive",
             PresenceKind::Offline => "offline",
             PresenceKind::Replaced => "replaced",
+            PresenceKind::Queued => "queued",
+            PresenceKind::Expired => "expired",
         }
     }
 }
@@ -42,15 +50,19 @@ pub struct PresenceEvent {
     pub seq: u64,
     pub kind: PresenceKind,
     pub id: Rc<str>,
-    /// Cluster mode: the node the connection is on (standalone: `None`,
-    /// and the field is left out of the event).
+    /// Cluster mode: the node the connection is on, or that took the push
+    /// (standalone: `None`, and the field is left out of the event).
     pub node: Option<Rc<str>>,
-    /// The connection's generation: tells two connections of one id apart.
+    /// The connection's generation: tells two connections of one id apart
+    /// (0 for a push event, which is about no connection).
     pub conn: u32,
-    pub peer: SocketAddr,
+    /// `None` for a push event.
+    pub peer: Option<SocketAddr>,
     pub reason: Option<&'static str>,
     /// Unix milliseconds.
     pub at: u64,
+    /// The push a `queued` or `expired` event is about.
+    pub message: Option<Rc<str>>,
 }
 
 /// The numbered event log.
@@ -175,17 +187,28 @@ impl PresenceLog {
 }
 
 /// One event as SSE: `id:` is the sequence number, so a browser's
-/// EventSource resumes with `Last-Event-ID` by itself.
+/// EventSource resumes with `Last-Event-ID` by itself. A push event names
+/// the client (`id`) and the push (`message`); the others name the
+/// connection.
 pub fn write_sse(out: &mut Vec<u8>, e: &PresenceEvent) {
-    let mut data = serde_json::json!({
-        "seq": e.seq,
-        "event": e.kind.as_str(),
-        "id": &*e.id,
-        "conn": e.conn,
-        "peer": e.peer.to_string(),
-        "reason": e.reason,
-        "at": e.at,
-    });
+    let mut data = match &e.message {
+        Some(message) => serde_json::json!({
+            "seq": e.seq,
+            "event": e.kind.as_str(),
+            "id": &*e.id,
+            "message": &**message,
+            "at": e.at,
+        }),
+        None => serde_json::json!({
+            "seq": e.seq,
+            "event": e.kind.as_str(),
+            "id": &*e.id,
+            "conn": e.conn,
+            "peer": e.peer.map(|p| p.to_string()),
+            "reason": e.reason,
+            "at": e.at,
+        }),
+    };
     if let (Some(node), Some(map)) = (&e.node, data.as_object_mut()) {
         map.insert("node".to_string(), serde_json::json!(&**node));
     }
@@ -216,9 +239,10 @@ mod tests {
             id: id.into(),
             node: None,
             conn: 1,
-            peer: "127.0.0.1:1".parse().unwrap(),
+            peer: Some("127.0.0.1:1".parse().unwrap()),
             reason: None,
             at: 0,
+            message: None,
         }
     }
 
@@ -286,6 +310,19 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "id: 1\nevent: online\ndata: {\"at\":0,\"conn\":1,\"event\":\"online\",\"id\":\"x\",\"peer\":\"127.0.0.1:1\",\"reason\":null,\"seq\":1}\n\n"
+        );
+        let mut queued = event("bob");
+        queued.kind = PresenceKind::Queued;
+        queued.conn = 0;
+        queued.peer = None;
+        queued.message = Some("p-abc-7".into());
+        log.record(queued);
+        log.take_fresh(&mut fresh);
+        let mut out = Vec::new();
+        write_sse(&mut out, &fresh[0]);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "id: 2\nevent: queued\ndata: {\"at\":0,\"event\":\"queued\",\"id\":\"bob\",\"message\":\"p-abc-7\",\"seq\":2}\n\n"
         );
     }
 }

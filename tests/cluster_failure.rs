@@ -335,7 +335,10 @@ fn a_node_that_stops_answering_costs_a_pusher_a_503_not_a_hang() {
 fn scripts_flushed_from_redis_are_sent_whole() {
     let redis = RedisProc::start();
     let a = node(&redis.url(), "node-a", TTL, &[]);
-    assert_eq!(redis.try_command(&["SCRIPT", "FLUSH"]).as_deref(), Some("+OK"));
+    assert_eq!(
+        redis.try_command(&["SCRIPT", "FLUSH"]).as_deref(),
+        Some("+OK")
+    );
     // The login's script is unknown to Redis now (NOSCRIPT): the node sends
     // it with EVAL instead, and presence is recorded all the same.
     let _late = a.login("after-flush");

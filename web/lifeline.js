@@ -156,7 +156,9 @@ const attr = (name, value) => (value == null ? '' : ` ${name}="${escapeXml(value
 
 /** The client frames of the protocol, escaped. */
 export const frames = {
-  login: (id, token) => `<login${attr('id', id)}${attr('token', token || null)}/>`,
+  /** `exp` (Unix seconds) and `interval` (ms) are protocol 1.2; each only when given. */
+  login: (id, token, exp = null, interval = null) =>
+    `<login${attr('id', id)}${attr('token', token || null)}${attr('exp', exp)}${attr('interval', interval)}/>`,
   msg: (to, text, id) => `<msg${attr('to', to)}${attr('id', id)}>${escapeXml(text)}</msg>`,
   ack: (id) => `<ack${attr('id', id)}/>`,
   ping: (seq) => `<heartbeat mode="ping"${attr('seq', seq)}/>`,
@@ -249,6 +251,9 @@ export class LifelineClient extends EventTarget {
   #url;
   #id;
   #token;
+  #exp;
+  /** The heartbeat interval asked for at login (ms), or null for the server's. */
+  #askedInterval;
   #autoAck;
   #maxQueued;
   #backoffBaseMs;
@@ -308,6 +313,8 @@ export class LifelineClient extends EventTarget {
       url = defaultUrl(),
       id,
       token = null,
+      exp = null,
+      interval = null,
       autoAck = true,
       maxQueued = 100,
       backoffBaseMs = 500,
@@ -329,6 +336,12 @@ export class LifelineClient extends EventTarget {
     if (parsed.protocol !== 'ws:' && parsed.protocol !== 'wss:') {
       throw new TypeError(`lifeline: options.url must be ws:// or wss://, not ${url}`);
     }
+    if (exp !== null && !(Number.isSafeInteger(exp) && exp >= 0)) {
+      throw new TypeError(`lifeline: options.exp must be null or whole Unix seconds, not ${exp}`);
+    }
+    if (interval !== null && !(Number.isSafeInteger(interval) && interval > 0)) {
+      throw new TypeError(`lifeline: options.interval must be null or a whole number of ms > 0, not ${interval}`);
+    }
     if (!Number.isInteger(maxQueued) || maxQueued < 0) {
       throw new TypeError(`lifeline: options.maxQueued must be a whole number >= 0, not ${maxQueued}`);
     }
@@ -340,6 +353,8 @@ export class LifelineClient extends EventTarget {
     this.#url = String(url);
     this.#id = id;
     this.#token = token;
+    this.#exp = exp;
+    this.#askedInterval = interval;
     this.#autoAck = Boolean(autoAck);
     this.#maxQueued = maxQueued;
     this.#backoffBaseMs = positiveNumber('backoffBaseMs', backoffBaseMs);
@@ -363,6 +378,11 @@ export class LifelineClient extends EventTarget {
   /** Connections opened after the first one. */
   get reconnects() {
     return this.#reconnects;
+  }
+
+  /** The heartbeat interval the server granted in its last welcome, ms (null before one). */
+  get interval() {
+    return this.#interval > 0 ? this.#interval : null;
   }
 
   /**
@@ -472,7 +492,7 @@ export class LifelineClient extends EventTarget {
     }
     this.#ws = ws;
     this.#connectTimer = setTimeout(() => this.#lost('connect-timeout'), this.#connectTimeoutMs);
-    ws.onopen = () => this.#write(frames.login(this.#id, this.#token));
+    ws.onopen = () => this.#write(frames.login(this.#id, this.#token, this.#exp, this.#askedInterval));
     ws.onmessage = (event) => this.#receive(event.data);
     // An error always ends a WebSocket, and Node 20's never follows a refused
     // connection with a close event: either one means this socket is done.

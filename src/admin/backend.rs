@@ -98,6 +98,8 @@ pub struct ReceiptView {
     pub acked_at: Option<u64>,
     pub expires_at: Option<u64>,
     pub recipients: Option<usize>,
+    /// Times an at-least-once push was sent again.
+    pub redelivered: u32,
 }
 
 /// Where a new presence stream starts.
@@ -137,7 +139,9 @@ pub trait Backend {
 
     /// Pushes `body` (UTF-8 text) to `to`: sent when it is online (and has no backlog),
     /// held for `queue_ttl_ms` when asked (and while a backlog drains),
-    /// refused otherwise.
+    /// refused otherwise. With `queue_ttl_ms` it is at-least-once: kept
+    /// after it is sent until acked, and sent again after the client's next
+    /// welcome if the connection ends first.
     fn push(&mut self, to: &str, body: &[u8], queue_ttl_ms: Option<u64>)
         -> Result<Pushed, Refused>;
     /// Sends `body` to every online client; returns the push id and how

@@ -8,8 +8,10 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use crate::admin::backend::{
-    AdminGauges, Answer, Backend, ClientView, Pushed, Question, ReceiptView, StreamStart,
+    AdminGauges, Backend, ClientView, Pushed, Question, ReceiptView, StreamStart,
 };
+use crate::admin::idempotency::{self, Fingerprint, Idempotency, Seen};
+use crate::admin::stats::{AdminStats, Route};
 use crate::admin::AdminRef;
 use crate::http::{self, HttpError, Method, Request};
 
@@ -31,10 +33,17 @@ pub(super) enum Outcome {
     AwaitAck { message: Rc<str>, keep_alive: bool },
     /// Cluster mode: nothing is written yet: the response waits for the
     /// cluster's answer (and then, with `wait_ms`, for a push's ack).
-    Asked {
-        wait_ms: Option<u64>,
-        keep_alive: bool,
-    },
+    Asked(Asked),
+}
+
+/// A request the cluster is asked about, as it waits for the answer.
+#[derive(Debug)]
+pub(super) struct Asked {
+    pub wait_ms: Option<u64>,
+    pub keep_alive: bool,
+    /// The request's `Idempotency-Key` and fingerprint: the answer is
+    /// remembered under it.
+    pub key: Option<(Box<str>, Fingerprint)>,
 }
 
 /// What a route needs besides the request.
@@ -43,23 +52,42 @@ pub(super) struct Ctx<'a> {
     pub admin: AdminRef,
     pub token: Option<&'a [u8]>,
     pub gauges: AdminGauges,
+    pub stats: &'a AdminStats,
     pub out: &'a mut Vec<u8>,
+    pub idempotency: &'a mut Idempotency,
 }
 
 impl Ctx<'_> {
-    fn reply(&mut self, status: u16, body: serde_json::Value, keep: bool) -> Outcome {
+    pub(super) fn reply(&mut self, status: u16, body: serde_json::Value, keep: bool) -> Outcome {
         self.backend.count_request(status);
         http::write_json(self.out, status, &body, keep);
         Outcome::Responded { keep_alive: keep }
     }
 
-    fn error(&mut self, status: u16, error: &str, detail: &str, keep: bool) -> Outcome {
+    pub(super) fn error(&mut self, status: u16, error: &str, detail: &str, keep: bool) -> Outcome {
         self.backend.count_request(status);
         http::write_error(self.out, status, error, detail, keep);
         Outcome::Responded { keep_alive: keep }
     }
 
-    fn not_online(&mut self, id: &str, keep: bool) -> Outcome {
+    fn method_not_allowed(&mut self, allow: &str, keep: bool) -> Outcome {
+        self.backend.count_request(405);
+        let body = json!({
+            "error": "method-not-allowed",
+            "detail": format!("this endpoint serves {allow}"),
+        });
+        http::write_response_with(
+            self.out,
+            405,
+            "application/json",
+            body.to_string().as_bytes(),
+            keep,
+            &[("Allow", allow)],
+        );
+        Outcome::Responded { keep_alive: keep }
+    }
+
+    pub(super) fn not_online(&mut self, id: &str, keep: bool) -> Outcome {
         self.error(
             404,
             "offline",
@@ -76,7 +104,8 @@ pub(super) fn refuse(e: &HttpError, backend: &mut dyn Backend, out: &mut Vec<u8>
     let error = match status {
         431 => "headers-too-large",
         413 => "body-too-large",
-        411 => "length-required",
+        417 => "expectation-failed",
+        501 => "not-implemented",
         _ => "bad-request",
     };
     http::write_error(out, status, error, &e.to_string(), false);
@@ -93,30 +122,63 @@ fn authorized(token: Option<&[u8]>, request: &Request<'_>) -> bool {
     presented.ct_eq(token).into()
 }
 
-/// Routes one request.
-pub(super) fn handle(request: &Request<'_>, ctx: &mut Ctx<'_>) -> Outcome {
-    let keep = request.keep_alive;
-    let segments: Vec<String> = request
+/// The decoded segments of a request's path.
+fn segments(request: &Request<'_>) -> Vec<String> {
+    request
         .path
         .trim_matches('/')
         .split('/')
         .filter(|s| !s.is_empty())
         .map(http::decode)
-        .collect();
+        .collect()
+}
+
+/// The route a request is for.
+pub(super) fn route_of(request: &Request<'_>) -> Route {
+    let segments = segments(request);
+    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+    Route::of(&segments)
+}
+
+/// Whether a request that waits for `100 Continue` may send its body:
+/// `None` when it may; otherwise its final answer is written (401, 404 or
+/// 405), and the connection closes after it, since the body that may still
+/// come is not read (RFC 9110 10.1.1).
+pub(super) fn precheck(request: &Request<'_>, ctx: &mut Ctx<'_>) -> Option<Outcome> {
+    let route = route_of(request);
+    if route != Route::Healthz && !authorized(ctx.token, request) {
+        return Some(unauthorized(ctx, false));
+    }
+    match route.allow() {
+        None => Some(ctx.error(404, "not-found", "no such endpoint", false)),
+        Some(allow) if !route.serves(request.method) => Some(ctx.method_not_allowed(allow, false)),
+        Some(_) => None,
+    }
+}
+
+fn unauthorized(ctx: &mut Ctx<'_>, keep: bool) -> Outcome {
+    ctx.error(
+        401,
+        "unauthorized",
+        "send Authorization: Bearer <LIFELINE_ADMIN_TOKEN>",
+        keep,
+    )
+}
+
+/// Routes one request.
+pub(super) fn handle(request: &Request<'_>, ctx: &mut Ctx<'_>) -> Outcome {
+    let keep = request.keep_alive;
+    let segments = segments(request);
     let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
     if segments != ["healthz"] && !authorized(ctx.token, request) {
-        return ctx.error(
-            401,
-            "unauthorized",
-            "send Authorization: Bearer <LIFELINE_ADMIN_TOKEN>",
-            keep,
-        );
+        return unauthorized(ctx, keep);
     }
     match (request.method, segments.as_slice()) {
         (Method::Get, ["healthz"]) => ctx.reply(200, json!({"status": "ok"}), keep),
         (Method::Get, ["metrics"]) => {
             ctx.backend.count_request(200);
-            let text = ctx.backend.metrics(ctx.gauges);
+            let mut text = ctx.backend.metrics(ctx.gauges);
+            ctx.stats.render(&mut text);
             http::write_response(
                 ctx.out,
                 200,
@@ -128,33 +190,25 @@ pub(super) fn handle(request: &Request<'_>, ctx: &mut Ctx<'_>) -> Outcome {
         }
         (Method::Get, ["clients"]) => list_clients(request, ctx),
         (Method::Get, ["clients", id]) if ctx.ask(|| Question::Client(id.to_string())) => {
-            ctx.asked(None, keep)
+            ctx.asked(None, None, keep)
         }
         (Method::Get, ["clients", id]) => match ctx.backend.client(id) {
             Some(view) => ctx.reply(200, client_json(&view), keep),
             None => ctx.not_online(id, keep),
         },
         (Method::Post, ["clients", id, "push"]) => push(id, request, ctx),
-        (Method::Post, ["broadcast"]) if ctx.ask(|| Question::Broadcast(request.body.to_vec())) => {
-            ctx.asked(None, keep)
-        }
-        (Method::Post, ["broadcast"]) => match ctx.backend.broadcast(request.body) {
-            Ok((id, recipients)) => {
-                ctx.reply(202, json!({"id": &*id, "recipients": recipients}), keep)
-            }
-            Err(r) => ctx.error(r.status, r.error, &r.detail, keep),
-        },
+        (Method::Post, ["broadcast"]) => broadcast(request, ctx),
         (Method::Get, ["messages", message])
             if ctx.ask(|| Question::Receipt(message.to_string())) =>
         {
-            ctx.asked(None, keep)
+            ctx.asked(None, None, keep)
         }
         (Method::Get, ["messages", message]) => {
             let receipt = ctx.backend.receipt(message);
             ctx.receipt(message, receipt, keep)
         }
         (Method::Delete, ["clients", id]) if ctx.ask(|| Question::Kick(id.to_string())) => {
-            ctx.asked(None, keep)
+            ctx.asked(None, None, keep)
         }
         (Method::Delete, ["clients", id]) => {
             if ctx.backend.kick(id) {
@@ -184,14 +238,10 @@ pub(super) fn handle(request: &Request<'_>, ctx: &mut Ctx<'_>) -> Outcome {
                 }
             }
         }
-        (_, ["healthz" | "metrics" | "clients" | "broadcast" | "events" | "messages", ..]) => ctx
-            .error(
-                405,
-                "method-not-allowed",
-                "see the README for each endpoint's method",
-                keep,
-            ),
-        _ => ctx.error(404, "not-found", "no such endpoint", keep),
+        _ => match Route::of(&segments).allow() {
+            Some(allow) => ctx.method_not_allowed(allow, keep),
+            None => ctx.error(404, "not-found", "no such endpoint", keep),
+        },
     }
 }
 
@@ -202,14 +252,25 @@ impl Ctx<'_> {
         self.backend.is_clustered() && self.backend.ask(self.admin, question())
     }
 
-    fn asked(&mut self, wait_ms: Option<u64>, keep_alive: bool) -> Outcome {
-        Outcome::Asked {
+    fn asked(
+        &mut self,
+        wait_ms: Option<u64>,
+        key: Option<(&str, Fingerprint)>,
+        keep_alive: bool,
+    ) -> Outcome {
+        Outcome::Asked(Asked {
             wait_ms,
             keep_alive,
-        }
+            key: key.map(|(k, f)| (Box::from(k), f)),
+        })
     }
 
-    fn receipt(&mut self, message: &str, receipt: Option<ReceiptView>, keep: bool) -> Outcome {
+    pub(super) fn receipt(
+        &mut self,
+        message: &str,
+        receipt: Option<ReceiptView>,
+        keep: bool,
+    ) -> Outcome {
         match receipt {
             Some(r) => self.reply(
                 200,
@@ -222,6 +283,7 @@ impl Ctx<'_> {
                     "acked_at": r.acked_at,
                     "expires_at": r.expires_at,
                     "recipients": r.recipients,
+                    "redelivered": r.redelivered,
                 }),
                 keep,
             ),
@@ -235,95 +297,9 @@ impl Ctx<'_> {
             ),
         }
     }
-
-    /// The response to a push that was taken; with `wait_ms`, the wait for
-    /// its ack begins instead.
-    fn pushed(&mut self, pushed: Pushed, wait_ms: Option<u64>, keep: bool) -> Outcome {
-        let wait_until = wait_ms
-            .filter(|&ms| ms > 0)
-            .map(|ms| self.backend.now() + ms * 1000);
-        match (pushed, wait_until) {
-            (Pushed::Queued { id }, _) => {
-                self.reply(202, json!({"id": &*id, "status": "queued"}), keep)
-            }
-            (Pushed::Sent { id, target }, Some(until)) => {
-                self.backend.await_ack(&id, target, self.admin, until);
-                Outcome::AwaitAck {
-                    message: id,
-                    keep_alive: keep,
-                }
-            }
-            (Pushed::Forwarded { id }, Some(until)) => {
-                self.backend.await_remote_ack(&id, self.admin, until);
-                Outcome::AwaitAck {
-                    message: id,
-                    keep_alive: keep,
-                }
-            }
-            (Pushed::Sent { id, .. } | Pushed::Forwarded { id }, None) => {
-                self.reply(202, json!({"id": &*id, "status": "sent"}), keep)
-            }
-        }
-    }
 }
 
-/// Cluster mode: the response to a question the cluster answered.
-pub(super) fn answered(
-    backend: &mut dyn Backend,
-    admin: AdminRef,
-    answer: Answer,
-    wait_ms: Option<u64>,
-    keep: bool,
-    out: &mut Vec<u8>,
-) -> Outcome {
-    let mut ctx = Ctx {
-        backend,
-        admin,
-        token: None,
-        gauges: AdminGauges::default(),
-        out,
-    };
-    match answer {
-        Answer::Unavailable => ctx.error(
-            503,
-            "cluster-unavailable",
-            "Redis cannot be reached: the cluster cannot answer this now",
-            keep,
-        ),
-        Answer::Client(_, Some(view)) => ctx.reply(200, client_json(&view), keep),
-        Answer::Client(id, None) | Answer::Kicked(id, false) => ctx.not_online(&id, keep),
-        Answer::Kicked(_, true) => {
-            ctx.backend.count_request(204);
-            http::write_response(ctx.out, 204, "application/json", b"", keep);
-            Outcome::Responded { keep_alive: keep }
-        }
-        Answer::Clients(page) => {
-            let clients: Vec<serde_json::Value> = page.clients.iter().map(client_json).collect();
-            ctx.reply(
-                200,
-                json!({
-                    "clients": clients,
-                    "next": page.next.as_deref(),
-                    "online": page.online,
-                    "seq": page.seq,
-                }),
-                keep,
-            )
-        }
-        Answer::Pushed(Ok(pushed)) => ctx.pushed(pushed, wait_ms, keep),
-        Answer::Pushed(Err(r)) | Answer::Broadcast(Err(r)) => {
-            ctx.error(r.status, r.error, &r.detail, keep)
-        }
-        Answer::Broadcast(Ok((id, recipients, nodes))) => ctx.reply(
-            202,
-            json!({"id": &*id, "recipients": recipients, "nodes": nodes}),
-            keep,
-        ),
-        Answer::Receipt(message, receipt) => ctx.receipt(&message, receipt, keep),
-    }
-}
-
-fn client_json(c: &ClientView) -> serde_json::Value {
+pub(super) fn client_json(c: &ClientView) -> serde_json::Value {
     let mut v = json!({
         "id": &*c.id,
         "peer": c.peer,
@@ -332,6 +308,7 @@ fn client_json(c: &ClientView) -> serde_json::Value {
         "conn": c.conn,
         "state": if c.suspect { "suspect" } else { "online" },
     });
+    // Cluster mode: the node the client is on.
     if let (Some(node), Some(map)) = (&c.node, v.as_object_mut()) {
         map.insert("node".to_string(), json!(&**node));
     }
@@ -359,7 +336,7 @@ fn list_clients(request: &Request<'_>, ctx: &mut Ctx<'_>) -> Outcome {
         after: after.clone(),
         limit,
     }) {
-        return ctx.asked(None, keep);
+        return ctx.asked(None, None, keep);
     }
     let page = ctx.backend.clients(after.as_deref(), limit);
     let clients: Vec<serde_json::Value> = page.clients.iter().map(client_json).collect();
@@ -392,6 +369,88 @@ fn query_number(
     }
 }
 
+/// What a request's `Idempotency-Key` says to do: `Err` with the answer
+/// already written (a replay, or a refusal), `Ok` with the key (if any) to
+/// remember the answer under.
+fn idempotent<'r>(
+    request: &Request<'r>,
+    fingerprint: &idempotency::Fingerprint,
+    ctx: &mut Ctx<'_>,
+) -> Result<Option<&'r str>, Outcome> {
+    let keep = request.keep_alive;
+    let key = match idempotency::key_of(request.idempotency_key) {
+        Ok(key) => key,
+        Err(bad) => return Err(ctx.error(400, "bad-idempotency-key", &bad.to_string(), keep)),
+    };
+    let Some(key) = key else {
+        return Ok(None);
+    };
+    match ctx.idempotency.seen(key, fingerprint, ctx.backend.now()) {
+        Seen::New => Ok(Some(key)),
+        Seen::Replay { status, body } => {
+            ctx.backend.count_request(status);
+            http::write_response_with(
+                ctx.out,
+                status,
+                "application/json",
+                body.as_bytes(),
+                keep,
+                &[("Idempotent-Replayed", "true")],
+            );
+            Err(Outcome::Responded { keep_alive: keep })
+        }
+        Seen::InProgress => Err(ctx.error(
+            409,
+            "idempotency-in-progress",
+            "the first request with this Idempotency-Key still waits for its ack; retry later",
+            keep,
+        )),
+        Seen::Reused => Err(ctx.error(
+            422,
+            "idempotency-key-reused",
+            "this Idempotency-Key was used for a different request (endpoint, client, queue_ttl_ms or body)",
+            keep,
+        )),
+    }
+}
+
+/// Answers an accepted push or broadcast, remembering the answer under its
+/// key; `waiting`: the answer stands only until that push's wait ends.
+pub(super) fn accepted(
+    ctx: &mut Ctx<'_>,
+    key: Option<(&str, idempotency::Fingerprint)>,
+    status: u16,
+    body: serde_json::Value,
+    waiting: Option<Rc<str>>,
+    keep: bool,
+) -> Outcome {
+    if let Some((key, fingerprint)) = key {
+        let now = ctx.backend.now();
+        ctx.idempotency
+            .remember(key, fingerprint, status, body.to_string(), waiting, now);
+    }
+    ctx.reply(status, body, keep)
+}
+
+fn broadcast(request: &Request<'_>, ctx: &mut Ctx<'_>) -> Outcome {
+    let keep = request.keep_alive;
+    let fingerprint = idempotency::fingerprint("broadcast", "*", None, request.body);
+    let key = match idempotent(request, &fingerprint, ctx) {
+        Ok(key) => key.map(|k| (k, fingerprint)),
+        Err(answered) => return answered,
+    };
+    if ctx.ask(|| Question::Broadcast(request.body.to_vec())) {
+        return ctx.asked(None, key, keep);
+    }
+    match ctx.backend.broadcast(request.body) {
+        Ok((id, recipients)) => {
+            let body = json!({"id": &*id, "recipients": recipients});
+            accepted(ctx, key, 202, body, None, keep)
+        }
+        Err(r) => ctx.error(r.status, r.error, &r.detail, keep),
+    }
+}
+
 fn push(id: &str, request: &Request<'_>, ctx: &mut Ctx<'_>) -> Outcome {
     let keep = request.keep_alive;
     let Ok(wait_ms) = query_number(request, "wait_ack_ms", 0..=MAX_WAIT_ACK_MS) else {
@@ -410,23 +469,73 @@ fn push(id: &str, request: &Request<'_>, ctx: &mut Ctx<'_>) -> Outcome {
             keep,
         );
     };
+    let fingerprint = idempotency::fingerprint("push", id, queue_ttl_ms, request.body);
+    let key = match idempotent(request, &fingerprint, ctx) {
+        Ok(key) => key.map(|k| (k, fingerprint)),
+        Err(answered) => return answered,
+    };
     let question = || Question::Push {
         to: id.to_string(),
         body: request.body.to_vec(),
         queue_ttl_ms,
     };
     if ctx.ask(question) {
-        return ctx.asked(wait_ms, keep);
+        return ctx.asked(wait_ms, key, keep);
     }
     match ctx.backend.push(id, request.body, queue_ttl_ms) {
         Err(r) => ctx.error(r.status, r.error, &r.detail, keep),
-        Ok(pushed) => ctx.pushed(pushed, wait_ms, keep),
+        Ok(pushed) => ctx.pushed(pushed, wait_ms, key, keep),
     }
 }
 
-/// The response to a push whose wait ended.
+impl Ctx<'_> {
+    /// The response to a push that was taken (remembered under its key);
+    /// with `wait_ms`, the wait for its ack begins instead.
+    pub(super) fn pushed(
+        &mut self,
+        pushed: Pushed,
+        wait_ms: Option<u64>,
+        key: Option<(&str, Fingerprint)>,
+        keep: bool,
+    ) -> Outcome {
+        let (id, target) = match pushed {
+            Pushed::Queued { id } => {
+                let body = json!({"id": &*id, "status": "queued"});
+                return accepted(self, key, 202, body, None, keep);
+            }
+            Pushed::Sent { id, target } => (id, Some(target)),
+            Pushed::Forwarded { id } => (id, None),
+        };
+        let Some(ms) = wait_ms.filter(|&ms| ms > 0) else {
+            let body = json!({"id": &*id, "status": "sent"});
+            return accepted(self, key, 202, body, None, keep);
+        };
+        let until = self.backend.now() + ms * 1000;
+        match target {
+            Some(target) => self.backend.await_ack(&id, target, self.admin, until),
+            // On another node, which reports the ack.
+            None => self.backend.await_remote_ack(&id, self.admin, until),
+        }
+        if let Some((key, fingerprint)) = key {
+            // Provisional: a repeat meanwhile is told to wait (409);
+            // should this request go away, a repeat gets "sent".
+            let body = json!({"id": &*id, "status": "sent"}).to_string();
+            let now = self.backend.now();
+            self.idempotency
+                .remember(key, fingerprint, 202, body, Some(id.clone()), now);
+        }
+        Outcome::AwaitAck {
+            message: id,
+            keep_alive: keep,
+        }
+    }
+}
+
+/// The response to a push whose wait ended (remembered for a repeat of
+/// its request, if it had an `Idempotency-Key`).
 pub(super) fn waited(
     backend: &mut dyn Backend,
+    idempotency: &mut Idempotency,
     message: &str,
     acked: bool,
     keep_alive: bool,
@@ -434,10 +543,7 @@ pub(super) fn waited(
 ) {
     let (status, text) = if acked { (200, "acked") } else { (202, "sent") };
     backend.count_request(status);
-    http::write_json(
-        out,
-        status,
-        &json!({"id": message, "status": text}),
-        keep_alive,
-    );
+    let body = json!({"id": message, "status": text});
+    idempotency.answered(message, status, &body.to_string());
+    http::write_json(out, status, &body, keep_alive);
 }

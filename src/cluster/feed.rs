@@ -136,7 +136,8 @@ impl Feed {
     }
 }
 
-/// A stream entry `0-SEQ` with fields k, id, node, conn, peer, reason, at.
+/// A stream entry `0-SEQ` with fields k, id, node, conn, peer, reason, at,
+/// and `message` for a push event (`queued`, `expired`).
 fn event(stream_id: &str, fields: &[OwnedFrame]) -> Option<PresenceEvent> {
     let seq = stream_id.strip_prefix("0-")?.parse().ok()?;
     let get = |name: &str| {
@@ -154,20 +155,23 @@ fn event(stream_id: &str, fields: &[OwnedFrame]) -> Option<PresenceEvent> {
         "alive" => PresenceKind::Alive,
         "offline" => PresenceKind::Offline,
         "replaced" => PresenceKind::Replaced,
+        "queued" => PresenceKind::Queued,
+        "expired" => PresenceKind::Expired,
         _ => return None,
     };
     let reason = get("reason");
+    let message = get("message");
     Some(PresenceEvent {
         seq,
         kind,
         id: Rc::from(get("id")),
         node: Some(Rc::from(get("node"))),
         conn: get("conn").parse().unwrap_or(0),
-        peer: get("peer")
-            .parse()
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
+        // A push event is about no connection: no peer.
+        peer: get("peer").parse().ok(),
         reason: static_reason(&reason),
         at: get("at").parse().unwrap_or(0),
+        message: (!message.is_empty()).then(|| Rc::from(message)),
     })
 }
 

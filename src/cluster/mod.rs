@@ -23,6 +23,7 @@ pub mod notes;
 mod replies;
 pub mod resp;
 pub mod scripts;
+pub mod settings;
 mod stats;
 pub mod url;
 

@@ -3,6 +3,12 @@
 //! clients, and what happens when the process runs out of descriptors — a
 //! spare one is freed to tell a client `overload` instead of leaving it
 //! hanging, and accepting is retried on a timer instead of spinning.
+//!
+//! On a TLS listener at most `LIFELINE_TLS_MAX_HANDSHAKES` handshakes are in
+//! progress at once: past that, accepting stops and new connections wait in
+//! the kernel's listen backlog (where they cost the loop nothing) until a
+//! handshake finishes or ends. Refusing them instead would only make them
+//! come back, each paying a TCP handshake and a refusal on the loop.
 
 use std::fs::File;
 use std::io;
@@ -38,6 +44,9 @@ pub struct Listeners {
     advice: Advice,
     /// Counts since the loop last asked ([`Listeners::take_counts`]).
     counts: AcceptCounts,
+    /// Accepting stopped at the handshake limit with the backlog perhaps
+    /// not empty (the listener is edge-triggered: it will not say so again).
+    held_back: bool,
 }
 
 /// What accepting saw besides admitted connections.
@@ -95,6 +104,7 @@ impl Listeners {
             keepalive: config.tcp_keepalive,
             advice: Advice::new(config.reconnect_spread.as_millis() as u64),
             counts: AcceptCounts::default(),
+            held_back: false,
         })
     }
 
@@ -137,13 +147,21 @@ impl Listeners {
         }
     }
 
-    /// Accepts every pending client. `admit` takes each configured socket,
-    /// or gives it back to be refused with `overload`.
+    /// Whether accepting stopped at the handshake limit.
+    pub fn held_back(&self) -> bool {
+        self.held_back
+    }
+
+    /// Accepts pending clients, at most `room` of them (the handshakes
+    /// that may begin now). `admit` takes each configured socket, or gives
+    /// it back to be refused with `overload`.
     pub fn accept_clients(
         &mut self,
         now: Instant,
+        mut room: usize,
         mut admit: impl FnMut(TcpStream, SocketAddr) -> Option<TcpStream>,
     ) {
+        self.held_back = false;
         // Take back a spare descriptor lost to an earlier shortage first, so
         // that the next shortage can still refuse politely.
         if self.spare_fd.is_none() {
@@ -153,8 +171,13 @@ impl Listeners {
             let Some(listener) = &self.client else {
                 return;
             };
+            if room == 0 {
+                self.held_back = true;
+                return;
+            }
             match listener.accept() {
                 Ok((stream, peer)) => {
+                    room -= 1;
                     if let Err(e) = self.configure(&stream) {
                         log::debug!("dropping {peer}: cannot set socket options: {e}");
                         continue;

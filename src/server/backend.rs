@@ -8,7 +8,8 @@ use crate::admin::{
 };
 use crate::clock::Micros;
 use crate::metrics::Gauges;
-use crate::presence::{PresenceEvent, Resume};
+use crate::offline::{Held, QueueFull};
+use crate::presence::{PresenceEvent, PresenceKind, Resume};
 use crate::receipts::Status;
 use crate::server::conn::{CloseReason, ConnRef};
 use crate::server::core::Core;
@@ -60,6 +61,14 @@ impl Core {
     }
 }
 
+fn queue_full(full: QueueFull) -> Refused {
+    Refused {
+        status: 507,
+        error: "queue-full",
+        detail: full.to_string(),
+    }
+}
+
 fn not_online(id: &str) -> Refused {
     Refused {
         status: 404,
@@ -79,8 +88,17 @@ impl Backend for Core {
 
     fn metrics(&self, admin: AdminGauges) -> String {
         let out = self.clients.outbound_stats();
+        let (transports, outbound_buffered) = self.clients.census();
         let mut text = self.metrics.render(
             &Gauges {
+                now_us: self.clock.now_us(),
+                lateness_bound_seconds: crate::config_ops::lateness_bound(self.config.tick)
+                    .as_secs_f64(),
+                transports,
+                outbound_buffered,
+                queue_pushes: self.pushes.queued_pushes(),
+                queue_bytes: self.pushes.queued_bytes(),
+                receipts_held: self.pushes.receipts_held(),
                 connections_open: self.clients.len(),
                 clients_online: self.registry.local_len(),
                 admin_connections: admin.connections,
@@ -93,6 +111,7 @@ impl Backend for Core {
             },
             &self.pushes.stats,
         );
+        self.render_tls_metrics(&mut text);
         self.render_cluster_metrics(&mut text);
         text
     }
@@ -152,10 +171,14 @@ impl Backend for Core {
         // An online client still receiving its backlog gets new pushes
         // behind it, so that order holds.
         let backlog = self.pushes.holds(to);
-        let target = self
+        let online = self
             .registry
             .local(to)
-            .filter(|&conn| !backlog && self.clients.is_live(conn));
+            .filter(|&conn| self.clients.is_live(conn));
+        let target = online.filter(|_| !backlog);
+        // Asked for a queue time: held while offline, and kept once sent
+        // until acked (handed back if the connection ends first).
+        let at_least_once = queue_ttl_ms.is_some();
         let queue_ttl_ms = match (backlog, queue_ttl_ms) {
             (true, None) => Some(self.config.receipt_ttl.as_millis() as u64),
             (_, ttl) => ttl,
@@ -166,18 +189,26 @@ impl Backend for Core {
         let message = self.pushes.new_id();
         let frame = self.encode_push(&message, body)?;
         let now = self.clock.now_us();
+        let to: Rc<str> = Rc::from(to);
+        let expires = now + queue_ttl_ms.unwrap_or(0) * 1000;
         let Some(target) = target else {
-            // Offline, and the pusher asked to hold it.
-            let expires = now + queue_ttl_ms.unwrap_or(0) * 1000;
-            return match self.pushes.hold(&message, to, frame, expires, now) {
-                Ok(()) => Ok(Pushed::Queued { id: message }),
-                Err(full) => Err(Refused {
-                    status: 507,
-                    error: "queue-full",
-                    detail: full.to_string(),
-                }),
+            // Offline (or behind a backlog), and the pusher asked to hold it.
+            return match self
+                .pushes
+                .hold(&message, &to, frame, expires, at_least_once, now)
+            {
+                Ok(()) => {
+                    if online.is_none() {
+                        self.publish_push(PresenceKind::Queued, &to, &message);
+                    }
+                    Ok(Pushed::Queued { id: message })
+                }
+                Err(full) => Err(queue_full(full)),
             };
         };
+        if at_least_once {
+            self.pushes.admits(&to, frame.len()).map_err(queue_full)?;
+        }
         let busy = || Refused {
             status: 503,
             error: "client-busy",
@@ -194,7 +225,16 @@ impl Backend for Core {
         {
             return Err(busy());
         }
-        self.pushes.sent(&message, to, now);
+        self.pushes.sent(&message, &to, now);
+        if at_least_once {
+            let held = Held {
+                message: message.clone(),
+                frame: frame.into_raw(),
+                expires,
+                at_least_once,
+            };
+            self.pushes.track(&to, target, held);
+        }
         Ok(Pushed::Sent {
             id: message,
             target,
@@ -244,6 +284,7 @@ impl Backend for Core {
             acked_at: ms(r.acked),
             expires_at: ms(r.expires),
             recipients: r.recipients,
+            redelivered: r.redelivered,
         })
     }
 

@@ -477,6 +477,7 @@ impl Core {
             acked_at: ms("acked"),
             expires_at: ms("expires"),
             recipients: None,
+            redelivered: ms("redelivered").unwrap_or(0) as u32,
         })
     }
 }

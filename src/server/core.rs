@@ -19,11 +19,14 @@ use crate::clock::{Clock, Micros};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::presence::{PresenceEvent, PresenceKind, PresenceLog};
+use crate::push_ids;
 use crate::pushes::Pushes;
 use crate::pushes::WaitEnd;
 use crate::registry::{Location, Registry, Ticket};
 use crate::server::accept::AcceptCounts;
 use crate::server::conn::{CloseReason, ConnRef, Transport};
+use crate::server::liveness::Watched;
+use crate::server::secure::TlsRuntime;
 use crate::server::table::Clients;
 use crate::writeq::Flushed;
 use lifeline_wire::ws;
@@ -64,6 +67,8 @@ pub struct Core {
     /// The connection being served, and an end asked for it meanwhile (it
     /// ends when its serving is done, never under its own frame loop).
     pub(super) serving: Option<(ConnRef, Option<CloseReason>)>,
+    /// On a TLS listener: the TLS configuration and its counters.
+    pub(super) tls: Option<TlsRuntime>,
     /// Cluster mode's questions and answers in flight (empty standalone).
     pub(super) cluster_state: crate::server::cluster::ClusterState,
 }
@@ -118,14 +123,16 @@ impl Core {
             Some(_) => 0,
             None => clock.unix_epoch_us(),
         };
-        let mut pushes = Pushes::new(
+        // Push ids unique across restarts and, with the node id, across
+        // the nodes of a cluster.
+        let id_prefix =
+            push_ids::id_prefix(cluster_state.node.as_deref(), clock.unix_epoch_us() / 1000);
+        let pushes = Pushes::new(
             receipt_ttl,
             config.queue_max_per_client,
             config.queue_max_bytes,
+            id_prefix,
         );
-        if let Some(node) = &cluster_state.node {
-            pushes.set_id_prefix(node, clock.unix_ms(clock.now_us()));
-        }
         Core {
             clients: Clients::new(capacity, config.max_outbound),
             registry,
@@ -136,6 +143,7 @@ impl Core {
             advice: Advice::new(config.reconnect_spread.as_millis() as u64),
             pending: HashMap::new(),
             serving: None,
+            tls: config.tls.clone().map(TlsRuntime::new),
             clock,
             config,
         }
@@ -169,9 +177,13 @@ impl Core {
         poll: &mio::Registry,
     ) -> Option<ConnRef> {
         match self.clients.insert(stream, peer, self.clock.now_us(), poll) {
+            Ok(conn) if !self.attach_tls(conn) => {
+                self.clients.remove(conn);
+                None
+            }
             Ok(conn) => {
                 self.metrics.accepted += 1;
-                debug!("accepted {peer} as connection {}", conn.generation);
+                debug!(peer:% = peer, conn = conn.generation; "accepted");
                 Some(conn)
             }
             Err(e) => {
@@ -181,13 +193,16 @@ impl Core {
         }
     }
 
-    /// When `conn` was last heard from, unless it is gone or saying goodbye
-    /// (a shutdown drain ends those by itself).
-    pub fn last_seen(&self, conn: ConnRef) -> Option<Micros> {
+    /// When `conn` was last heard from and its interval, unless it is gone
+    /// or saying goodbye (a shutdown drain ends those by itself).
+    pub fn watched(&self, conn: ConnRef) -> Option<Watched> {
         self.clients
             .get(conn)
             .filter(|c| !c.is_closing())
-            .map(|c| c.last_seen)
+            .map(|c| Watched {
+                last_seen: c.last_seen,
+                interval_ms: c.interval_ms,
+            })
     }
 
     pub fn is_live(&self, conn: ConnRef) -> bool {
@@ -209,6 +224,7 @@ impl Core {
         let Some(mut c) = self.clients.remove(conn) else {
             return;
         };
+        self.tls_released(&c);
         let closing = c.is_closing();
         let handshake = matches!(c.transport, Transport::Handshake);
         let ws_close = match &c.transport {
@@ -245,12 +261,18 @@ impl Core {
             Some(id) => {
                 let id = id.clone();
                 let was_holder = self.registry.release(&id, conn);
+                if was_holder {
+                    self.metrics.went_offline(reason);
+                }
                 if was_holder || reason == CloseReason::Replaced {
+                    // Fields for JSON logs; text reads
+                    // "offline id=.. reason=.. lived=1.234s conn=..".
                     info!(
-                        "offline id={id} reason={} lived={:.3}s conn={}",
-                        reason.as_str(),
-                        lived.as_secs_f64(),
-                        conn.generation
+                        id = &*id,
+                        reason = reason.as_str(),
+                        lived = lived.as_secs_f64(),
+                        conn = conn.generation;
+                        "offline"
                     );
                 }
                 // A replaced connection's id stays online (its successor
@@ -261,6 +283,7 @@ impl Core {
                     PresenceKind::Replaced
                 };
                 self.publish(kind, &id, conn, c.peer, Some(reason.as_str()));
+                self.hand_back_unacked(&id, conn, was_holder);
             }
             None => debug!(
                 "closed connection {} from {} ({}) after {:.3}s",
@@ -304,9 +327,26 @@ impl Core {
             id: id.clone(),
             node: None,
             conn: conn.generation,
-            peer,
+            peer: Some(peer),
             reason,
             at,
+            message: None,
+        });
+    }
+
+    /// Numbers a push event (`queued`, `expired`) about `client`'s push
+    /// `message` and keeps it, as [`Core::publish`] does.
+    pub(super) fn publish_push(&mut self, kind: PresenceKind, client: &Rc<str>, message: &Rc<str>) {
+        self.presence.record(PresenceEvent {
+            seq: 0,
+            kind,
+            id: client.clone(),
+            node: None,
+            conn: 0,
+            peer: None,
+            reason: None,
+            at: self.clock.unix_ms(self.clock.now_us()),
+            message: Some(message.clone()),
         });
     }
 
@@ -362,10 +402,6 @@ impl Core {
         }
     }
 
-    pub fn heartbeat(&self) -> Duration {
-        self.config.heartbeat
-    }
-
     /// One of the registry's own sockets is ready.
     pub fn registry_ready(&mut self, token: mio::Token) {
         self.registry.on_ready(token);
@@ -389,6 +425,7 @@ impl Core {
     /// Expires receipts, held pushes and ack waits whose time is up.
     pub fn expire(&mut self) {
         self.pushes.expire(self.clock.now_us());
+        self.publish_expired();
     }
 
     /// When [`Core::expire`] next has something to do.
@@ -415,6 +452,7 @@ impl Core {
     /// the table, the socket closed, nothing else.
     pub fn forget(&mut self, conn: ConnRef) {
         if let Some(c) = self.clients.remove(conn) {
+            self.tls_released(&c);
             if let Some(id) = c.id() {
                 let _ = self.registry.release(id, conn);
             }

@@ -20,9 +20,12 @@ mod core;
 mod inbound;
 pub mod liveness;
 mod outbound;
+mod redelivery;
+mod secure;
 mod session;
 mod shutdown;
 mod table;
+mod tls;
 
 pub use self::conn::{CloseReason, ConnRef};
 pub use self::core::Core;
@@ -34,7 +37,7 @@ use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 use mio::{Events, Poll, Token};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::admin::{Admin, AdminRef};
@@ -126,7 +129,7 @@ impl Server {
         let capacity = capacity(&config);
         let poll = Poll::new().map_err(ServerError::Poll)?;
         let listeners = Listeners::bind(&config, poll.registry(), LISTENER, ADMIN_LISTENER)?;
-        let mut signals = Signals::new([SIGINT, SIGTERM]).map_err(ServerError::Poll)?;
+        let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(ServerError::Poll)?;
         poll.registry()
             .register(&mut signals, SIGNALS, mio::Interest::READABLE)
             .map_err(ServerError::Poll)?;
@@ -135,7 +138,8 @@ impl Server {
             clock.epoch(),
             config.tick,
             config.heartbeat,
-            config.deadline(),
+            config.login.heartbeat_min,
+            config.misses,
         )
         .map_err(ServerError::Poll)?;
         liveness
@@ -146,20 +150,40 @@ impl Server {
             .map_err(ServerError::Poll)?;
         info!(
             "listening on {}; capacity {capacity} connections (open-file limit {}); \
-             heartbeat {} ms, misses {}, deadline {} ms, tick {} ms",
+             heartbeat {} ms, misses {}, deadline {} ms, tick {} ms; version {} commit {}",
             listeners.local_addr(),
             open_file_limit(),
             config.heartbeat.as_millis(),
             config.misses,
             config.deadline().as_millis(),
-            config.tick.as_millis()
+            config.tick.as_millis(),
+            crate::build_info::VERSION,
+            crate::build_info::COMMIT
         );
+        if let Some(tls) = &config.tls {
+            info!(
+                "TLS on the client port: certificate {}, client certificates {}, \
+                 at most {} handshakes at once",
+                tls.files.cert.display(),
+                match (&tls.files.client_ca, tls.id_from_cert) {
+                    (None, _) => "not asked for".to_string(),
+                    (Some(ca), false) => format!("required (CA {})", ca.display()),
+                    (Some(ca), true) =>
+                        format!("required (CA {}), login id from them", ca.display()),
+                },
+                tls.max_handshakes
+            );
+        }
         Ok(Server {
             poll,
             listeners,
             signals,
             liveness,
-            admin: Admin::new(config.admin_token.clone()),
+            admin: Admin::new(
+                config.admin_token.clone(),
+                config.ops.admin_max_connections,
+                config.receipt_ttl,
+            ),
             core: Core::new(config, clock, capacity, registry),
             read_buf: vec![0; READ_CHUNK],
             read_again: Vec::new(),
@@ -276,6 +300,9 @@ impl Server {
         if self.listeners.retry_due(now) {
             self.accept_clients();
             self.accept_admin();
+        } else if self.listeners.held_back() && self.core.handshake_room() > 0 {
+            // Handshakes finished or ended: the backlog's turn again.
+            self.accept_clients();
         }
         // Deadlines after the batch: a frame that was waiting in a socket
         // when the loop woke counts, even if its deadline has just passed.
@@ -325,10 +352,10 @@ impl Server {
         for &conn in &due {
             self.guarded(Subject::Client(conn), |s| {
                 // Gone, or saying goodbye: the entry is stale.
-                let Some(last_seen) = s.core.last_seen(conn) else {
+                let Some(watched) = s.core.watched(conn) else {
                     return;
                 };
-                let next = match s.liveness.verdict(last_seen, now_us) {
+                let next = match s.liveness.verdict(watched, now_us) {
                     Verdict::Close { late } => return s.core.timed_out(conn, late),
                     Verdict::Rearm { at } => at,
                     Verdict::Probe { seq, next } => {
@@ -364,14 +391,14 @@ impl Server {
         let now = self.core.clock().now();
         let draining = self.drain_until.is_some();
         let (core, liveness, poll) = (&mut self.core, &mut self.liveness, &self.poll);
-        let heartbeat = core.heartbeat();
-        self.listeners.accept_clients(now, |stream, peer| {
+        let room = core.handshake_room();
+        self.listeners.accept_clients(now, room, |stream, peer| {
             if draining || core.clients().is_full() {
                 return Some(stream);
             }
             // A connection that never logs in is held to the same deadline.
             if let Some(conn) = core.admit(stream, peer, poll.registry()) {
-                liveness.watch(conn, now + heartbeat);
+                liveness.watch_accepted(conn, now);
             }
             None
         });
@@ -443,7 +470,11 @@ impl Server {
 /// capacity from it (and from `LIFELINE_MAX_CONNECTIONS`).
 fn capacity(config: &Config) -> usize {
     let fd_limit = raise_open_file_limit();
-    let fd_capacity = usize::try_from(fd_limit.saturating_sub(FD_RESERVE)).unwrap_or(usize::MAX);
+    // Admin connections allowed beyond the default limit take their
+    // descriptors from the clients' share.
+    let reserve =
+        FD_RESERVE + crate::config_ops::extra_admin_reserve(config.ops.admin_max_connections);
+    let fd_capacity = usize::try_from(fd_limit.saturating_sub(reserve)).unwrap_or(usize::MAX);
     let capacity = match config.max_connections {
         Some(n) if n > fd_capacity => {
             warn!(
@@ -456,7 +487,7 @@ fn capacity(config: &Config) -> usize {
     };
     if capacity == 0 {
         warn!(
-            "the open-file limit ({fd_limit}) leaves no room for clients: {FD_RESERVE} descriptors \
+            "the open-file limit ({fd_limit}) leaves no room for clients: {reserve} descriptors \
              are kept for the server itself; raise the limit (ulimit -n)"
         );
     }

@@ -11,7 +11,7 @@ use mio::{Events, Interest};
 use slab::Slab;
 
 use crate::clock::Micros;
-use crate::server::conn::{ClientConn, ConnRef, GENERATION_MASK};
+use crate::server::conn::{ClientConn, ConnRef, Transport, GENERATION_MASK};
 use crate::server::outbound::{Outbound, Overflow, Prepared, WriteFailed};
 use crate::writeq::Flushed;
 
@@ -111,6 +111,25 @@ impl Clients {
             .collect()
     }
 
+    /// Connections by transport (in `metrics::TRANSPORTS` order) and the
+    /// bytes queued for them, counted by walking the table: for a scrape,
+    /// never per frame.
+    pub fn census(&self) -> ([usize; 4], usize) {
+        let mut transports = [0; 4];
+        let mut buffered = 0;
+        for (_, c) in &self.slab {
+            let i = match c.transport {
+                Transport::Sniffing => 0,
+                Transport::Raw => 1,
+                Transport::Handshake => 2,
+                Transport::WebSocket(_) => 3,
+            };
+            transports[i] += 1;
+            buffered += c.outbound.len();
+        }
+        (transports, buffered)
+    }
+
     /// Loads the slab entry of every client in the batch before any is
     /// served. Between two heartbeats of a client its entry has left the
     /// caches; independent loads overlap, so the batch pays about one cache
@@ -130,6 +149,27 @@ impl Clients {
 
     // ------------------------------------------------------------ outbound
 
+    /// The outbound path and the live connection `conn` names.
+    fn live(&mut self, conn: ConnRef) -> Option<(&mut Outbound, &mut ClientConn)> {
+        let c = self
+            .slab
+            .get_mut(conn.key as usize)
+            .filter(|c| c.generation == conn.generation)?;
+        Some((&mut self.out, c))
+    }
+
+    /// Hands the ciphertext read from `conn` (being served) to its TLS
+    /// state; `None` for a connection without one.
+    pub fn tls_receive(
+        &mut self,
+        conn: ConnRef,
+        bytes: &mut [u8],
+        plain: &mut Vec<u8>,
+    ) -> Option<Result<crate::server::tls::Received, crate::server::tls::TlsFailed>> {
+        let (out, c) = self.live(conn)?;
+        out.tls_receive(c, bytes, plain)
+    }
+
     /// Sends a frame to `conn` through the one outbound path. A connection
     /// that is gone takes nothing; `Err(Overflow)` leaves the caller to end
     /// a slow consumer.
@@ -138,9 +178,9 @@ impl Clients {
         conn: ConnRef,
         encode: impl FnOnce(&mut Vec<u8>),
     ) -> Result<(), Overflow> {
-        match self.slab.get_mut(conn.key as usize) {
-            Some(c) if c.generation == conn.generation => self.out.send(conn, c, encode),
-            _ => Ok(()),
+        match self.live(conn) {
+            Some((out, c)) => out.send(conn, c, encode),
+            None => Ok(()),
         }
     }
 
@@ -150,9 +190,9 @@ impl Clients {
         conn: ConnRef,
         encode: impl FnOnce(&mut Vec<u8>),
     ) -> Result<(), Overflow> {
-        match self.slab.get_mut(conn.key as usize) {
-            Some(c) if c.generation == conn.generation => self.out.send_framed(conn, c, encode),
-            _ => Ok(()),
+        match self.live(conn) {
+            Some((out, c)) => out.send_framed(conn, c, encode),
+            None => Ok(()),
         }
     }
 
@@ -163,11 +203,9 @@ impl Clients {
         frame: &mut Prepared,
         push: bool,
     ) -> Result<(), Overflow> {
-        match self.slab.get_mut(conn.key as usize) {
-            Some(c) if c.generation == conn.generation => {
-                self.out.send_prepared(conn, c, frame, push)
-            }
-            _ => Ok(()),
+        match self.live(conn) {
+            Some((out, c)) => out.send_prepared(conn, c, frame, push),
+            None => Ok(()),
         }
     }
 
@@ -182,18 +220,17 @@ impl Clients {
 
     /// The one write of everything a served connection was answered.
     pub fn finish_serving(&mut self, conn: ConnRef) -> Result<(), WriteFailed> {
-        let c = self
-            .slab
-            .get_mut(conn.key as usize)
-            .filter(|c| c.generation == conn.generation);
-        self.out.finish_serving(c)
+        match self.live(conn) {
+            Some((out, c)) => out.finish_serving(Some(c)),
+            None => self.out.finish_serving(None),
+        }
     }
 
     /// Flushes `conn`'s queue on its writable edge.
     pub fn flush(&mut self, conn: ConnRef) -> Result<Flushed, WriteFailed> {
-        match self.slab.get_mut(conn.key as usize) {
-            Some(c) if c.generation == conn.generation => self.out.flush(c),
-            _ => Ok(Flushed::Done),
+        match self.live(conn) {
+            Some((out, c)) => out.flush(c),
+            None => Ok(Flushed::Done),
         }
     }
 

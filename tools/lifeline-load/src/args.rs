@@ -135,6 +135,8 @@ pub struct Args {
     /// Print the final result as a JSON object instead of the RESULT line.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
     /// Internal: run as worker I of --workers.
     #[arg(long, hide = true)]
     pub worker_index: Option<u32>,
@@ -176,6 +178,8 @@ pub struct Config {
     pub warmup: Duration,
     pub proto: Proto,
     pub transport: Transport,
+    /// `--tls`: what every connection's TLS session starts from.
+    pub tls: Option<crate::tls::TlsSetup>,
     pub mode: Mode,
     pub auth_secret: Option<Vec<u8>>,
     pub silent_fraction: f64,
@@ -354,6 +358,7 @@ impl Config {
             warmup,
             proto: args.proto,
             transport: args.transport,
+            tls: crate::tls::setup(&args.tls).map_err(|e| bad("tls", e))?,
             mode: args.mode,
             auth_secret: args.auth_secret.as_ref().map(|s| s.as_bytes().to_vec()),
             silent_fraction: args.silent_fraction,

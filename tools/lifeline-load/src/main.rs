@@ -41,6 +41,7 @@ mod restart;
 mod sched;
 mod session;
 mod stats;
+mod tls;
 mod workers;
 mod wsclient;
 

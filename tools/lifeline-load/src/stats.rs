@@ -69,6 +69,12 @@ counters! {
     upgrade_errors,
     /// WebSocket Pings from the server answered with a Pong.
     ws_pings_answered,
+    /// TLS handshakes completed in full.
+    tls_full_handshakes,
+    /// TLS handshakes that resumed a session (a ticket from an earlier connection).
+    tls_resumed_handshakes,
+    /// Connections that TLS failed (handshake refused, bad record).
+    tls_errors,
     /// `<bye reason="shutdown"/>` received.
     shutdown_byes,
     /// `<bye/>` carrying `retry-ms` received.

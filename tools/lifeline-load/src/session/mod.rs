@@ -135,6 +135,10 @@ pub struct Conn {
     timeout_bye: bool,
     /// WebSocket state; `None` on the raw TCP transport.
     ws: Option<WsConn>,
+    /// `--tls`: the TLS session between the socket and everything above.
+    tls: Option<Box<rustls::ClientConnection>>,
+    /// Its handshake was counted.
+    tls_counted: bool,
     /// Restart mode: attempts that failed since the last login.
     failures: u32,
     /// The `retry-ms` of the server's last goodbye.
@@ -164,6 +168,8 @@ impl Conn {
             deadline: None,
             timeout_bye: false,
             ws: None,
+            tls: None,
+            tls_counted: false,
             failures: 0,
             retry_after: None,
             terminal_bye: false,
@@ -202,6 +208,12 @@ impl Conn {
         self.generation = self.generation.wrapping_add(1);
         self.phase = Phase::Connecting;
         self.ws = WsConn::for_transport(ctx);
+        self.tls = ctx.cfg.tls.as_ref().and_then(|tls| {
+            rustls::ClientConnection::new(tls.config.clone(), tls.name.clone())
+                .ok()
+                .map(Box::new)
+        });
+        self.tls_counted = false;
         self.arm(now + ctx.cfg.login_timeout, &mut ctx.timers);
     }
 

@@ -8,6 +8,7 @@ import java.net.Socket;
 import java.net.SocketTimeoutException;
 import java.nio.charset.StandardCharsets;
 import java.security.SecureRandom;
+import java.time.Duration;
 import java.util.Arrays;
 import java.util.Collections;
 import java.util.HashSet;
@@ -108,6 +109,10 @@ public final class LifelineClient implements AutoCloseable {
         private final int port;
         private final String id;
         private String token;
+        /** When the token expires, Unix seconds; null for a token that does not. */
+        private Long exp;
+        /** The heartbeat interval asked for; 0: the server's own. */
+        private long intervalMillis;
         private SSLSocketFactory tls;
         private Listener listener = new Listener() {};
         private long backoffBaseMillis = 500;
@@ -127,6 +132,32 @@ public final class LifelineClient implements AutoCloseable {
          */
         public Builder token(String token) {
             this.token = Objects.requireNonNull(token, "token");
+            this.exp = null;
+            return this;
+        }
+
+        /**
+         * An expiring login token (protocol 1.2): lowercase hex HMAC-SHA256 of
+         * {@code id + "|" + exp} under the server's secret, valid until the Unix
+         * second {@code exp}. Past it the login is refused ("auth-failed") and
+         * the client stops: get a fresh token from the back end and build anew.
+         */
+        public Builder token(String token, long exp) {
+            this.token = Objects.requireNonNull(token, "token");
+            this.exp = exp;
+            return this;
+        }
+
+        /**
+         * The heartbeat interval to ask the server for (protocol 1.2), e.g. a
+         * long one for a phone on battery. The server grants one within its
+         * range; {@link LifelineClient#intervalMillis()} says which.
+         */
+        public Builder interval(Duration interval) {
+            this.intervalMillis = Objects.requireNonNull(interval, "interval").toMillis();
+            if (intervalMillis <= 0) {
+                throw new IllegalArgumentException("interval must be at least 1 ms, not " + interval);
+            }
             return this;
         }
 
@@ -174,6 +205,9 @@ public final class LifelineClient implements AutoCloseable {
             if (token != null) {
                 Xml.requireXmlText(token);
             }
+            if (exp != null && exp < 0) {
+                throw new IllegalArgumentException("exp " + exp + " is not a Unix time in seconds");
+            }
             if (backoffBaseMillis <= 0 || backoffBaseMillis > backoffCapMillis) {
                 throw new IllegalArgumentException("backoff base must be positive and no larger than the cap");
             }
@@ -210,6 +244,8 @@ public final class LifelineClient implements AutoCloseable {
     private final int port;
     private final String id;
     private final String token;
+    private final Long exp;
+    private final long askedIntervalMillis;
     private final SSLSocketFactory tls;
     private final Listener listener;
     private final long backoffBaseMillis;
@@ -237,12 +273,16 @@ public final class LifelineClient implements AutoCloseable {
     private volatile State state = State.WAITING;
     /** The welcomed connection, for send() and ack(); null when not ONLINE. */
     private volatile Link online;
+    /** The heartbeat interval of the last welcome; 0 before one. */
+    private volatile long grantedIntervalMillis;
 
     private LifelineClient(Builder builder) {
         this.host = builder.host;
         this.port = builder.port;
         this.id = builder.id;
         this.token = builder.token;
+        this.exp = builder.exp;
+        this.askedIntervalMillis = builder.intervalMillis;
         this.tls = builder.tls;
         this.listener = builder.listener;
         this.backoffBaseMillis = builder.backoffBaseMillis;
@@ -272,6 +312,15 @@ public final class LifelineClient implements AutoCloseable {
             thread.setDaemon(true);
             thread.start();
         }
+    }
+
+    /**
+     * The heartbeat interval the server granted in its last welcome, in ms (the
+     * one asked for with {@link Builder#interval}, clamped into the server's
+     * range); 0 before the first welcome.
+     */
+    public long intervalMillis() {
+        return grantedIntervalMillis;
     }
 
     /** The current state. Before {@link #start()} it is WAITING. */
@@ -548,7 +597,7 @@ public final class LifelineClient implements AutoCloseable {
             socket = secure;
         }
         Link link = new Link(socket);
-        link.write(ClientFrames.login(id, token));
+        link.write(ClientFrames.login(id, token, exp, askedIntervalMillis));
         return link;
     }
 
@@ -685,6 +734,7 @@ public final class LifelineClient implements AutoCloseable {
             }
             long phase = Math.min(millisAttribute(frame, "phase-ms", interval), interval);
             heartbeat = new Heartbeat(interval, misses, phase, now);
+            grantedIntervalMillis = interval;
             online = link;
             setState(State.ONLINE, null);
         }
