@@ -63,6 +63,11 @@ pub struct Pushes {
     wait_ends: BTreeSet<(Micros, Rc<str>)>,
     woken: Vec<(AdminRef, Rc<str>, WaitEnd)>,
     pub stats: PushStats,
+    /// Cluster mode: the queue and its expiries live in Redis; what is kept
+    /// here only stages pushes for a local connection (see
+    /// `server::cluster_pushes`), and expires without a count or an event
+    /// of its own (Redis's sweep gives those).
+    clustered: bool,
 }
 
 impl Pushes {
@@ -82,7 +87,18 @@ impl Pushes {
             wait_ends: BTreeSet::new(),
             woken: Vec::new(),
             stats: PushStats::default(),
+            clustered: false,
         }
+    }
+
+    /// Cluster mode (see `clustered`).
+    pub fn set_clustered(&mut self) {
+        self.clustered = true;
+    }
+
+    /// Whether push `message` is kept for `client` (held or unacked).
+    pub fn knows(&self, client: &str, message: &str) -> bool {
+        self.offline.knows(client, message)
     }
 
     /// A fresh push id.
@@ -217,7 +233,8 @@ impl Pushes {
     /// been sent before and handed back).
     pub fn delivered(&mut self, message: &str, now: Micros) {
         if let Some(r) = self.receipts.get_mut(message) {
-            if r.sent.is_some() {
+            // Cluster mode counts redeliveries from Redis's receipts.
+            if r.sent.is_some() && !self.clustered {
                 r.redelivered += 1;
                 self.stats.redelivered += 1;
             }
@@ -228,6 +245,9 @@ impl Pushes {
 
     /// A held push of `client` whose time ran out before it could be delivered.
     pub fn held_expired(&mut self, client: &Rc<str>, message: &Rc<str>) {
+        if self.clustered {
+            return; // a staged copy: Redis's sweep counts it once
+        }
         self.stats.expired += 1;
         if let Some(r) = self.receipts.get_mut(message) {
             r.status = Status::Expired;

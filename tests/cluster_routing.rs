@@ -113,8 +113,8 @@ fn an_admin_push_to_another_node_waits_for_the_ack_that_comes_back() {
     let first = attr(&frame, "id").unwrap();
     assert_eq!(reply["id"].as_str(), Some(first.as_str()));
     assert!(
-        first.starts_with("node-a."),
-        "cluster push ids name their node: {first}"
+        first.starts_with("p-node-a-"),
+        "cluster push ids name their node (p-NODE-START-N): {first}"
     );
 
     // With wait_ack_ms: the ack on node B answers the request on node A.

@@ -20,6 +20,7 @@
 
 mod feed;
 pub mod notes;
+mod push_scripts;
 mod replies;
 pub mod resp;
 pub mod scripts;
@@ -49,6 +50,9 @@ pub use url::RedisTarget;
 /// each call is one atomic step in Redis, and Redis serves no one else
 /// meanwhile, so steps stay short.
 const BATCH: usize = 500;
+/// How often a node sweeps the waiting pushes for expired ones (an
+/// `expired` event comes this late at most; NODE_TTL/3 if that is shorter).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Cluster settings (from `LIFELINE_REDIS_URL`, `LIFELINE_NODE_ID`,
 /// `LIFELINE_NODE_TTL_MS`, and `LIFELINE_EVENT_BACKLOG` for the stream).
@@ -76,6 +80,10 @@ pub enum Inbound {
     /// The answer to [`Cluster::ask`] or [`Cluster::ask_script`] `q`:
     /// Redis's reply, or `None` when the connection dropped first.
     Answer(u64, Option<OwnedFrame>),
+    /// Pushes went back to this (local) client's queue: deliver them.
+    Take(Rc<str>),
+    /// Waiting pushes this node found past their time (`expired` events).
+    Expired(u64),
 }
 
 /// What to do with a reply on the command connection.
@@ -88,6 +96,8 @@ enum Expect {
     Cleaned { node: Rc<str> },
     Reasserted,
     Reconciled,
+    HandedBack { id: Rc<str> },
+    Swept,
     Ask(u64),
 }
 
@@ -113,6 +123,8 @@ pub struct Cluster {
     answered: Vec<(Ticket, Location)>,
     inbox: Vec<Inbound>,
     next_refresh: Instant,
+    /// When the expiry sweep of waiting pushes runs next.
+    next_sweep: Instant,
     /// Dead nodes this node is cleaning up after.
     cleaning: HashSet<Rc<str>>,
     /// Between a reconnect and the end of the re-assert: logins are also
@@ -140,6 +152,7 @@ impl Cluster {
             answered: Vec::new(),
             inbox: Vec::new(),
             next_refresh: Instant::now(),
+            next_sweep: Instant::now(),
             cleaning: HashSet::new(),
             reasserting: false,
             replies: Vec::new(),
@@ -273,6 +286,51 @@ impl Cluster {
         self.run_script(Script::Event, args);
     }
 
+    /// The connection `generation` of `id` ended with at-least-once pushes
+    /// not acked: they go back to the front of its queue in Redis.
+    pub fn hand_back(&mut self, id: &Rc<str>, generation: u32) {
+        let args = [
+            id,
+            &*self.me,
+            &generation.to_string(),
+            &unix_ms().to_string(),
+            &unix_ms().to_string(),
+        ]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect();
+        self.script(
+            Script::Handback,
+            args,
+            Expect::HandedBack { id: id.clone() },
+        );
+    }
+
+    /// Pushes went back to `id`'s queue while it is online on `node`: that
+    /// node delivers them.
+    fn deliver_on(&mut self, id: &str, node: &str) {
+        if node == &*self.me {
+            self.inbox.push(Inbound::Take(Rc::from(id)));
+        } else if !node.is_empty() {
+            let note = Note::Take { id: id.to_string() };
+            self.publish(Some(node), &note, None);
+        }
+    }
+
+    /// Waiting pushes past their time leave their queues (any node may run
+    /// it: each push expires once).
+    fn sweep(&mut self, now: Instant) {
+        self.next_sweep = now + SWEEP_EVERY.min(self.ttl / 3);
+        let at = unix_ms().to_string();
+        let args = vec![
+            at.clone().into_bytes(),
+            at.into_bytes(),
+            BATCH.to_string().into_bytes(),
+            self.me.as_bytes().to_vec(),
+        ];
+        self.script(Script::Sweep, args, Expect::Swept);
+    }
+
     /// A graceful exit: out of the liveness set (its clients were released
     /// one by one as they were told goodbye).
     pub fn leave(&mut self) {
@@ -293,7 +351,11 @@ impl Cluster {
             }
             self.script(Script::Reassert, args, Expect::Reasserted);
         }
-        let args = vec![self.me.as_bytes().to_vec(), at.into_bytes()];
+        let args = vec![
+            self.me.as_bytes().to_vec(),
+            at.clone().into_bytes(),
+            at.into_bytes(),
+        ];
         self.script(Script::Reconcile, args, Expect::Reconciled);
         self.stats.reasserts += 1;
         info!(
@@ -464,8 +526,10 @@ impl Registry for Cluster {
 
     fn next_wake(&self) -> Option<Instant> {
         let refresh = self.cmd.is_up().then_some(self.next_refresh);
+        let sweep = self.cmd.is_up().then_some(self.next_sweep);
         [
             refresh,
+            sweep,
             self.cmd.next_wake(),
             self.sub.next_wake(),
             self.feed.conn.next_wake(),
@@ -487,6 +551,9 @@ impl Registry for Cluster {
         }
         if self.cmd.is_up() && now >= self.next_refresh {
             self.refresh();
+        }
+        if self.cmd.is_up() && now >= self.next_sweep {
+            self.sweep(now);
         }
         if !self.cmd.flush(now) {
             self.drop_all_waiting();

@@ -34,15 +34,18 @@ pub enum Note {
         id: Option<String>,
     },
     /// An admin push (its encoded frame) for a client of the receiving node;
-    /// `q` names the request on `origin` that waits for the answer.
+    /// `q` names the request on `origin` that waits for the answer. `exp`
+    /// (unix ms): an at-least-once push (`queue_ttl_ms`), kept until acked.
     Push {
         to: String,
         mid: String,
         frame: String,
         origin: String,
         q: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exp: Option<u64>,
     },
-    /// How a forwarded push went: `sent`, `busy` or `offline`.
+    /// How a forwarded push went: `sent`, `busy`, `full` or `offline`.
     Pushed {
         q: u64,
         outcome: String,
@@ -65,6 +68,11 @@ pub enum Note {
     Replaced {
         id: String,
         conn: u32,
+    },
+    /// Pushes went back to `id`'s queue (a connection of it ended unacked)
+    /// while it is online on the receiving node: deliver them.
+    Take {
+        id: String,
     },
     /// A broadcast: every node delivers the frame to its own clients.
     Broadcast {

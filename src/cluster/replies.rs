@@ -37,9 +37,24 @@ impl Cluster {
             }
         }
         match expect {
-            Expect::Nothing | Expect::Reconciled => {
-                if matches!(expect, Expect::Reconciled) {
-                    self.reasserting = false;
+            Expect::Nothing => {}
+            Expect::Reconciled => {
+                self.reasserting = false;
+                self.deliver_handed_back(&frame, 1);
+            }
+            Expect::HandedBack { id } => {
+                let r = resp::array(&frame);
+                if r.first().and_then(resp::int).unwrap_or(0) > 0 {
+                    if let Some(node) = r.get(1).and_then(resp::text) {
+                        let node = node.to_string();
+                        self.deliver_on(&id, &node);
+                    }
+                }
+            }
+            Expect::Swept => {
+                let n = resp::int(&frame).unwrap_or(0).max(0) as u64;
+                if n > 0 {
+                    self.inbox.push(Inbound::Expired(n));
                 }
             }
             Expect::Locate(ticket) => {
@@ -89,6 +104,7 @@ impl Cluster {
                 let num = |i: usize| r.get(i).and_then(resp::int).unwrap_or(0);
                 let (claimed, done, removed) = (num(0), num(1), num(2));
                 self.stats.node_lost_removed += removed as u64;
+                self.deliver_handed_back(&frame, 3);
                 if claimed == 1 && done == 0 {
                     self.cleanup(node);
                 } else {
@@ -111,16 +127,27 @@ impl Cluster {
         }
     }
 
+    /// (id, node) pairs from `skip` on in a script's reply: pushes went
+    /// back to the queue of a client online there.
+    fn deliver_handed_back(&mut self, frame: &OwnedFrame, skip: usize) {
+        let pairs: Vec<(String, String)> = resp::array(frame)
+            .get(skip..)
+            .unwrap_or_default()
+            .chunks(2)
+            .filter_map(|p| Some((resp::text(p.first()?)?, resp::text(p.get(1)?)?)))
+            .map(|(id, node)| (id.to_string(), node.to_string()))
+            .collect();
+        for (id, node) in pairs {
+            self.deliver_on(&id, &node);
+        }
+    }
+
     fn cleanup(&mut self, node: Rc<str>) {
-        let args = [
-            &*node,
-            &*self.me,
-            &unix_ms().to_string(),
-            &BATCH.to_string(),
-        ]
-        .iter()
-        .map(|s| s.as_bytes().to_vec())
-        .collect();
+        let now = unix_ms().to_string();
+        let args = [&*node, &*self.me, &now, &BATCH.to_string(), &now]
+            .iter()
+            .map(|s| s.as_bytes().to_vec())
+            .collect();
         self.script(Script::Cleanup, args, Expect::Cleaned { node });
     }
 

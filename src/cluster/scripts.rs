@@ -12,10 +12,13 @@
 //! - `ll:nodes` sorted set: node → the Redis time (ms) its liveness lapses;
 //! - `ll:cleanup:NODE`: which survivor claimed a dead node's cleanup;
 //! - `ll:seen:NODE`: ids re-asserted since a node's reconnect;
-//! - `ll:evseq`, `ll:events`: the presence event counter and stream;
-//! - `ll:q:ID` list and `ll:r:PUSH` hash: the offline queue and receipts.
+//! - `ll:evseq`, `ll:events`: the presence event counter and stream (push
+//!   events too: `queued`, `expired`);
+//! - the pushes' keys: see [`super::push_scripts`].
 
 use sha1::{Digest, Sha1};
+
+use super::push_scripts::{ACKED, HANDBACK, HOLD, PUSH_PRELUDE, SENT, SWEEP, TAKE};
 
 /// Separates the fields of a presence value (ASCII unit separator: ids,
 /// node ids and peers never contain it).
@@ -30,7 +33,7 @@ local function fields(v)
   for f in string.gmatch(v .. SEP, '([^\31]*)\31') do out[#out + 1] = f end
   return out
 end
-local function event(kind, id, node, conn, peer, reason, at)
+local function event(kind, id, node, conn, peer, reason, at, message)
   local seq = redis.call('INCR', 'll:evseq')
   if seq == 1 then
     -- A new counter (a new or emptied Redis) starts from the time, so that
@@ -39,10 +42,14 @@ local function event(kind, id, node, conn, peer, reason, at)
     seq = tonumber(t[1]) * 1000000 + tonumber(t[2])
     redis.call('SET', 'll:evseq', string.format('%.0f', seq))
   end
+  local fields = {'k', kind, 'id', id, 'node', node, 'conn', conn, 'peer', peer,
+    'reason', reason, 'at', at}
+  if message then
+    fields[#fields + 1] = 'message'
+    fields[#fields + 1] = message
+  end
   redis.call('XADD', 'll:events', 'MAXLEN', '~', '@BACKLOG@',
-    '0-' .. string.format('%.0f', seq),
-    'k', kind, 'id', id, 'node', node, 'conn', conn, 'peer', peer,
-    'reason', reason, 'at', at)
+    '0-' .. string.format('%.0f', seq), unpack(fields))
 end
 local function drop(id, node)
   redis.call('HDEL', 'll:presence', id)
@@ -99,10 +106,13 @@ for _, n in ipairs(dead) do if n ~= ARGV[1] then out[#out + 1] = n end end
 return out
 "#;
 
-/// ARGV: dead node, me, at, batch. Claims the dead node's cleanup (one
-/// survivor does it: exactly one `offline` per client) and removes up to
-/// `batch` of its clients, each with an `offline` event, reason
-/// `node-lost`. Returns {claimed (0/1), done (0/1), removed}.
+/// ARGV: dead node, me, at, batch, now-ms. Claims the dead node's cleanup
+/// (one survivor does it: exactly one `offline` per client) and removes up
+/// to `batch` of its clients, each with an `offline` event, reason
+/// `node-lost`; then, `batch` ids at a time, hands back the at-least-once
+/// pushes it had sent and not seen acked. Returns {claimed (0/1), done
+/// (0/1), removed, then (id, node) for each client online elsewhere that
+/// was handed pushes back: that node delivers them}.
 const CLEANUP: &str = r#"
 local dead, me = ARGV[1], ARGV[2]
 local claim = 'll:cleanup:' .. dead
@@ -115,7 +125,7 @@ if lapse and tonumber(lapse) > now_ms() then
   return {0, 1, 0}
 end
 redis.call('SET', claim, me, 'PX', 30000)
-local removed = 0
+local out = {1, 0, 0}
 local ids = redis.call('SPOP', 'll:nodeids:' .. dead, tonumber(ARGV[4]))
 for _, id in ipairs(ids) do
   local v = redis.call('HGET', 'll:presence', id)
@@ -123,15 +133,26 @@ for _, id in ipairs(ids) do
     local f = fields(v)
     drop(id, dead)
     event('offline', id, dead, f[2] or '0', f[4] or '', 'node-lost', ARGV[3])
-    removed = removed + 1
+    out[3] = out[3] + 1
   end
 end
-if redis.call('SCARD', 'll:nodeids:' .. dead) == 0 then
+if redis.call('SCARD', 'll:nodeids:' .. dead) > 0 then return out end
+local unacked = redis.call('SPOP', 'll:unodes:' .. dead, tonumber(ARGV[4]))
+for _, id in ipairs(unacked) do
+  if handback(id, dead, nil, nil, tonumber(ARGV[5]), ARGV[3]) > 0 then
+    local cur = redis.call('HGET', 'll:presence', id)
+    if cur then
+      out[#out + 1] = id
+      out[#out + 1] = nodeof(cur)
+    end
+  end
+end
+if redis.call('SCARD', 'll:unodes:' .. dead) == 0 then
   redis.call('ZREM', 'll:nodes', dead)
   redis.call('DEL', claim, 'll:seen:' .. dead)
-  return {1, 1, removed}
+  out[2] = 1
 end
-return {1, 0, removed}
+return out
 "#;
 
 /// ARGV: me, at, then (id, value) pairs. Puts this node's clients back
@@ -160,13 +181,16 @@ end
 return lost
 "#;
 
-/// ARGV: me, at. Ends a re-assert: ids Redis still lists for this node but
-/// that were not re-asserted (they closed while Redis was unreachable) go
-/// offline, reason `closed`. Returns how many.
+/// ARGV: me, at, now-ms. Ends a re-assert: ids Redis still lists for this
+/// node but that were not re-asserted (they closed while Redis was
+/// unreachable) go offline, reason `closed`; at-least-once pushes this node
+/// sent on connections that are gone go back to their queues. Returns
+/// {gone, then (id, node) for each client online that was handed pushes
+/// back: that node delivers them}.
 const RECONCILE: &str = r#"
 local me = ARGV[1]
 local gone = redis.call('SDIFF', 'll:nodeids:' .. me, 'll:seen:' .. me)
-local n = 0
+local out = {0}
 for _, id in ipairs(gone) do
   local v = redis.call('HGET', 'll:presence', id)
   redis.call('SREM', 'll:nodeids:' .. me, id)
@@ -174,11 +198,20 @@ for _, id in ipairs(gone) do
     local f = fields(v)
     drop(id, me)
     event('offline', id, me, f[2] or '0', f[4] or '', 'closed', ARGV[2])
-    n = n + 1
+    out[1] = out[1] + 1
   end
 end
 redis.call('DEL', 'll:seen:' .. me)
-return n
+for _, id in ipairs(redis.call('SMEMBERS', 'll:unodes:' .. me)) do
+  local cur = redis.call('HGET', 'll:presence', id)
+  local keep = nil
+  if cur and nodeof(cur) == me then keep = fields(cur)[2] end
+  if handback(id, me, nil, keep, tonumber(ARGV[3]), ARGV[2]) > 0 and cur then
+    out[#out + 1] = id
+    out[#out + 1] = nodeof(cur)
+  end
+end
+return out
 "#;
 
 /// ARGV: after ('' for the start), limit. One page of the cluster's online
@@ -196,63 +229,6 @@ end
 return out
 "#;
 
-/// ARGV: push id, to, frame, expires-ms (unix), created-ms, receipt ttl ms,
-/// max per client. Holds a push for an offline client unless it came
-/// online meanwhile. Returns {status, node}: 'queued', 'online' (node), or
-/// 'full'.
-const HOLD: &str = r#"
-local cur = redis.call('HGET', 'll:presence', ARGV[2])
-if cur then return {'online', nodeof(cur)} end
-local q = 'll:q:' .. ARGV[2]
-if redis.call('LLEN', q) >= tonumber(ARGV[7]) then return {'full', ''} end
-redis.call('RPUSH', q, ARGV[1] .. SEP .. ARGV[4] .. SEP .. ARGV[3])
-redis.call('PEXPIREAT', q, tonumber(ARGV[4]))
-local r = 'll:r:' .. ARGV[1]
-redis.call('HSET', r, 'to', ARGV[2], 'status', 'queued', 'created', ARGV[5], 'expires', ARGV[4])
-redis.call('PEXPIRE', r, tonumber(ARGV[6]))
-return {'queued', ''}
-"#;
-
-/// ARGV: id, now-ms. Takes every push held for `id`, in order: a list of
-/// {push id, expires-ms, frame}; receipts of expired ones say so.
-const TAKE: &str = r#"
-local q = 'll:q:' .. ARGV[1]
-local items = redis.call('LRANGE', q, 0, -1)
-redis.call('DEL', q)
-local out = {}
-for _, item in ipairs(items) do
-  local mid, exp, frame = string.match(item, '^([^\31]*)\31([^\31]*)\31(.*)$')
-  if mid then
-    if tonumber(exp) <= tonumber(ARGV[2]) then
-      redis.call('HSET', 'll:r:' .. mid, 'status', 'expired')
-    else
-      out[#out + 1] = mid
-      out[#out + 1] = frame
-    end
-  end
-end
-return out
-"#;
-
-/// ARGV: push id, to, status, at-ms, receipt ttl ms. Records a receipt
-/// step: `sent` (creates it), `acked` (only for a sent push to `to`).
-const RECEIPT: &str = r#"
-local r = 'll:r:' .. ARGV[1]
-if ARGV[3] == 'acked' then
-  if redis.call('HGET', r, 'to') ~= ARGV[2] or redis.call('HGET', r, 'status') ~= 'sent' then
-    return 0
-  end
-  redis.call('HSET', r, 'status', 'acked', 'acked', ARGV[4])
-  return 1
-end
-if redis.call('EXISTS', r) == 0 then
-  redis.call('HSET', r, 'to', ARGV[2], 'created', ARGV[4])
-  redis.call('PEXPIRE', r, tonumber(ARGV[5]))
-end
-redis.call('HSET', r, 'status', 'sent', 'sent', ARGV[4])
-return 1
-"#;
-
 /// The scripts, by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Script {
@@ -266,11 +242,14 @@ pub enum Script {
     Page,
     Hold,
     Take,
-    Receipt,
+    Sent,
+    Acked,
+    Handback,
+    Sweep,
 }
 
 impl Script {
-    pub const ALL: [Script; 11] = [
+    pub const ALL: [Script; 14] = [
         Script::Claim,
         Script::Release,
         Script::Event,
@@ -281,7 +260,10 @@ impl Script {
         Script::Page,
         Script::Hold,
         Script::Take,
-        Script::Receipt,
+        Script::Sent,
+        Script::Acked,
+        Script::Handback,
+        Script::Sweep,
     ];
 
     fn body(self) -> &'static str {
@@ -296,7 +278,10 @@ impl Script {
             Script::Page => PAGE,
             Script::Hold => HOLD,
             Script::Take => TAKE,
-            Script::Receipt => RECEIPT,
+            Script::Sent => SENT,
+            Script::Acked => ACKED,
+            Script::Handback => HANDBACK,
+            Script::Sweep => SWEEP,
         }
     }
 }
@@ -314,8 +299,8 @@ impl Scripts {
         let texts = Script::ALL
             .iter()
             .map(|s| {
-                let text =
-                    format!("{PRELUDE}{}", s.body()).replace("@BACKLOG@", &backlog.to_string());
+                let text = format!("{PRELUDE}{PUSH_PRELUDE}{}", s.body())
+                    .replace("@BACKLOG@", &backlog.to_string());
                 let sha = hex::encode(Sha1::digest(text.as_bytes()));
                 (text, sha)
             })

@@ -61,11 +61,20 @@ impl Core {
     }
 }
 
-fn queue_full(full: QueueFull) -> Refused {
+pub(super) fn queue_full(full: QueueFull) -> Refused {
     Refused {
         status: 507,
         error: "queue-full",
         detail: full.to_string(),
+    }
+}
+
+/// `503 client-busy`: the client's outbound buffer is full.
+pub(super) fn busy(to: &str) -> Refused {
+    Refused {
+        status: 503,
+        error: "client-busy",
+        detail: format!("client {to:?} has more than max_outbound bytes queued"),
     }
 }
 
@@ -209,13 +218,8 @@ impl Backend for Core {
         if at_least_once {
             self.pushes.admits(&to, frame.len()).map_err(queue_full)?;
         }
-        let busy = || Refused {
-            status: 503,
-            error: "client-busy",
-            detail: format!("client {to:?} has more than max_outbound bytes queued"),
-        };
         if !self.clients.has_room(target, frame.len()) {
-            return Err(busy());
+            return Err(busy(&to));
         }
         let mut frame = Prepared::new(frame);
         if self
@@ -223,7 +227,7 @@ impl Backend for Core {
             .send_prepared(target, &mut frame, true)
             .is_err()
         {
-            return Err(busy());
+            return Err(busy(&to));
         }
         self.pushes.sent(&message, &to, now);
         if at_least_once {

@@ -17,8 +17,7 @@ use redis_protocol::resp2::types::OwnedFrame;
 
 use crate::admin::{AdminRef, Answer, Backend};
 use crate::cluster::notes::Note;
-use crate::cluster::scripts::Script;
-use crate::cluster::{resp, unix_ms, Inbound};
+use crate::cluster::{resp, Inbound};
 use crate::presence::PresenceKind;
 use crate::server::conn::{CloseReason, ConnRef};
 use crate::server::core::Core;
@@ -55,7 +54,7 @@ pub struct ClusterState {
     pub(super) answers: Vec<(AdminRef, Answer)>,
     /// Pushes forwarded here, by id: the node that waits for the ack and
     /// the connection that must send it.
-    forwarded: HashMap<Rc<str>, (String, ConnRef)>,
+    pub(super) forwarded: HashMap<Rc<str>, (String, ConnRef)>,
     forwarded_order: VecDeque<Rc<str>>,
     /// Acks that came in the same batch as the push's `sent`, before the
     /// admin request began to wait for them (a few, bounded).
@@ -90,6 +89,18 @@ impl ClusterState {
 
     pub(super) fn expect_by(&mut self, q: u64, now: Instant) {
         self.deadlines.push_back((now + ASK_TIMEOUT, q));
+    }
+
+    /// A push forwarded by `origin` was sent on `target`: its ack goes back
+    /// there.
+    pub(super) fn remember_forwarded(&mut self, mid: Rc<str>, origin: &str, target: ConnRef) {
+        if self.forwarded.len() >= MAX_FORWARDED {
+            if let Some(old) = self.forwarded_order.pop_front() {
+                self.forwarded.remove(&old);
+            }
+        }
+        self.forwarded_order.push_back(mid.clone());
+        self.forwarded.insert(mid, (origin.to_string(), target));
     }
 }
 
@@ -135,6 +146,8 @@ impl Core {
                 Inbound::Reassert => self.reassert(),
                 Inbound::Event(event) => self.presence.record_numbered(event),
                 Inbound::Answer(q, frame) => self.on_answer(q, frame, now),
+                Inbound::Take(id) => self.take_for(&id),
+                Inbound::Expired(n) => self.pushes.stats.expired += n,
             }
         }
         self.cluster_state.inbox = inbox;
@@ -251,11 +264,14 @@ impl Core {
                 frame,
                 origin,
                 q,
+                exp,
             } => {
-                let outcome = self.deliver_forwarded(&to, &mid, frame.into_bytes(), &origin);
+                let frame = frame.into_bytes();
+                let outcome = self.deliver_forwarded(&to, &mid, frame, &origin, exp);
                 let outcome = outcome.to_string();
                 self.tell(&origin, &Note::Pushed { q, outcome });
             }
+            Note::Take { id } => self.take_for(&Rc::from(id)),
             Note::Acked { mid } => {
                 if !self.pushes.remote_acked(&mid) {
                     self.cluster_state.early_ack(mid);
@@ -291,136 +307,6 @@ impl Core {
     pub(super) fn tell(&mut self, node: &str, note: &Note) {
         if let Some(cluster) = self.registry.shared() {
             cluster.publish(Some(node), note, None);
-        }
-    }
-
-    /// A push forwarded from `origin` for local client `to`.
-    fn deliver_forwarded(
-        &mut self,
-        to: &str,
-        mid: &str,
-        frame: Vec<u8>,
-        origin: &str,
-    ) -> &'static str {
-        let Some(target) = self.registry.local(to).filter(|&c| self.clients.is_live(c)) else {
-            return "offline";
-        };
-        if !self.clients.has_room(target, frame.len()) {
-            return "busy";
-        }
-        let mut frame = Prepared::new(frame);
-        if self
-            .clients
-            .send_prepared(target, &mut frame, true)
-            .is_err()
-        {
-            return "busy";
-        }
-        let mid: Rc<str> = Rc::from(mid);
-        let state = &mut self.cluster_state;
-        if state.forwarded.len() >= MAX_FORWARDED {
-            if let Some(old) = state.forwarded_order.pop_front() {
-                state.forwarded.remove(&old);
-            }
-        }
-        state.forwarded_order.push_back(mid.clone());
-        state
-            .forwarded
-            .insert(mid.clone(), (origin.to_string(), target));
-        self.receipt_step(&mid, to, "sent");
-        "sent"
-    }
-
-    /// Records a receipt step in Redis (`sent`, `acked`).
-    pub(super) fn receipt_step(&mut self, mid: &str, to: &str, status: &str) {
-        let ttl = self.config.receipt_ttl.as_millis().to_string();
-        if let Some(cluster) = self.registry.shared() {
-            if cluster.is_up() {
-                let args = [mid, to, status, &unix_ms().to_string(), &ttl]
-                    .iter()
-                    .map(|s| s.as_bytes().to_vec())
-                    .collect();
-                cluster.run_script(Script::Receipt, args);
-            }
-        }
-    }
-
-    /// Cluster mode: a login on this node, after the local claim.
-    pub(super) fn cluster_login(&mut self, conn: ConnRef, id: &Rc<str>) {
-        let Some(c) = self.clients.get(conn) else {
-            return;
-        };
-        let since = self.clock.unix_ms(c.connected_at);
-        let peer = c.peer.to_string();
-        let q = self.cluster_state.number(Ask::Take {
-            conn,
-            id: id.clone(),
-        });
-        let Some(cluster) = self.registry.shared() else {
-            return;
-        };
-        if !cluster.is_up() {
-            self.cluster_state.asks.remove(&q);
-            return; // the re-assert after the reconnect records it
-        }
-        let value = cluster.value(conn.generation, since, &peer);
-        cluster.announce(id, value);
-        let now = unix_ms().to_string();
-        cluster.ask_script(
-            q,
-            Script::Take,
-            vec![id.as_bytes().to_vec(), now.into_bytes()],
-        );
-    }
-
-    /// Pushes held in Redis for `id`, delivered to its new connection in
-    /// order ({push id, frame} pairs).
-    fn deliver_taken(&mut self, conn: ConnRef, id: &Rc<str>, frame: &OwnedFrame) {
-        let items = resp::array(frame);
-        let here = self
-            .clients
-            .get(conn)
-            .and_then(|c| c.id())
-            .is_some_and(|held| held == id);
-        for pair in items.chunks(2) {
-            let (Some(mid), Some(OwnedFrame::BulkString(bytes))) =
-                (pair.first().and_then(resp::text), pair.get(1))
-            else {
-                continue;
-            };
-            let mid = mid.to_string();
-            if !here {
-                break; // gone again: what is left stays lost with the queue
-            }
-            let mut prepared = Prepared::new(bytes.clone());
-            if self
-                .clients
-                .send_prepared(conn, &mut prepared, true)
-                .is_ok()
-            {
-                self.receipt_step(&mid, id, "sent");
-            }
-        }
-    }
-
-    /// Cluster mode: a client acked push `mid`: its receipt in Redis, and
-    /// the node that forwarded it (whose admin request may wait) is told.
-    pub(super) fn cluster_ack(&mut self, mid: &str, acker_id: &str, acker: ConnRef) {
-        if self.cluster_state.node.is_none() {
-            return;
-        }
-        self.receipt_step(mid, acker_id, "acked");
-        let forwarded = self.cluster_state.forwarded.get(mid).cloned();
-        if let Some((origin, conn)) = forwarded {
-            if conn == acker {
-                self.cluster_state.forwarded.remove(mid);
-                self.tell(
-                    &origin,
-                    &Note::Acked {
-                        mid: mid.to_string(),
-                    },
-                );
-            }
         }
     }
 

@@ -14,6 +14,7 @@ use crate::admin::{ReceiptView, Refused};
 use crate::cluster::notes::Note;
 use crate::cluster::scripts::{Script, SEP};
 use crate::cluster::{resp, unix_ms};
+use crate::server::backend::busy;
 use crate::server::cluster::Ask;
 use crate::server::core::Core;
 
@@ -126,14 +127,14 @@ impl Core {
                 self.answer(admin, Answer::Kicked(id.clone(), ok));
                 return true;
             }
-            Question::Push { to, body, .. } => {
+            Question::Push {
+                to,
+                body,
+                queue_ttl_ms,
+            } => {
                 let local = self.registry.local(to).filter(|&c| self.clients.is_live(c));
-                if local.is_some() {
-                    let pushed = self.push(to, body, None);
-                    if let Ok(Pushed::Sent { id, .. }) = &pushed {
-                        let id = id.clone();
-                        self.receipt_step(&id, to, "sent");
-                    }
+                if let Some(target) = local {
+                    let pushed = self.push_here(target, to, body, *queue_ttl_ms);
                     self.answer(admin, Answer::Pushed(pushed));
                     return true;
                 }
@@ -297,7 +298,7 @@ impl Core {
                     _ => {
                         self.pushes.stats.refused_full += 1;
                         let detail = format!(
-                            "client {:?} already has {} pushes waiting",
+                            "client {:?} already has {} pushes waiting or unacked",
                             p.to, self.config.queue_max_per_client
                         );
                         let refused = Refused {
@@ -332,11 +333,15 @@ impl Core {
                 self.pushes.stats.accepted += 1;
                 self.answer(admin, Answer::Pushed(Ok(Pushed::Forwarded { id: p.mid })));
             }
-            "busy" => {
+            "busy" => self.answer(admin, Answer::Pushed(Err(busy(&p.to)))),
+            "full" => {
                 let refused = Refused {
-                    status: 503,
-                    error: "client-busy",
-                    detail: format!("client {:?} has more than max_outbound bytes queued", p.to),
+                    status: 507,
+                    error: "queue-full",
+                    detail: format!(
+                        "client {:?} already has {} pushes waiting or unacked",
+                        p.to, self.config.queue_max_per_client
+                    ),
                 };
                 self.answer(admin, Answer::Pushed(Err(refused)));
             }
@@ -352,6 +357,8 @@ impl Core {
             frame: String::from_utf8_lossy(&p.frame).into_owned(),
             origin,
             q: 0,
+            // At-least-once: kept until acked, by the client's node.
+            exp: p.queue_ttl_ms.map(|ttl| unix_ms() + ttl),
         };
         self.ask_node(admin, AdminAsk::PushRemote(p), node, move |q| match &note {
             Note::Push {
@@ -359,6 +366,7 @@ impl Core {
                 mid,
                 frame,
                 origin,
+                exp,
                 ..
             } => Note::Push {
                 to: to.clone(),
@@ -366,6 +374,7 @@ impl Core {
                 frame: frame.clone(),
                 origin: origin.clone(),
                 q,
+                exp: *exp,
             },
             other => other.clone(),
         });
@@ -386,6 +395,8 @@ impl Core {
             now.to_string(),
             self.config.receipt_ttl.as_millis().to_string(),
             self.config.queue_max_per_client.to_string(),
+            self.node_id().map(|n| n.to_string()).unwrap_or_default(),
+            now.to_string(),
         ]
         .into_iter()
         .map(String::into_bytes)

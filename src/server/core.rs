@@ -127,12 +127,15 @@ impl Core {
         // the nodes of a cluster.
         let id_prefix =
             push_ids::id_prefix(cluster_state.node.as_deref(), clock.unix_epoch_us() / 1000);
-        let pushes = Pushes::new(
+        let mut pushes = Pushes::new(
             receipt_ttl,
             config.queue_max_per_client,
             config.queue_max_bytes,
             id_prefix,
         );
+        if cluster_state.node.is_some() {
+            pushes.set_clustered();
+        }
         Core {
             clients: Clients::new(capacity, config.max_outbound),
             registry,
@@ -336,7 +339,11 @@ impl Core {
 
     /// Numbers a push event (`queued`, `expired`) about `client`'s push
     /// `message` and keeps it, as [`Core::publish`] does.
+    /// Cluster mode: Redis's scripts write push events to the stream.
     pub(super) fn publish_push(&mut self, kind: PresenceKind, client: &Rc<str>, message: &Rc<str>) {
+        if self.cluster_state.node.is_some() {
+            return;
+        }
         self.presence.record(PresenceEvent {
             seq: 0,
             kind,

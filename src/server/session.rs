@@ -10,6 +10,7 @@ use log::info;
 use crate::offline::Held;
 use crate::presence::PresenceKind;
 use crate::registry::{Location, Lookup};
+use crate::server::cluster_pushes::Kept;
 use crate::server::conn::{CloseReason, ConnRef};
 use crate::server::core::{Core, Fate, PendingMsg};
 use crate::server::outbound::Prepared;
@@ -265,6 +266,15 @@ impl Core {
                 break;
             }
             self.pushes.delivered(&h.message, now);
+            if self.cluster_state.node.is_some() {
+                // Out of Redis's queue, kept there until acked.
+                let kept = Kept {
+                    conn,
+                    expires_ms: self.clock.unix_ms(h.expires),
+                    frame: &h.frame,
+                };
+                self.cluster_sent(&h.message, &id, Some(kept));
+            }
             if h.at_least_once {
                 // Kept until acked; handed back if this connection ends first.
                 self.pushes.track(&id, conn, h);

@@ -178,6 +178,28 @@ impl Admin {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
+    /// A POST with `Idempotency-Key: key`: status, body, and whether the
+    /// answer was a replay (`Idempotent-Replayed: true`).
+    pub fn post_keyed(&self, path: &str, key: &str, body: &str) -> (u16, Value, bool) {
+        let mut r = self
+            .agent
+            .post(&format!("{}{path}", self.base))
+            .header("Idempotency-Key", key)
+            .send(body)
+            .expect("admin POST");
+        let status = r.status().as_u16();
+        let replayed = r
+            .headers()
+            .get("idempotent-replayed")
+            .is_some_and(|v| v.as_bytes() == b"true");
+        let text = r.body_mut().read_to_string().unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::Null),
+            replayed,
+        )
+    }
+
     pub fn delete(&self, path: &str) -> u16 {
         self.agent
             .delete(&format!("{}{path}", self.base))
