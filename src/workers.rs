@@ -6,11 +6,18 @@
 //! others run (after a second), and exits when they have all exited after
 //! a signal.
 //!
+//! Under systemd (`Type=notify`, `NotifyAccess=main`) the supervisor is
+//! the service: its workers send their `READY=1` to it (a socket of its
+//! own, named in their `NOTIFY_SOCKET`), and it tells systemd `READY=1`
+//! once all N are listening, and `STOPPING=1` when it forwards a stop.
+//!
 //! The same layout without this supervisor: N copies under systemd (a
 //! template unit, `lifeline@.service`, see the README), each with
 //! `LIFELINE_REUSEPORT=1`, its own `LIFELINE_NODE_ID` and admin address.
 
-use std::net::SocketAddr;
+use std::net::SocketAddr as IpSocketAddr;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -19,6 +26,7 @@ use std::time::{Duration, Instant};
 use log::{error, info, warn};
 
 use crate::config::Config;
+use crate::notify;
 
 /// How often the supervisor looks at its workers and at signals.
 const POLL: Duration = Duration::from_millis(50);
@@ -62,10 +70,15 @@ pub fn supervise(config: &Config, n: u32) -> i32 {
             restart_at: Some(Instant::now()),
         })
         .collect();
+    let mut relay = ReadyRelay::open(n);
     let mut forwarded = false;
     loop {
         let stopping = stop.load(Ordering::SeqCst);
+        if let Some(r) = &mut relay {
+            r.poll();
+        }
         if stopping && !forwarded {
+            notify::stopping();
             let sig = signal.load(Ordering::SeqCst) as i32;
             info!("workers: forwarding signal {sig} to {n} workers");
             for w in &workers {
@@ -93,7 +106,8 @@ pub fn supervise(config: &Config, n: u32) -> i32 {
             }
             if !stopping && w.child.is_none() && w.restart_at.is_some_and(|at| at <= Instant::now())
             {
-                match spawn(config, &node, w.index) {
+                let ready_to = relay.as_ref().map(|r| r.name.as_str());
+                match spawn(config, &node, w.index, ready_to) {
                     Ok(child) => {
                         info!("worker {} started: pid {}", w.index, child.id());
                         w.child = Some(child);
@@ -115,9 +129,62 @@ pub fn supervise(config: &Config, n: u32) -> i32 {
     }
 }
 
+/// Where the workers' readiness comes in, under a service manager: an
+/// abstract datagram socket of this process; systemd hears `READY=1` once
+/// all `n` workers are listening.
+struct ReadyRelay {
+    socket: UnixDatagram,
+    /// The socket's name, as a worker's `NOTIFY_SOCKET` gives it.
+    name: String,
+    waiting_for: u32,
+}
+
+impl ReadyRelay {
+    /// `None` when no service manager waits (no `NOTIFY_SOCKET`).
+    fn open(n: u32) -> Option<ReadyRelay> {
+        std::env::var_os("NOTIFY_SOCKET")?;
+        let name = format!("lifeline-workers-{}", std::process::id());
+        let opened = SocketAddr::from_abstract_name(name.as_bytes())
+            .and_then(|addr| UnixDatagram::bind_addr(&addr))
+            .and_then(|socket| socket.set_nonblocking(true).map(|()| socket));
+        match opened {
+            Ok(socket) => Some(ReadyRelay {
+                socket,
+                name: format!("@{name}"),
+                waiting_for: n,
+            }),
+            Err(e) => {
+                // The workers then tell systemd themselves (NotifyAccess=all).
+                warn!("workers: cannot relay readiness ({e}); workers notify directly");
+                None
+            }
+        }
+    }
+
+    /// Counts the workers' `READY=1`; the last one makes the service ready.
+    fn poll(&mut self) {
+        let mut buf = [0u8; 512];
+        while let Ok(len) = self.socket.recv(&mut buf) {
+            let ready = buf[..len].split(|&b| b == b'\n').any(|l| l == b"READY=1");
+            if ready && self.waiting_for > 0 {
+                self.waiting_for -= 1;
+                if self.waiting_for == 0 {
+                    notify::ready("all workers listening");
+                }
+            }
+        }
+    }
+}
+
 /// One worker: this program, the same arguments less `--workers`, with
-/// SO_REUSEPORT, its own node id and its own admin port (base + index).
-fn spawn(config: &Config, node: &str, index: u32) -> std::io::Result<Child> {
+/// SO_REUSEPORT, its own node id and its own admin port (base + index);
+/// its readiness goes to `ready_to` when the supervisor relays it.
+fn spawn(
+    config: &Config,
+    node: &str,
+    index: u32,
+    ready_to: Option<&str>,
+) -> std::io::Result<Child> {
     let exe = std::env::current_exe()?;
     let mut args = Vec::new();
     let mut skip = false;
@@ -138,6 +205,9 @@ fn spawn(config: &Config, node: &str, index: u32) -> std::io::Result<Child> {
         args.push(arg);
     }
     let mut cmd = Command::new(exe);
+    if let Some(name) = ready_to {
+        cmd.env("NOTIFY_SOCKET", name);
+    }
     cmd.args(&args)
         .env_remove("LIFELINE_WORKERS")
         .env("LIFELINE_REUSEPORT", "1")
@@ -150,7 +220,7 @@ fn spawn(config: &Config, node: &str, index: u32) -> std::io::Result<Child> {
         };
         cmd.env(
             "LIFELINE_ADMIN_ADDR",
-            SocketAddr::new(admin.ip(), port).to_string(),
+            IpSocketAddr::new(admin.ip(), port).to_string(),
         );
     } else {
         cmd.env("LIFELINE_ADMIN_ADDR", "");

@@ -2,8 +2,9 @@
 //! pushes kept in Redis until acked and handed back when their connection
 //! ends (to the next login on any node, to the connection that replaced it
 //! on another node, and by the survivor when a node dies); `queued` and
-//! `expired` events in the one cluster stream; `Idempotency-Key` on a
-//! request the cluster answers; the cluster's metrics pass promtool.
+//! `expired` events in the one cluster stream; `Idempotency-Key` answers
+//! that hold whichever node a retry reaches; the cluster's metrics pass
+//! promtool.
 
 mod cluster_common;
 mod common;
@@ -213,7 +214,7 @@ fn a_killed_nodes_unacked_pushes_are_handed_back_by_the_survivor() {
 }
 
 #[test]
-fn an_idempotent_push_the_cluster_answers_is_answered_again_and_sent_once() {
+fn an_idempotency_key_holds_across_nodes() {
     let redis = RedisProc::start();
     let a = node(&redis.url(), "node-a", TTL, &[]);
     let b = node(&redis.url(), "node-b", TTL, &[]);
@@ -221,39 +222,58 @@ fn an_idempotent_push_the_cluster_answers_is_answered_again_and_sent_once() {
     wait_for("fay in Redis", WAIT, || {
         (redis.int(&["HLEN", "ll:presence"]) == 1).then_some(())
     });
-    let admin_a = Admin::new(&a);
+    let (admin_a, admin_b) = (Admin::new(&a), Admin::new(&b));
     let path = "/clients/fay/push?queue_ttl_ms=60000";
     let (status, first, replayed) = admin_a.post_keyed(path, "order-7", "paid");
     assert_eq!((status, replayed), (202, false), "{first}");
     let mid = first["id"].as_str().unwrap().to_string();
     assert_eq!(push_id(&fay.expect_frame(), "paid"), mid);
-    let routed = admin_a.metric("lifeline_cluster_routed_out_total");
-    let (status, again, replayed) = admin_a.post_keyed(path, "order-7", "paid");
-    assert_eq!((status, replayed), (202, true), "{again}");
-    assert_eq!(again, first);
-    // Nothing went to node B for the replay.
-    assert_eq!(admin_a.metric("lifeline_cluster_routed_out_total"), routed);
-    let (status, reused, _) = admin_a.post_keyed(path, "order-7", "other");
+    // The retry reaches the other node: the first answer, nothing sent
+    // (fay's next frame below is the next push).
+    let accepted = |admins: [&Admin; 2]| -> f64 {
+        admins
+            .iter()
+            .map(|a| a.metric("lifeline_pushes_accepted_total"))
+            .sum()
+    };
+    let before = accepted([&admin_a, &admin_b]);
+    for admin in [&admin_b, &admin_a] {
+        let (status, again, replayed) = admin.post_keyed(path, "order-7", "paid");
+        assert_eq!((status, replayed), (202, true), "{again}");
+        assert_eq!(again, first);
+    }
+    assert_eq!(accepted([&admin_a, &admin_b]), before);
+    let (status, reused, _) = admin_b.post_keyed(path, "order-7", "other");
     assert_eq!(status, 422, "{reused}");
 
-    // A waiting request: a repeat meanwhile is 409, after the ack the
-    // repeat gets the acked answer.
+    // While the first request waits for its ack, a repeat through the
+    // other node is 409; after the ack it gets the acked answer.
     let wait_path = "/clients/fay/push?wait_ack_ms=5000";
     let waiter = std::thread::spawn({
         let admin = Admin::new(&a);
         move || admin.post_keyed(wait_path, "order-8", "ack me")
     });
-    let frame = fay.expect_frame();
-    let second = push_id(&frame, "ack me");
-    let (status, busy, _) = admin_a.post_keyed(wait_path, "order-8", "ack me");
+    let second = push_id(&fay.expect_frame(), "ack me");
+    let (status, busy, _) = admin_b.post_keyed(wait_path, "order-8", "ack me");
     assert_eq!(status, 409, "{busy}");
     fay.send(&format!("<ack id=\"{second}\"/>"));
     let (status, answer, _) = waiter.join().unwrap();
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["status"], "acked");
-    let (status, replay, replayed) = admin_a.post_keyed(wait_path, "order-8", "ack me");
+    let (status, replay, replayed) = admin_b.post_keyed(wait_path, "order-8", "ack me");
     assert_eq!((status, replayed), (200, true), "{replay}");
     assert_eq!(replay, answer);
+
+    // A refused request leaves its key free: the retry is a real one.
+    let (status, refused, _) = admin_a.post_keyed("/clients/gus/push", "order-9", "hi");
+    assert_eq!(status, 404, "{refused}");
+    let mut gus = a.login("gus");
+    wait_for("gus in Redis", WAIT, || {
+        (redis.int(&["HLEN", "ll:presence"]) == 2).then_some(())
+    });
+    let (status, sent, replayed) = admin_b.post_keyed("/clients/gus/push", "order-9", "hi");
+    assert_eq!((status, replayed), (202, false), "{sent}");
+    assert!(gus.expect_frame().ends_with(">hi</msg>"));
     fay.send("<heartbeat mode=\"ping\" seq=\"1\"/>");
     assert_eq!(fay.expect_frame(), "<heartbeat mode=\"pong\" seq=\"1\"/>");
 }

@@ -5,6 +5,7 @@
 
 mod cluster_common;
 mod common;
+mod opskit;
 
 use std::time::Duration;
 
@@ -151,12 +152,28 @@ fn workers_share_the_port_as_nodes_and_stop_with_their_supervisor() {
     let port = cluster_common::free_port();
     let listen = format!("127.0.0.1:{port}");
     let url = redis.url();
+    // As systemd would (Type=notify): the supervisor is the service.
+    let dir = opskit::TempDir::new("workers-notify");
+    let notify_path = dir.path().join("notify.sock");
+    let systemd = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    systemd
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let heard = || {
+        let mut buf = [0u8; 512];
+        let n = systemd.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).to_string()
+    };
     let mut supervisor = common::ServerProc::start(&[
         ("LIFELINE_REDIS_URL", &url),
         ("LIFELINE_NODE_ID", "host"),
         ("LIFELINE_LISTEN", &listen),
         ("LIFELINE_WORKERS", "2"),
+        ("NOTIFY_SOCKET", notify_path.to_str().unwrap()),
     ]);
+    // READY once, from the supervisor, when both workers listen.
+    let ready = heard();
+    assert_eq!(ready, "READY=1\nSTATUS=all workers listening");
     // Dropped on a failure, the harness kills the supervisor (SIGKILL); its
     // workers get SIGTERM then (their parent-death signal).
     wait_for(
@@ -176,6 +193,7 @@ fn workers_share_the_port_as_nodes_and_stop_with_their_supervisor() {
     assert_eq!(two.expect_frame(), "<msg from=\"w-one\" id=\"w\">hi</msg>");
 
     supervisor.signal(libc::SIGTERM);
+    assert!(heard().starts_with("STOPPING=1"), "no second READY");
     assert_eq!(supervisor.wait_exit(Duration::from_secs(10)), Some(0));
     // Its workers said goodbye and went.
     for c in [&mut one, &mut two] {

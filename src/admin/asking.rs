@@ -6,6 +6,7 @@
 use serde_json::json;
 
 use crate::admin::backend::{AdminGauges, Answer, Backend};
+use crate::admin::repeats::{accepted, repeated};
 use crate::admin::routes::{self, Asked, Ctx, Outcome};
 use crate::admin::{Admin, AdminRef, State};
 use crate::http;
@@ -107,8 +108,9 @@ fn answered(ctx: &mut Ctx<'_>, answer: Answer, asked: Asked) -> Outcome {
         }
         Answer::Broadcast(Ok((id, recipients, nodes))) => {
             let body = json!({"id": &*id, "recipients": recipients, "nodes": nodes});
-            routes::accepted(ctx, key, 202, body, None, keep)
+            accepted(ctx, key, 202, body, None, keep)
         }
         Answer::Receipt(message, receipt) => ctx.receipt(&message, receipt, keep),
+        Answer::Repeat(repeat) => repeated(ctx, repeat, keep),
     }
 }

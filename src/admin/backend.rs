@@ -4,6 +4,7 @@
 
 use std::rc::Rc;
 
+use crate::admin::idempotency::Fingerprint;
 use crate::admin::AdminRef;
 use crate::clock::Micros;
 use crate::presence::PresenceEvent;
@@ -61,9 +62,33 @@ pub enum Question {
         to: String,
         body: Vec<u8>,
         queue_ttl_ms: Option<u64>,
+        /// Its `Idempotency-Key`: the cluster's memory of answers is asked
+        /// first (a repeat may come through any node).
+        key: Option<Keyed>,
     },
-    Broadcast(Vec<u8>),
+    Broadcast {
+        body: Vec<u8>,
+        key: Option<Keyed>,
+    },
     Receipt(String),
+}
+
+/// A request's `Idempotency-Key` and what the request was.
+#[derive(Debug, Clone)]
+pub struct Keyed {
+    pub key: String,
+    pub fingerprint: Fingerprint,
+}
+
+/// The cluster already knows a request's `Idempotency-Key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Repeat {
+    /// Answered before: this again.
+    Replay { status: u16, body: String },
+    /// The first request has no final answer yet (409).
+    InProgress,
+    /// The key was used for another request (422).
+    Reused,
 }
 
 /// The cluster's answer to a [`Question`].
@@ -76,6 +101,9 @@ pub enum Answer {
     /// Push id, recipients on the node that took it, nodes it reached.
     Broadcast(Result<(Rc<str>, usize, usize), Refused>),
     Receipt(String, Option<ReceiptView>),
+    /// A keyed push or broadcast the cluster answered before (or is
+    /// answering): nothing was done again.
+    Repeat(Repeat),
     /// Redis cannot be reached: 503 `cluster-unavailable`.
     Unavailable,
 }
@@ -165,6 +193,17 @@ pub trait Backend {
     /// Answers `admin` when the client on another node acks `message`, or
     /// at `until`.
     fn await_remote_ack(&mut self, _message: &Rc<str>, _admin: AdminRef, _until: Micros) {}
+    /// Cluster mode: the answer to a request with an `Idempotency-Key`,
+    /// kept for the whole cluster; `waiting`: provisional while the push's
+    /// ack is waited for (this long at most).
+    fn remember_answer(
+        &mut self,
+        _keyed: &Keyed,
+        _status: u16,
+        _body: &str,
+        _waiting: Option<std::time::Duration>,
+    ) {
+    }
 
     /// Starts keeping events for resuming consumers and says where a stream
     /// that last saw `last_event_id` starts.

@@ -16,9 +16,10 @@
 //! - While the first request still waits for its ack (`wait_ack_ms`), a
 //!   repeat gets `409 idempotency-in-progress`; once it is answered the
 //!   repeat gets that answer (`200 acked` or `202 sent`).
-//! - Cluster mode: while the cluster is asked (the client's node, Redis), a
-//!   repeat is `409 idempotency-in-progress` too. Answers are remembered by
-//!   the node that gave them: a repeat must come through the same node.
+//! - Cluster mode: answers are also kept in Redis (`ll:idem:KEY`), so a
+//!   repeat through any node gets them; while the first request waits for
+//!   the cluster's answer, a repeat is `409` too. This memory stays the
+//!   first stop: a node answers repeats of its own requests by itself.
 //! - Memory is bounded as receipts are: by the receipt TTL and by count
 //!   (oldest forgotten first). Keys are 1 to 255 printable ASCII characters.
 
@@ -27,6 +28,7 @@ use std::rc::Rc;
 
 use sha2::{Digest, Sha256};
 
+use crate::admin::backend::Keyed;
 use crate::clock::Micros;
 
 /// Longest key accepted.
@@ -212,26 +214,32 @@ impl Idempotency {
         }
     }
 
-    /// The wait for push `message` ended with this answer.
-    pub fn answered(&mut self, message: &str, status: u16, body: &str) {
-        let Some(key) = self.waiting.remove(message) else {
-            return;
-        };
-        if let Some(e) = self.by_key.get_mut(&key) {
-            e.status = status;
-            e.body = body.to_string();
-            e.waiting = None;
-        }
+    /// The wait for push `message` ended with this answer; returns the key
+    /// it is remembered under, if any.
+    pub fn answered(&mut self, message: &str, status: u16, body: &str) -> Option<Keyed> {
+        let key = self.waiting.remove(message)?;
+        let e = self.by_key.get_mut(&key)?;
+        e.status = status;
+        e.body = body.to_string();
+        e.waiting = None;
+        Some(Keyed {
+            key: key.to_string(),
+            fingerprint: e.fingerprint,
+        })
     }
 
     /// The request waiting for push `message` went away unanswered: a repeat
-    /// gets the provisional answer (the push was sent).
-    pub fn abandoned(&mut self, message: &str) {
-        if let Some(key) = self.waiting.remove(message) {
-            if let Some(e) = self.by_key.get_mut(&key) {
-                e.waiting = None;
-            }
-        }
+    /// gets the provisional answer (the push was sent). Returns the key and
+    /// that answer, if any.
+    pub fn abandoned(&mut self, message: &str) -> Option<(Keyed, u16, String)> {
+        let key = self.waiting.remove(message)?;
+        let e = self.by_key.get_mut(&key)?;
+        e.waiting = None;
+        let keyed = Keyed {
+            key: key.to_string(),
+            fingerprint: e.fingerprint,
+        };
+        Some((keyed, e.status, e.body.clone()))
     }
 
     fn forget(&mut self, key: &str) {

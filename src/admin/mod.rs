@@ -12,13 +12,14 @@ mod asking;
 mod backend;
 mod events;
 pub mod idempotency;
+mod repeats;
 mod routes;
 mod serve;
 pub mod stats;
 
 pub use backend::{
-    AdminGauges, Answer, Backend, ClientView, ClientsPage, Pushed, Question, ReceiptView, Refused,
-    StreamStart,
+    AdminGauges, Answer, Backend, ClientView, ClientsPage, Keyed, Pushed, Question, ReceiptView,
+    Refused, Repeat, StreamStart,
 };
 
 use std::collections::BTreeSet;
@@ -451,7 +452,9 @@ impl Admin {
         match &c.state {
             State::AwaitingAck { message, .. } => {
                 backend.cancel_wait(message);
-                self.idempotency.abandoned(message);
+                if let Some((keyed, status, body)) = self.idempotency.abandoned(message) {
+                    backend.remember_answer(&keyed, status, &body, None);
+                }
             }
             // The cluster's answer will find no one; a repeat is a retry.
             State::Asking { asked, .. } => {

@@ -3,14 +3,16 @@
 //! through the [`Backend`].
 
 use std::rc::Rc;
+use std::time::Duration;
 
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
 use crate::admin::backend::{
-    AdminGauges, Backend, ClientView, Pushed, Question, ReceiptView, StreamStart,
+    AdminGauges, Backend, ClientView, Keyed, Pushed, Question, ReceiptView, StreamStart,
 };
-use crate::admin::idempotency::{self, Fingerprint, Idempotency, Seen};
+use crate::admin::idempotency::{self, Fingerprint, Idempotency};
+use crate::admin::repeats::{accepted, idempotent, keyed};
 use crate::admin::stats::{AdminStats, Route};
 use crate::admin::AdminRef;
 use crate::http::{self, HttpError, Method, Request};
@@ -369,69 +371,6 @@ fn query_number(
     }
 }
 
-/// What a request's `Idempotency-Key` says to do: `Err` with the answer
-/// already written (a replay, or a refusal), `Ok` with the key (if any) to
-/// remember the answer under.
-fn idempotent<'r>(
-    request: &Request<'r>,
-    fingerprint: &idempotency::Fingerprint,
-    ctx: &mut Ctx<'_>,
-) -> Result<Option<&'r str>, Outcome> {
-    let keep = request.keep_alive;
-    let key = match idempotency::key_of(request.idempotency_key) {
-        Ok(key) => key,
-        Err(bad) => return Err(ctx.error(400, "bad-idempotency-key", &bad.to_string(), keep)),
-    };
-    let Some(key) = key else {
-        return Ok(None);
-    };
-    match ctx.idempotency.seen(key, fingerprint, ctx.backend.now()) {
-        Seen::New => Ok(Some(key)),
-        Seen::Replay { status, body } => {
-            ctx.backend.count_request(status);
-            http::write_response_with(
-                ctx.out,
-                status,
-                "application/json",
-                body.as_bytes(),
-                keep,
-                &[("Idempotent-Replayed", "true")],
-            );
-            Err(Outcome::Responded { keep_alive: keep })
-        }
-        Seen::InProgress => Err(ctx.error(
-            409,
-            "idempotency-in-progress",
-            "the first request with this Idempotency-Key still waits for its ack; retry later",
-            keep,
-        )),
-        Seen::Reused => Err(ctx.error(
-            422,
-            "idempotency-key-reused",
-            "this Idempotency-Key was used for a different request (endpoint, client, queue_ttl_ms or body)",
-            keep,
-        )),
-    }
-}
-
-/// Answers an accepted push or broadcast, remembering the answer under its
-/// key; `waiting`: the answer stands only until that push's wait ends.
-pub(super) fn accepted(
-    ctx: &mut Ctx<'_>,
-    key: Option<(&str, idempotency::Fingerprint)>,
-    status: u16,
-    body: serde_json::Value,
-    waiting: Option<Rc<str>>,
-    keep: bool,
-) -> Outcome {
-    if let Some((key, fingerprint)) = key {
-        let now = ctx.backend.now();
-        ctx.idempotency
-            .remember(key, fingerprint, status, body.to_string(), waiting, now);
-    }
-    ctx.reply(status, body, keep)
-}
-
 fn broadcast(request: &Request<'_>, ctx: &mut Ctx<'_>) -> Outcome {
     let keep = request.keep_alive;
     let fingerprint = idempotency::fingerprint("broadcast", "*", None, request.body);
@@ -439,7 +378,10 @@ fn broadcast(request: &Request<'_>, ctx: &mut Ctx<'_>) -> Outcome {
         Ok(key) => key.map(|k| (k, fingerprint)),
         Err(answered) => return answered,
     };
-    if ctx.ask(|| Question::Broadcast(request.body.to_vec())) {
+    if ctx.ask(|| Question::Broadcast {
+        body: request.body.to_vec(),
+        key: keyed(key),
+    }) {
         return ctx.asked(None, key, keep);
     }
     match ctx.backend.broadcast(request.body) {
@@ -478,6 +420,7 @@ fn push(id: &str, request: &Request<'_>, ctx: &mut Ctx<'_>) -> Outcome {
         to: id.to_string(),
         body: request.body.to_vec(),
         queue_ttl_ms,
+        key: keyed(key),
     };
     if ctx.ask(question) {
         return ctx.asked(wait_ms, key, keep);
@@ -520,6 +463,13 @@ impl Ctx<'_> {
             // Provisional: a repeat meanwhile is told to wait (409);
             // should this request go away, a repeat gets "sent".
             let body = json!({"id": &*id, "status": "sent"}).to_string();
+            let keyed = Keyed {
+                key: key.to_string(),
+                fingerprint,
+            };
+            let waiting = Duration::from_millis(ms);
+            self.backend
+                .remember_answer(&keyed, 202, &body, Some(waiting));
             let now = self.backend.now();
             self.idempotency
                 .remember(key, fingerprint, 202, body, Some(id.clone()), now);
@@ -544,6 +494,9 @@ pub(super) fn waited(
     let (status, text) = if acked { (200, "acked") } else { (202, "sent") };
     backend.count_request(status);
     let body = json!({"id": message, "status": text});
-    idempotency.answered(message, status, &body.to_string());
+    let remembered = body.to_string();
+    if let Some(keyed) = idempotency.answered(message, status, &remembered) {
+        backend.remember_answer(&keyed, status, &remembered, None);
+    }
     http::write_json(out, status, &body, keep_alive);
 }

@@ -21,6 +21,7 @@
 mod feed;
 pub mod notes;
 mod push_scripts;
+mod pushes;
 mod replies;
 pub mod resp;
 pub mod scripts;
@@ -284,51 +285,6 @@ impl Cluster {
         .map(|s| s.as_bytes().to_vec())
         .collect();
         self.run_script(Script::Event, args);
-    }
-
-    /// The connection `generation` of `id` ended with at-least-once pushes
-    /// not acked: they go back to the front of its queue in Redis.
-    pub fn hand_back(&mut self, id: &Rc<str>, generation: u32) {
-        let args = [
-            id,
-            &*self.me,
-            &generation.to_string(),
-            &unix_ms().to_string(),
-            &unix_ms().to_string(),
-        ]
-        .iter()
-        .map(|s| s.as_bytes().to_vec())
-        .collect();
-        self.script(
-            Script::Handback,
-            args,
-            Expect::HandedBack { id: id.clone() },
-        );
-    }
-
-    /// Pushes went back to `id`'s queue while it is online on `node`: that
-    /// node delivers them.
-    fn deliver_on(&mut self, id: &str, node: &str) {
-        if node == &*self.me {
-            self.inbox.push(Inbound::Take(Rc::from(id)));
-        } else if !node.is_empty() {
-            let note = Note::Take { id: id.to_string() };
-            self.publish(Some(node), &note, None);
-        }
-    }
-
-    /// Waiting pushes past their time leave their queues (any node may run
-    /// it: each push expires once).
-    fn sweep(&mut self, now: Instant) {
-        self.next_sweep = now + SWEEP_EVERY.min(self.ttl / 3);
-        let at = unix_ms().to_string();
-        let args = vec![
-            at.clone().into_bytes(),
-            at.into_bytes(),
-            BATCH.to_string().into_bytes(),
-            self.me.as_bytes().to_vec(),
-        ];
-        self.script(Script::Sweep, args, Expect::Swept);
     }
 
     /// A graceful exit: out of the liveness set (its clients were released

@@ -14,7 +14,9 @@
 //! - `ll:unodes:NODE` set: ids with such pushes sent by NODE (what a
 //!   survivor hands back when NODE dies);
 //! - `ll:r:PUSH` hash: the receipt (to, status, created, sent, acked,
-//!   expires, redelivered).
+//!   expires, redelivered);
+//! - `ll:idem:KEY` hash: the answer to the request with `Idempotency-Key`
+//!   KEY (see `IDEM_BEGIN`).
 //!
 //! A waiting push leaves the queue when it is sent (`SENT`), not when a
 //! login reads the queue (`TAKE`): a connection that ends before the
@@ -198,4 +200,53 @@ for _, m in ipairs(due) do
   end
 end
 return n
+"#;
+
+/// `Idempotency-Key` answers for the whole cluster: `ll:idem:KEY` hash
+/// (fp: the request's fingerprint, state: pending | waiting | done, status,
+/// body, until: when a pending or waiting entry stops holding repeats back,
+/// owner: the request that made a pending entry). ARGV: key, fingerprint,
+/// owner, pending-ms, ttl-ms. Returns {'new'} (the entry is now this
+/// request's, pending), {'replay', status, body}, {'in-progress'} or
+/// {'reused'}. A pending entry whose node never answered (it died) gives
+/// way after pending-ms; a waiting one then answers as it stood (`sent`).
+pub(super) const IDEM_BEGIN: &str = r#"
+local k = 'll:idem:' .. ARGV[1]
+local e = redis.call('HMGET', k, 'fp', 'state', 'status', 'body', 'until')
+local now = now_ms()
+local lapsed = e[5] and tonumber(e[5]) < now
+if e[1] and e[1] ~= ARGV[2] then return {'reused'} end
+if not e[1] or (e[2] == 'pending' and lapsed) then
+  redis.call('DEL', k)
+  redis.call('HSET', k, 'fp', ARGV[2], 'state', 'pending', 'owner', ARGV[3],
+    'until', now + tonumber(ARGV[4]))
+  redis.call('PEXPIRE', k, tonumber(ARGV[5]))
+  return {'new'}
+end
+if e[2] == 'done' or (e[2] == 'waiting' and lapsed) then return {'replay', e[3], e[4]} end
+return {'in-progress'}
+"#;
+
+/// ARGV: key, fingerprint, state (waiting | done), status, body, ttl-ms,
+/// hold-ms (waiting: how long repeats are held back). The answer to the
+/// request with this key.
+pub(super) const IDEM_SET: &str = r#"
+local k = 'll:idem:' .. ARGV[1]
+local fp = redis.call('HGET', k, 'fp')
+if fp and fp ~= ARGV[2] then return 0 end
+redis.call('HSET', k, 'fp', ARGV[2], 'state', ARGV[3], 'status', ARGV[4], 'body', ARGV[5],
+  'until', now_ms() + tonumber(ARGV[7]))
+redis.call('HDEL', k, 'owner')
+redis.call('PEXPIRE', k, tonumber(ARGV[6]))
+return 1
+"#;
+
+/// ARGV: key, owner. The pending request was refused: a repeat is a retry.
+pub(super) const IDEM_DROP: &str = r#"
+local k = 'll:idem:' .. ARGV[1]
+if redis.call('HGET', k, 'owner') == ARGV[2] and redis.call('HGET', k, 'state') == 'pending' then
+  redis.call('DEL', k)
+  return 1
+end
+return 0
 "#;

@@ -127,21 +127,6 @@ impl Cluster {
         }
     }
 
-    /// (id, node) pairs from `skip` on in a script's reply: pushes went
-    /// back to the queue of a client online there.
-    fn deliver_handed_back(&mut self, frame: &OwnedFrame, skip: usize) {
-        let pairs: Vec<(String, String)> = resp::array(frame)
-            .get(skip..)
-            .unwrap_or_default()
-            .chunks(2)
-            .filter_map(|p| Some((resp::text(p.first()?)?, resp::text(p.get(1)?)?)))
-            .map(|(id, node)| (id.to_string(), node.to_string()))
-            .collect();
-        for (id, node) in pairs {
-            self.deliver_on(&id, &node);
-        }
-    }
-
     fn cleanup(&mut self, node: Rc<str>) {
         let now = unix_ms().to_string();
         let args = [&*node, &*self.me, &now, &BATCH.to_string(), &now]

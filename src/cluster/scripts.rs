@@ -18,7 +18,9 @@
 
 use sha1::{Digest, Sha1};
 
-use super::push_scripts::{ACKED, HANDBACK, HOLD, PUSH_PRELUDE, SENT, SWEEP, TAKE};
+use super::push_scripts::{
+    ACKED, HANDBACK, HOLD, IDEM_BEGIN, IDEM_DROP, IDEM_SET, PUSH_PRELUDE, SENT, SWEEP, TAKE,
+};
 
 /// Separates the fields of a presence value (ASCII unit separator: ids,
 /// node ids and peers never contain it).
@@ -246,10 +248,13 @@ pub enum Script {
     Acked,
     Handback,
     Sweep,
+    IdemBegin,
+    IdemSet,
+    IdemDrop,
 }
 
 impl Script {
-    pub const ALL: [Script; 14] = [
+    pub const ALL: [Script; 17] = [
         Script::Claim,
         Script::Release,
         Script::Event,
@@ -264,6 +269,9 @@ impl Script {
         Script::Acked,
         Script::Handback,
         Script::Sweep,
+        Script::IdemBegin,
+        Script::IdemSet,
+        Script::IdemDrop,
     ];
 
     fn body(self) -> &'static str {
@@ -282,6 +290,9 @@ impl Script {
             Script::Acked => ACKED,
             Script::Handback => HANDBACK,
             Script::Sweep => SWEEP,
+            Script::IdemBegin => IDEM_BEGIN,
+            Script::IdemSet => IDEM_SET,
+            Script::IdemDrop => IDEM_DROP,
         }
     }
 }

@@ -3,7 +3,7 @@
 use std::rc::Rc;
 
 use crate::admin::{
-    AdminGauges, AdminRef, Backend, ClientView, ClientsPage, Pushed, Question, ReceiptView,
+    AdminGauges, AdminRef, Backend, ClientView, ClientsPage, Keyed, Pushed, Question, ReceiptView,
     Refused, StreamStart,
 };
 use crate::clock::Micros;
@@ -298,6 +298,18 @@ impl Backend for Core {
 
     fn ask(&mut self, admin: AdminRef, question: Question) -> bool {
         self.ask_cluster(admin, question)
+    }
+
+    fn remember_answer(
+        &mut self,
+        keyed: &Keyed,
+        status: u16,
+        body: &str,
+        waiting: Option<std::time::Duration>,
+    ) {
+        if self.cluster_state.node.is_some() {
+            self.remember_keyed(keyed, status, body, waiting);
+        }
     }
 
     fn await_remote_ack(&mut self, message: &Rc<str>, admin: AdminRef, until: Micros) {

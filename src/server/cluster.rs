@@ -56,6 +56,10 @@ pub struct ClusterState {
     /// the connection that must send it.
     pub(super) forwarded: HashMap<Rc<str>, (String, ConnRef)>,
     forwarded_order: VecDeque<Rc<str>>,
+    /// Keys of keyed admin requests this node made pending in Redis, by
+    /// the request (see `cluster_idem.rs`): key and owner.
+    pub(super) keyed_owned: HashMap<AdminRef, (String, String)>,
+    owners: u64,
     /// Acks that came in the same batch as the push's `sent`, before the
     /// admin request began to wait for them (a few, bounded).
     early_acks: VecDeque<String>,
@@ -63,6 +67,12 @@ pub struct ClusterState {
 }
 
 impl ClusterState {
+    /// A fresh owner number for a pending `Idempotency-Key`.
+    pub(super) fn next_owner(&mut self) -> u64 {
+        self.owners += 1;
+        self.owners
+    }
+
     pub(super) fn number(&mut self, ask: Ask) -> u64 {
         self.next_q += 1;
         self.asks.insert(self.next_q, ask);
@@ -157,9 +167,7 @@ impl Core {
             }
             self.cluster_state.deadlines.pop_front();
             if let Some(Ask::Admin(admin, _)) = self.cluster_state.asks.remove(&q) {
-                self.cluster_state
-                    .answers
-                    .push((admin, Answer::Unavailable));
+                self.answer(admin, Answer::Unavailable);
             }
         }
     }
@@ -293,10 +301,7 @@ impl Core {
             Note::Pushed { q, outcome } => self.on_pushed(q, &outcome, now),
             Note::Kicked { q, ok } => {
                 if let Some(Ask::Admin(admin, ask)) = self.cluster_state.asks.remove(&q) {
-                    let id = ask.subject();
-                    self.cluster_state
-                        .answers
-                        .push((admin, Answer::Kicked(id, ok)));
+                    self.answer(admin, Answer::Kicked(ask.subject(), ok));
                 }
             }
             Note::Replaced { .. } => {} // handled by the cluster itself

@@ -16,6 +16,7 @@ use crate::cluster::scripts::{Script, SEP};
 use crate::cluster::{resp, unix_ms};
 use crate::server::backend::busy;
 use crate::server::cluster::Ask;
+use crate::server::cluster_idem::KeyedAsk;
 use crate::server::core::Core;
 
 /// What an admin question waits for.
@@ -44,6 +45,8 @@ pub(super) enum AdminAsk {
     Receipt {
         mid: String,
     },
+    /// Redis is asked about an `Idempotency-Key` first.
+    Keyed(KeyedAsk),
 }
 
 pub(super) struct PushAsk {
@@ -63,7 +66,7 @@ impl AdminAsk {
             AdminAsk::Push(p) | AdminAsk::PushRemote(p) | AdminAsk::Hold(p) => p.to.clone(),
             AdminAsk::Receipt { mid } => mid.clone(),
             AdminAsk::Broadcast { mid, .. } => mid.to_string(),
-            AdminAsk::Clients { .. } => String::new(),
+            AdminAsk::Clients { .. } | AdminAsk::Keyed(_) => String::new(),
         }
     }
 }
@@ -77,7 +80,9 @@ fn offline(id: &str) -> Answer {
 }
 
 impl Core {
-    fn answer(&mut self, admin: AdminRef, answer: Answer) {
+    /// Every answer to the admin API leaves through here.
+    pub(super) fn answer(&mut self, admin: AdminRef, answer: Answer) {
+        self.settle_keyed(admin, &answer);
         self.cluster_state.answers.push((admin, answer));
     }
 
@@ -92,7 +97,13 @@ impl Core {
         }
     }
 
-    fn ask_script(&mut self, admin: AdminRef, ask: AdminAsk, script: Script, args: Vec<Vec<u8>>) {
+    pub(super) fn ask_script(
+        &mut self,
+        admin: AdminRef,
+        ask: AdminAsk,
+        script: Script,
+        args: Vec<Vec<u8>>,
+    ) {
         let q = self.cluster_state.number(Ask::Admin(admin, ask));
         if let Some(cluster) = self.registry.shared() {
             cluster.ask_script(q, script, args);
@@ -110,9 +121,18 @@ impl Core {
     }
 
     /// Takes an admin question in cluster mode; false standalone.
-    pub(super) fn ask_cluster(&mut self, admin: AdminRef, question: Question) -> bool {
+    pub(super) fn ask_cluster(&mut self, admin: AdminRef, mut question: Question) -> bool {
         if self.cluster_state.node.is_none() {
             return false;
+        }
+        // A key the cluster may have seen through another node: Redis first.
+        // Redis down: the key is this node's memory alone (the admin API's),
+        // and a push to a client here is still served.
+        if let Some(keyed) = question.take_key() {
+            if self.cluster_up() {
+                self.ask_keyed(admin, question, keyed);
+                return true;
+            }
         }
         // A local client needs no Redis.
         match &question {
@@ -131,6 +151,7 @@ impl Core {
                 to,
                 body,
                 queue_ttl_ms,
+                ..
             } => {
                 let local = self.registry.local(to).filter(|&c| self.clients.is_live(c));
                 if let Some(target) = local {
@@ -171,6 +192,7 @@ impl Core {
                 to,
                 body,
                 queue_ttl_ms,
+                ..
             } => {
                 let mid = self.pushes.new_id();
                 match self.encode_push(&mid, &body) {
@@ -187,7 +209,7 @@ impl Core {
                     }
                 }
             }
-            Question::Broadcast(body) => match self.broadcast(&body) {
+            Question::Broadcast { body, .. } => match self.broadcast(&body) {
                 Err(refused) => self.answer(admin, Answer::Broadcast(Err(refused))),
                 Ok((mid, recipients)) => {
                     let Ok(frame) = self.encode_push(&mid, &body) else {
@@ -318,6 +340,7 @@ impl Core {
                 let receipt = self.receipt_from(&frame).or_else(|| self.receipt(&mid));
                 self.answer(admin, Answer::Receipt(mid, receipt));
             }
+            AdminAsk::Keyed(ask) => self.on_keyed(admin, ask, &frame),
         }
         let _ = now;
     }

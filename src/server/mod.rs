@@ -15,6 +15,7 @@ mod accept;
 mod backend;
 mod cluster;
 mod cluster_admin;
+mod cluster_idem;
 mod cluster_pushes;
 pub mod conn;
 mod core;
