@@ -2,7 +2,7 @@
 //! starts N copies of itself, each a cluster node of its own (its own loop,
 //! its own node id `NODE-wK`, its own admin port), all sharing the client
 //! port through SO_REUSEPORT (the kernel spreads connections); it forwards
-//! SIGTERM and SIGINT to them, starts again a worker that dies while the
+//! SIGTERM and SIGINT to them (and SIGHUP: each reloads its TLS files), starts again a worker that dies while the
 //! others run (after a second), and exits when they have all exited after
 //! a signal.
 //!
@@ -43,6 +43,20 @@ struct Worker {
 pub fn supervise(config: &Config, n: u32) -> i32 {
     let stop = Arc::new(AtomicBool::new(false));
     let signal = Arc::new(AtomicUsize::new(0));
+    let reload = Arc::new(AtomicBool::new(false));
+    {
+        let reload = Arc::clone(&reload);
+        // SAFETY: the handler only stores to an atomic (async-signal-safe).
+        let registered = unsafe {
+            signal_hook::low_level::register(libc::SIGHUP, move || {
+                reload.store(true, Ordering::SeqCst);
+            })
+        };
+        if let Err(e) = registered {
+            error!("cannot handle signal SIGHUP: {e}");
+            return 1;
+        }
+    }
     for sig in [libc::SIGTERM, libc::SIGINT] {
         let stop = Arc::clone(&stop);
         let signal = Arc::clone(&signal);
@@ -76,6 +90,15 @@ pub fn supervise(config: &Config, n: u32) -> i32 {
         let stopping = stop.load(Ordering::SeqCst);
         if let Some(r) = &mut relay {
             r.poll();
+        }
+        if reload.swap(false, Ordering::SeqCst) && !stopping {
+            info!("workers: forwarding SIGHUP to {n} workers");
+            for w in &workers {
+                if let Some(child) = &w.child {
+                    // SAFETY: kill(2) on a worker this process started.
+                    unsafe { libc::kill(child.id() as i32, libc::SIGHUP) };
+                }
+            }
         }
         if stopping && !forwarded {
             notify::stopping();

@@ -192,6 +192,17 @@ fn workers_share_the_port_as_nodes_and_stop_with_their_supervisor() {
     one.send("<msg to=\"w-two\" id=\"w\">hi</msg>");
     assert_eq!(two.expect_frame(), "<msg from=\"w-one\" id=\"w\">hi</msg>");
 
+    // SIGHUP (a TLS reload) reaches every worker; the supervisor stays.
+    supervisor.signal(libc::SIGHUP);
+    let reloads = supervisor.wait_count("SIGHUP: TLS is not configured", 2, Duration::from_secs(5));
+    assert_eq!(reloads, 2, "{:?}", supervisor.log_lines());
+    assert!(supervisor.exited().is_none(), "SIGHUP ended the supervisor");
+    one.send("<msg to=\"w-two\" id=\"w2\">still</msg>");
+    assert_eq!(
+        two.expect_frame(),
+        "<msg from=\"w-one\" id=\"w2\">still</msg>"
+    );
+
     supervisor.signal(libc::SIGTERM);
     assert!(heard().starts_with("STOPPING=1"), "no second READY");
     assert_eq!(supervisor.wait_exit(Duration::from_secs(10)), Some(0));
