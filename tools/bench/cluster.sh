@@ -9,7 +9,7 @@
 # mid-login), Redis commands per heartbeat (INFO commandstats delta over the
 # sum of lifeline_heartbeats_received_total delta), CPU per heartbeat per
 # node and for the standalone node (utime+stime from /proc), Redis CPU, and
-# wrong timeouts (lifeline_logouts_total{reason="timeout"}). The commands
+# wrong timeouts (lifeline_connections_closed_total{reason="timeout"}). The commands
 # per heartbeat include a fixed background that does not grow with
 # heartbeats (each node's liveness refresh, 3 per TTL; its event feed's
 # XREAD; this script's own HLEN and INFO): compare redis_cmds_per_s with
@@ -118,7 +118,7 @@ memory_model() { # under load, before the kill
 heartbeats() { local s=0 v; for i in "$@"; do v=$(metric $((ADMIN + i)) lifeline_heartbeats_received_total); s=$((s + ${v:-0})); done; echo $s; }
 online_sum() { local s=0 v; for i in "$@"; do v=$(metric $((ADMIN + i)) lifeline_clients_online); s=$((s + ${v:-0})); done; echo $s; }
 timeouts() { local s=0 v; for i in "$@"; do
-  v=$(curl -s -m 2 "http://127.0.0.1:$((ADMIN + i))/metrics" | awk '$1 ~ /lifeline_logouts_total\{reason="timeout"\}/ {print $2}')
+  v=$(curl -s -m 2 "http://127.0.0.1:$((ADMIN + i))/metrics" | awk '$1 ~ /lifeline_connections_closed_total\{reason="timeout"\}/ {print $2}')
   s=$((s + ${v:-0})); done; echo $s; }
 redis_calls() { rcli INFO commandstats | awk -F'[=,]' '/^cmdstat_/ {s += $2} END {print s + 0}'; }
 
