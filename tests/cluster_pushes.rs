@@ -14,7 +14,7 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use cluster_common::{node, wait_for, Admin, RedisProc, Sse};
+use cluster_common::{node, wait_for, Admin, RedisLink, RedisProc, Sse};
 use common::{attr, Closed};
 
 const TTL: u64 = 1500;
@@ -211,6 +211,52 @@ fn a_killed_nodes_unacked_pushes_are_handed_back_by_the_survivor() {
     // erin comes back on the survivor: the push again.
     let mut erin = a.login("erin");
     assert_eq!(push_id(&erin.expect_frame(), "last"), mid);
+}
+
+#[test]
+fn a_node_cut_off_from_redis_catches_up_with_pushes_when_it_is_back() {
+    let redis = RedisProc::start();
+    let link = RedisLink::to(&redis);
+    let a = node(&link.url(), "node-a", TTL, &[]);
+    let b = node(&redis.url(), "node-b", TTL, &[]);
+    let (admin_a, admin_b) = (Admin::new(&a), Admin::new(&b));
+    let mut ivy = a.login("ivy");
+    wait_for("ivy in Redis", WAIT, || {
+        (redis.int(&["HLEN", "ll:presence"]) == 1).then_some(())
+    });
+    // An at-least-once push to ivy on node A, not acked; one held for hal.
+    let (status, sent) = admin_b.post("/clients/ivy/push?queue_ttl_ms=60000", "first");
+    assert_eq!(status, 202, "{sent}");
+    let first = sent["id"].as_str().unwrap().to_string();
+    assert_eq!(push_id(&ivy.expect_frame(), "first"), first);
+    let (status, held) = admin_b.post("/clients/hal/push?queue_ttl_ms=60000", "waiting");
+    assert_eq!(held["status"], "queued", "{status} {held}");
+    let waiting = held["id"].as_str().unwrap().to_string();
+
+    // Node A loses Redis: hal logs in there (nothing to read yet), and
+    // ivy's connection ends unacked (nothing to tell).
+    link.cut();
+    wait_for("node A without Redis", WAIT, || {
+        (admin_a.metric("lifeline_cluster_up") == 0.0).then_some(())
+    });
+    let mut hal = a.login("hal");
+    drop(ivy);
+    wait_for("ivy's close on node A", WAIT, || {
+        (admin_a.metric("lifeline_clients_online") == 1.0).then_some(())
+    });
+
+    // Redis is back for node A: hal gets his push, ivy's goes back to her
+    // queue and follows her next login, on node B.
+    link.restore();
+    let frame = hal
+        .frame_within(Duration::from_secs(10))
+        .expect("hal's push");
+    assert_eq!(push_id(&frame, "waiting"), waiting);
+    wait_for("ivy's push queued again", Duration::from_secs(10), || {
+        (redis.int(&["LLEN", "ll:q:ivy"]) == 1).then_some(())
+    });
+    let mut ivy = b.login("ivy");
+    assert_eq!(push_id(&ivy.expect_frame(), "first"), first);
 }
 
 #[test]

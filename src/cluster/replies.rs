@@ -115,12 +115,26 @@ impl Cluster {
                 }
             }
             Expect::Reasserted => {
-                for id in resp::array(&frame).iter().filter_map(resp::text) {
+                let r = resp::array(&frame);
+                let ids = |i: usize| {
+                    r.get(i)
+                        .map(resp::array)
+                        .unwrap_or_default()
+                        .iter()
+                        .filter_map(resp::text)
+                        .map(Rc::from)
+                        .collect::<Vec<Rc<str>>>()
+                };
+                for id in ids(0) {
                     // Another node holds it now: this connection is stale.
-                    if let Some(conn) = self.local.local(id) {
-                        self.local.release(id, conn);
+                    if let Some(conn) = self.local.local(&id) {
+                        self.local.release(&id, conn);
                         self.inbox.push(Inbound::Replaced(conn));
                     }
+                }
+                // Logged in while Redis was away: its waiting pushes now.
+                for id in ids(1) {
+                    self.inbox.push(Inbound::Take(id));
                 }
             }
             Expect::Ask(q) => self.inbox.push(Inbound::Answer(q, Some(frame))),

@@ -159,17 +159,19 @@ return out
 
 /// ARGV: me, at, then (id, value) pairs. Puts this node's clients back
 /// after a reconnect: an id nobody holds (Redis lost it, or a survivor
-/// cleaned it up) is claimed again with an `online` event; an id another
-/// node holds now is returned (this node's connection is the stale one).
+/// cleaned it up) is claimed again with an `online` event. Returns {the ids
+/// another node holds now (this node's connection is the stale one), the
+/// ids with pushes waiting (logged in while Redis was away: read them)}.
 const REASSERT: &str = r#"
 local me, at = ARGV[1], ARGV[2]
-local lost = {}
+local lost, waiting = {}, {}
 for i = 3, #ARGV, 2 do
   local id, value = ARGV[i], ARGV[i + 1]
   local cur = redis.call('HGET', 'll:presence', id)
   if cur and nodeof(cur) ~= me then
     lost[#lost + 1] = id
   else
+    if redis.call('EXISTS', 'll:q:' .. id) == 1 then waiting[#waiting + 1] = id end
     redis.call('HSET', 'll:presence', id, value)
     redis.call('ZADD', 'll:ids', 0, id)
     redis.call('SADD', 'll:nodeids:' .. me, id)
@@ -180,7 +182,7 @@ for i = 3, #ARGV, 2 do
     end
   end
 end
-return lost
+return {lost, waiting}
 "#;
 
 /// ARGV: me, at, now-ms. Ends a re-assert: ids Redis still lists for this
