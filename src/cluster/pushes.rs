@@ -13,6 +13,16 @@ use crate::cluster::scripts::Script;
 use crate::cluster::{resp, unix_ms, Cluster, Expect, Inbound, BATCH, SWEEP_EVERY};
 
 impl Cluster {
+    /// Writes the queued commands now rather than at the end of the
+    /// iteration: for a step that must reach Redis before the answer that
+    /// depends on it reaches the admin API's client (an `Idempotency-Key`
+    /// answer, which a retry through another node then finds).
+    pub fn flush_now(&mut self) {
+        if !self.cmd.flush(Instant::now()) {
+            self.drop_all_waiting();
+        }
+    }
+
     /// The connection `generation` of `id` ended with at-least-once pushes
     /// not acked: they go back to the front of its queue in Redis.
     pub fn hand_back(&mut self, id: &Rc<str>, generation: u32) {

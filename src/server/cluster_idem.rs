@@ -103,6 +103,7 @@ impl Core {
         if let Some(cluster) = self.registry.shared().filter(|c| c.is_up()) {
             let args = vec![key.into_bytes(), owner.into_bytes()];
             cluster.run_script(Script::IdemDrop, args);
+            cluster.flush_now();
         }
     }
 
@@ -133,5 +134,7 @@ impl Core {
             hold.as_millis().to_string().into_bytes(),
         ];
         cluster.run_script(Script::IdemSet, args);
+        // Before the answer goes out: a retry it prompts finds it.
+        cluster.flush_now();
     }
 }
