@@ -99,6 +99,12 @@ impl Clock {
         self.wall_epoch_ms + at / 1000
     }
 
+    /// The loop timestamp of a Unix time in milliseconds (zero for one
+    /// before the loop started); [`Clock::unix_ms`] gives it back exactly.
+    pub fn at_unix_ms(&self, unix_ms: u64) -> Micros {
+        unix_ms.saturating_sub(self.wall_epoch_ms) * 1000
+    }
+
     /// Unix microseconds of the loop's start: presence numbers start there,
     /// so they keep increasing across restarts.
     pub fn unix_epoch_us(&self) -> u64 {

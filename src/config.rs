@@ -16,6 +16,8 @@ use crate::logging::LogSpec;
 use crate::auth::Auth;
 use crate::login_policy::{LoginPolicy, RawLoginPolicy};
 
+use crate::cluster::settings::ClusterArgs;
+use crate::cluster::ClusterConfig;
 use crate::tls::TlsSettings;
 
 /// Descriptors kept free for the listener, the poll instance, signals, logging
@@ -133,6 +135,10 @@ pub struct RawConfig {
     #[command(flatten)]
     pub login: RawLoginPolicy,
 
+    /// Cluster mode: Redis, the node's id and TTL, `--workers`.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+
     /// TLS on the client port: the certificate chain (PEM); needs LIFELINE_TLS_KEY. Unset: plaintext. Read again on SIGHUP.
     #[arg(long, env = "LIFELINE_TLS_CERT")]
     pub tls_cert: Option<String>,
@@ -199,6 +205,10 @@ pub struct Config {
     pub ops: Ops,
     /// `None`: the client port speaks plaintext.
     pub tls: Option<TlsSettings>,
+    /// Cluster mode (`LIFELINE_REDIS_URL` set).
+    pub cluster: Option<ClusterConfig>,
+    /// `--workers N`: this process supervises N workers.
+    pub workers: Option<u32>,
 }
 
 /// A setting that could not be accepted.
@@ -318,7 +328,17 @@ impl Config {
             })?),
         };
         let tls = crate::tls::settings(raw)?;
+        let event_backlog = int_in(
+            &raw.event_backlog,
+            0,
+            10_000_000,
+            "LIFELINE_EVENT_BACKLOG",
+            "event-backlog",
+        )? as usize;
+        let (cluster, workers) = crate::cluster::settings::settings(&raw.cluster, event_backlog)?;
         Ok(Config {
+            cluster,
+            workers,
             tls,
             auth,
             login,
@@ -343,13 +363,7 @@ impl Config {
                 "LIFELINE_QUEUE_MAX_BYTES",
                 "queue-max-bytes",
             )? as usize,
-            event_backlog: int_in(
-                &raw.event_backlog,
-                0,
-                10_000_000,
-                "LIFELINE_EVENT_BACKLOG",
-                "event-backlog",
-            )? as usize,
+            event_backlog,
             reconnect_spread: Duration::from_millis(int_in(
                 &raw.reconnect_spread_ms,
                 0,

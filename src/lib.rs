@@ -19,6 +19,8 @@
 //!   at-least-once pushes until acked);
 //! - [`tls`]: the TLS files (loaded again on SIGHUP) and client
 //!   certificate names; the per-connection TLS state is in `server`;
+//! - [`cluster`]: cluster mode — presence, routing and node liveness
+//!   shared through Redis, on the same loop; [`workers`] (`--workers N`);
 //! - [`timers`] (the wheel and the timerfd), [`clock`], [`writeq`] (a
 //!   socket's write queue), [`auth`] (login tokens), [`metrics`] (with
 //!   [`process_metrics`], read from `/proc` at scrape time);
@@ -36,6 +38,7 @@ pub mod admin;
 pub mod auth;
 pub mod build_info;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod config_ops;
 pub mod http;
@@ -55,4 +58,5 @@ pub mod registry;
 pub mod server;
 pub mod timers;
 pub mod tls;
+pub mod workers;
 pub mod writeq;

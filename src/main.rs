@@ -18,6 +18,9 @@ fn main() {
     if let Err(e) = logger.init() {
         eprintln!("lifeline: cannot set up logging: {e}");
     }
+    if let Some(n) = config.workers {
+        std::process::exit(lifeline::workers::supervise(&config, n));
+    }
     let mut server = match Server::bind(config) {
         Ok(server) => server,
         Err(e) => {

@@ -19,7 +19,7 @@ const LATENESS_BUCKETS: [f64; 10] = [
 ];
 
 /// Error codes counted per code.
-const ERROR_CODES: [ErrorCode; 8] = [
+const ERROR_CODES: [ErrorCode; 9] = [
     ErrorCode::BadFrame,
     ErrorCode::FrameTooLarge,
     ErrorCode::UnknownFrame,
@@ -28,6 +28,7 @@ const ERROR_CODES: [ErrorCode; 8] = [
     ErrorCode::NotLoggedIn,
     ErrorCode::AlreadyLoggedIn,
     ErrorCode::Offline,
+    ErrorCode::Unavailable,
 ];
 
 /// Minutes the windowed close lateness maximum looks back over.

@@ -211,6 +211,18 @@ impl OfflineQueue {
         self.by_client.is_empty()
     }
 
+    /// Whether push `message` is kept for `client`, held or unacked.
+    pub fn knows(&self, client: &str, message: &str) -> bool {
+        let held = self
+            .by_client
+            .get(client)
+            .is_some_and(|q| q.iter().any(|h| *h.message == *message));
+        held || self
+            .unacked
+            .get(client)
+            .is_some_and(|q| q.iter().any(|u| *u.held.message == *message))
+    }
+
     /// Whether pushes are held for `client`.
     pub fn holds(&self, client: &str) -> bool {
         self.by_client.contains_key(client)

@@ -50,6 +50,9 @@ pub struct PresenceEvent {
     pub seq: u64,
     pub kind: PresenceKind,
     pub id: Rc<str>,
+    /// Cluster mode: the node the connection is on, or that took the push
+    /// (standalone: `None`, and the field is left out of the event).
+    pub node: Option<Rc<str>>,
     /// The connection's generation: tells two connections of one id apart
     /// (0 for a push event, which is about no connection).
     pub conn: u32,
@@ -153,6 +156,31 @@ impl PresenceLog {
         self.last_seq
     }
 
+    /// Keeps an event numbered elsewhere (cluster mode: by the cluster's
+    /// stream, in stream order). A gap in the numbers (the stream was
+    /// trimmed past what this node had read, or Redis restarted) empties
+    /// the ring: resuming across a gap must reset.
+    pub fn record_numbered(&mut self, event: PresenceEvent) {
+        if event.seq <= self.last_seq && !self.ring.is_empty() {
+            return; // read twice (a feed reconnect)
+        }
+        if self
+            .ring
+            .back()
+            .is_some_and(|last| last.seq + 1 != event.seq)
+        {
+            self.ring.clear();
+        }
+        self.last_seq = event.seq;
+        if self.capacity > 0 {
+            if self.ring.len() == self.capacity {
+                self.ring.pop_front();
+            }
+            self.ring.push_back(event.clone());
+        }
+        self.fresh.push(event);
+    }
+
     /// Moves the events recorded since the last call into `into` (cleared
     /// first), in order.
     pub fn take_fresh(&mut self, into: &mut Vec<PresenceEvent>) {
@@ -192,7 +220,7 @@ impl PresenceLog {
 /// the client (`id`) and the push (`message`); the others name the
 /// connection.
 pub fn write_sse(out: &mut Vec<u8>, e: &PresenceEvent) {
-    let data = match &e.message {
+    let mut data = match &e.message {
         Some(message) => serde_json::json!({
             "seq": e.seq,
             "event": e.kind.as_str(),
@@ -210,6 +238,9 @@ pub fn write_sse(out: &mut Vec<u8>, e: &PresenceEvent) {
             "at": e.at,
         }),
     };
+    if let (Some(node), Some(map)) = (&e.node, data.as_object_mut()) {
+        map.insert("node".to_string(), serde_json::json!(&**node));
+    }
     let _ = write!(
         out,
         "id: {}\nevent: {}\ndata: {data}\n\n",
@@ -235,6 +266,7 @@ mod tests {
             seq: 0,
             kind: PresenceKind::Online,
             id: id.into(),
+            node: None,
             conn: 1,
             peer: Some("127.0.0.1:1".parse().unwrap()),
             reason: None,
@@ -278,6 +310,22 @@ mod tests {
         later.start_recording();
         later.record(event("b"));
         assert!(matches!(later.since(last), Resume::Reset));
+    }
+
+    #[test]
+    fn events_numbered_elsewhere_keep_the_ring_contiguous() {
+        let mut log = PresenceLog::new(10, 0);
+        let numbered = |seq| PresenceEvent { seq, ..event("c") };
+        log.record_numbered(numbered(100));
+        log.record_numbered(numbered(101));
+        log.record_numbered(numbered(101)); // read twice: ignored
+        assert_eq!(seqs(log.since(99)), Some(vec![100, 101]));
+        // A gap (the stream was trimmed, Redis restarted): resuming across
+        // it must reset.
+        log.record_numbered(numbered(200));
+        assert_eq!(seqs(log.since(101)), None);
+        assert_eq!(seqs(log.since(199)), Some(vec![200]));
+        assert_eq!(log.last_seq(), 200);
     }
 
     #[test]

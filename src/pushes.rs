@@ -28,11 +28,12 @@ pub enum WaitEnd {
     TimedOut,
 }
 
-/// An admin request waiting for the ack of a push to `target`.
+/// An admin request waiting for the ack of a push to `target` (`None`: a
+/// client on another node, whose node reports the ack).
 #[derive(Debug, Clone, Copy)]
 struct Wait {
     admin: AdminRef,
-    target: ConnRef,
+    target: Option<ConnRef>,
     until: Micros,
 }
 
@@ -62,6 +63,11 @@ pub struct Pushes {
     wait_ends: BTreeSet<(Micros, Rc<str>)>,
     woken: Vec<(AdminRef, Rc<str>, WaitEnd)>,
     pub stats: PushStats,
+    /// Cluster mode: the queue and its expiries live in Redis; what is kept
+    /// here only stages pushes for a local connection (see
+    /// `server::cluster_pushes`), and expires without a count or an event
+    /// of its own (Redis's sweep gives those).
+    clustered: bool,
 }
 
 impl Pushes {
@@ -81,6 +87,7 @@ impl Pushes {
             wait_ends: BTreeSet::new(),
             woken: Vec::new(),
             stats: PushStats::default(),
+            clustered: false,
         }
     }
 
@@ -120,6 +127,16 @@ impl Pushes {
         for (client, conn, push) in unacked {
             self.offline.track(&client, conn, push);
         }
+    }
+
+    /// Cluster mode (see `clustered`).
+    pub fn set_clustered(&mut self) {
+        self.clustered = true;
+    }
+
+    /// Whether push `message` is kept for `client` (held or unacked).
+    pub fn knows(&self, client: &str, message: &str) -> bool {
+        self.offline.knows(client, message)
     }
 
     /// A fresh push id.
@@ -254,7 +271,8 @@ impl Pushes {
     /// been sent before and handed back).
     pub fn delivered(&mut self, message: &str, now: Micros) {
         if let Some(r) = self.receipts.get_mut(message) {
-            if r.sent.is_some() {
+            // Cluster mode counts redeliveries from Redis's receipts.
+            if r.sent.is_some() && !self.clustered {
                 r.redelivered += 1;
                 self.stats.redelivered += 1;
             }
@@ -265,6 +283,9 @@ impl Pushes {
 
     /// A held push of `client` whose time ran out before it could be delivered.
     pub fn held_expired(&mut self, client: &Rc<str>, message: &Rc<str>) {
+        if self.clustered {
+            return; // a staged copy: Redis's sweep counts it once
+        }
         self.stats.expired += 1;
         if let Some(r) = self.receipts.get_mut(message) {
             r.status = Status::Expired;
@@ -307,7 +328,7 @@ impl Pushes {
         if let Some(wait) = self.waits.get(message) {
             // Its own recipient's ack, on whichever connection it was sent
             // last (an at-least-once push may have been sent again).
-            if wait.target == acker || acked_now {
+            if wait.target == Some(acker) || acked_now {
                 self.end_wait(message, WaitEnd::Acked);
             }
         }
@@ -325,11 +346,36 @@ impl Pushes {
             message.clone(),
             Wait {
                 admin,
-                target,
+                target: Some(target),
                 until,
             },
         );
         self.wait_ends.insert((until, message.clone()));
+    }
+
+    /// An admin request waits for the ack of `message`, pushed to a client
+    /// on another node (which reports the ack, see [`Pushes::remote_acked`]).
+    pub fn await_remote_ack(&mut self, message: &Rc<str>, admin: AdminRef, until: Micros) {
+        self.waits.insert(
+            message.clone(),
+            Wait {
+                admin,
+                target: None,
+                until,
+            },
+        );
+        self.wait_ends.insert((until, message.clone()));
+    }
+
+    /// The node of the recipient of `message` reports its ack; false when
+    /// no request waits for it (yet).
+    pub fn remote_acked(&mut self, message: &str) -> bool {
+        if self.waits.get(message).is_some_and(|w| w.target.is_none()) {
+            self.stats.acked += 1;
+            self.end_wait(message, WaitEnd::Acked);
+            return true;
+        }
+        false
     }
 
     /// The waiting request went away.

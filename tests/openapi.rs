@@ -4,8 +4,11 @@
 //! with a method its path does not serve — and each answer's status is one
 //! the description lists for it, its content type the documented one, and
 //! a JSON body conforms to the documented schema. Every route the server
-//! counts in its metrics is documented.
+//! counts in its metrics is documented. In cluster mode, the answers only a
+//! cluster gives (a client's `node`, a broadcast's `nodes`, `503
+//! cluster-unavailable`) are documented too.
 
+mod cluster_common;
 mod common;
 mod opskit;
 
@@ -304,6 +307,90 @@ fn every_documented_route_answers_as_documented() {
         .collect();
     let documented: BTreeSet<String> = keys(paths).into_iter().collect();
     assert_eq!(counted, documented);
+}
+
+/// Checks one answer against the operation's documented responses.
+fn documented(doc: &Yaml, c: &Call, r: &Response) {
+    let what = format!("{} {} -> {}", c.sent, c.path, r.status);
+    assert_eq!(r.status, c.expect, "{what}: {}", r.text());
+    let responses = &doc["paths"][c.template][c.method]["responses"];
+    let documented = &responses[r.status.to_string().as_str()];
+    assert!(!documented.is_badvalue(), "{what}: status not documented");
+    let content = &resolve(doc, documented)["content"];
+    if let Some(media) = keys(content).first() {
+        if media == "application/json" {
+            conforms(doc, &content[media.as_str()]["schema"], &r.json(), &what);
+        }
+    }
+}
+
+#[test]
+fn cluster_answers_are_documented() {
+    use cluster_common::{node, wait_for, Admin, RedisProc};
+    let doc = spec();
+    let mut redis = RedisProc::start();
+    let a = node(&redis.url(), "node-a", 3000, &[]);
+    let b = node(&redis.url(), "node-b", 3000, &[]);
+    let mut far = b.login("far");
+    let _near = a.login("near");
+    wait_for("both in Redis", std::time::Duration::from_secs(5), || {
+        (redis.int(&["HLEN", "ll:presence"]) == 2).then_some(())
+    });
+    let pushed = send(
+        &a,
+        &call("/clients/{id}/push", "post", "/clients/far/push", b"x", 202),
+    );
+    let mid = pushed.json()["id"].as_str().unwrap().to_string();
+    assert!(far.expect_frame().ends_with(">x</msg>"));
+    for c in [
+        call("/clients", "get", "/clients", b"", 200),
+        call("/clients/{id}", "get", "/clients/far", b"", 200),
+        call("/clients/{id}", "get", "/clients/near", b"", 200),
+        call("/broadcast", "post", "/broadcast", b"all", 202),
+        call(
+            "/messages/{id}",
+            "get",
+            &format!("/messages/{mid}"),
+            b"",
+            200,
+        ),
+    ] {
+        let r = send(&a, &c);
+        documented(&doc, &c, &r);
+        if c.path == "/clients/far" {
+            assert_eq!(r.json()["node"], "node-b");
+            assert!(r.json()["last_seen_ms_ago"].is_null());
+        }
+        if c.path == "/broadcast" {
+            assert_eq!(r.json()["nodes"], 2);
+        }
+    }
+    // Redis gone: what needs it is 503.
+    redis.kill();
+    let admin = Admin::new(&a);
+    wait_for(
+        "node-a sees Redis down",
+        std::time::Duration::from_secs(5),
+        || (admin.metric("lifeline_cluster_up") == 0.0).then_some(()),
+    );
+    for c in [
+        call("/clients", "get", "/clients", b"", 503),
+        call("/clients/{id}", "get", "/clients/far", b"", 503),
+        call("/clients/{id}", "delete", "/clients/far", b"", 503),
+        call("/clients/{id}/push", "post", "/clients/far/push", b"x", 503),
+        call("/broadcast", "post", "/broadcast", b"all", 503),
+        call(
+            "/messages/{id}",
+            "get",
+            &format!("/messages/{mid}"),
+            b"",
+            503,
+        ),
+    ] {
+        let r = send(&a, &c);
+        documented(&doc, &c, &r);
+        assert_eq!(r.json()["error"], "cluster-unavailable");
+    }
 }
 
 /// The document's keys live as long as the test: `Call` borrows them.

@@ -16,6 +16,10 @@
 //! - While the first request still waits for its ack (`wait_ack_ms`), a
 //!   repeat gets `409 idempotency-in-progress`; once it is answered the
 //!   repeat gets that answer (`200 acked` or `202 sent`).
+//! - Cluster mode: answers are also kept in Redis (`ll:idem:KEY`), so a
+//!   repeat through any node gets them; while the first request waits for
+//!   the cluster's answer, a repeat is `409` too. This memory stays the
+//!   first stop: a node answers repeats of its own requests by itself.
 //! - Memory is bounded as receipts are: by the receipt TTL and by count
 //!   (oldest forgotten first). Keys are 1 to 255 printable ASCII characters.
 
@@ -24,6 +28,7 @@ use std::rc::Rc;
 
 use sha2::{Digest, Sha256};
 
+use crate::admin::backend::Keyed;
 use crate::clock::Micros;
 
 /// Longest key accepted.
@@ -96,6 +101,11 @@ struct Entry {
     body: String,
     /// The push whose ack the first request still waits for.
     waiting: Option<Rc<str>>,
+    /// Cluster mode: the first request waits for the cluster's answer.
+    pending: bool,
+    /// When it was first remembered: tells its place in `order` from the
+    /// place of an entry of the same key that was forgotten.
+    created: Micros,
 }
 
 /// The remembered answers.
@@ -134,7 +144,7 @@ impl Idempotency {
         match self.by_key.get(key) {
             None => Seen::New,
             Some(e) if e.fingerprint != *fingerprint => Seen::Reused,
-            Some(e) if e.waiting.is_some() => Seen::InProgress,
+            Some(e) if e.waiting.is_some() || e.pending => Seen::InProgress,
             Some(e) => Seen::Replay {
                 status: e.status,
                 body: &e.body,
@@ -156,11 +166,26 @@ impl Idempotency {
         if self.max == 0 {
             return;
         }
+        if let Some(e) = self.by_key.get_mut(key) {
+            // The answer to a request that was pending: it keeps its place.
+            if let Some(message) = &waiting {
+                self.waiting.insert(message.clone(), Rc::from(key));
+            }
+            *e = Entry {
+                fingerprint,
+                status,
+                body,
+                waiting,
+                pending: false,
+                created: e.created,
+            };
+            return;
+        }
         while self.by_key.len() >= self.max {
-            let Some((_, old)) = self.order.pop_front() else {
+            let Some((created, old)) = self.order.pop_front() else {
                 break;
             };
-            self.forget(&old);
+            self.forget_created(&old, created);
         }
         let key: Rc<str> = Rc::from(key);
         if let Some(message) = &waiting {
@@ -174,6 +199,8 @@ impl Idempotency {
                 status,
                 body,
                 waiting,
+                pending: false,
+                created: now,
             },
         );
     }
@@ -194,26 +221,49 @@ impl Idempotency {
         })
     }
 
-    /// The wait for push `message` ended with this answer.
-    pub fn answered(&mut self, message: &str, status: u16, body: &str) {
-        let Some(key) = self.waiting.remove(message) else {
-            return;
-        };
-        if let Some(e) = self.by_key.get_mut(&key) {
-            e.status = status;
-            e.body = body.to_string();
-            e.waiting = None;
+    /// Cluster mode: the request with `key` waits for the cluster's answer;
+    /// repeats meanwhile are in progress. [`Idempotency::remember`] settles
+    /// it, [`Idempotency::unpend`] forgets it.
+    pub fn pend(&mut self, key: &str, fingerprint: Fingerprint, now: Micros) {
+        self.remember(key, fingerprint, 0, String::new(), None, now);
+        if let Some(e) = self.by_key.get_mut(key) {
+            e.pending = true;
         }
     }
 
-    /// The request waiting for push `message` went away unanswered: a repeat
-    /// gets the provisional answer (the push was sent).
-    pub fn abandoned(&mut self, message: &str) {
-        if let Some(key) = self.waiting.remove(message) {
-            if let Some(e) = self.by_key.get_mut(&key) {
-                e.waiting = None;
-            }
+    /// A pending request was refused or went away: a repeat is a real retry.
+    pub fn unpend(&mut self, key: &str) {
+        if self.by_key.get(key).is_some_and(|e| e.pending) {
+            self.forget(key);
         }
+    }
+
+    /// The wait for push `message` ended with this answer; returns the key
+    /// it is remembered under, if any.
+    pub fn answered(&mut self, message: &str, status: u16, body: &str) -> Option<Keyed> {
+        let key = self.waiting.remove(message)?;
+        let e = self.by_key.get_mut(&key)?;
+        e.status = status;
+        e.body = body.to_string();
+        e.waiting = None;
+        Some(Keyed {
+            key: key.to_string(),
+            fingerprint: e.fingerprint,
+        })
+    }
+
+    /// The request waiting for push `message` went away unanswered: a repeat
+    /// gets the provisional answer (the push was sent). Returns the key and
+    /// that answer, if any.
+    pub fn abandoned(&mut self, message: &str) -> Option<(Keyed, u16, String)> {
+        let key = self.waiting.remove(message)?;
+        let e = self.by_key.get_mut(&key)?;
+        e.waiting = None;
+        let keyed = Keyed {
+            key: key.to_string(),
+            fingerprint: e.fingerprint,
+        };
+        Some((keyed, e.status, e.body.clone()))
     }
 
     fn forget(&mut self, key: &str) {
@@ -224,14 +274,21 @@ impl Idempotency {
         }
     }
 
+    /// Forgets `key` if its entry is the one remembered at `created`.
+    fn forget_created(&mut self, key: &str, created: Micros) {
+        if self.by_key.get(key).is_some_and(|e| e.created == created) {
+            self.forget(key);
+        }
+    }
+
     /// Forgets answers older than the TTL; O(forgotten).
     fn expire(&mut self, now: Micros) {
         while let Some((created, _)) = self.order.front() {
             if now.saturating_sub(*created) < self.ttl {
                 break;
             }
-            if let Some((_, key)) = self.order.pop_front() {
-                self.forget(&key);
+            if let Some((created, key)) = self.order.pop_front() {
+                self.forget_created(&key, created);
             }
         }
     }
@@ -309,6 +366,27 @@ mod tests {
             }
         );
         assert_eq!(next.seen("k2", &fp("a"), 5), Seen::Reused);
+    }
+
+    #[test]
+    fn a_pending_request_is_in_progress_until_settled_or_forgotten() {
+        let mut idem = Idempotency::new(1000, 10);
+        idem.pend("k", fp("a"), 0);
+        assert_eq!(idem.seen("k", &fp("a"), 1), Seen::InProgress);
+        assert_eq!(idem.seen("k", &fp("b"), 1), Seen::Reused);
+        idem.remember("k", fp("a"), 202, "queued".into(), None, 2);
+        assert_eq!(
+            idem.seen("k", &fp("a"), 3),
+            Seen::Replay {
+                status: 202,
+                body: "queued"
+            }
+        );
+        idem.unpend("k"); // settled: stays
+        assert_eq!(idem.len(), 1);
+        idem.pend("k2", fp("a"), 4);
+        idem.unpend("k2");
+        assert_eq!(idem.seen("k2", &fp("a"), 5), Seen::New);
     }
 
     #[test]

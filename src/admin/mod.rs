@@ -8,15 +8,18 @@
 //! loop hands to [`Admin::wake`] after the connection being served is done —
 //! the admin API never runs inside another connection's frame handling.
 
+mod asking;
 mod backend;
 mod events;
 pub mod idempotency;
+mod repeats;
 mod routes;
 mod serve;
 pub mod stats;
 
 pub use backend::{
-    AdminGauges, Backend, ClientView, ClientsPage, Pushed, ReceiptView, Refused, StreamStart,
+    AdminGauges, Answer, Backend, ClientView, ClientsPage, Keyed, Pushed, Question, ReceiptView,
+    Refused, Repeat, StreamStart,
 };
 
 use std::collections::BTreeSet;
@@ -90,6 +93,13 @@ enum State {
         message: Rc<str>,
         keep_alive: bool,
         /// When the request was parsed, for its latency.
+        started: Instant,
+    },
+    /// Cluster mode: a question to the cluster waits for its answer (then,
+    /// for a push with `wait_ack_ms`, for the ack); requests behind it wait.
+    Asking {
+        asked: routes::Asked,
+        route: Route,
         started: Instant,
     },
     /// The last response is being flushed; then the write side is shut and
@@ -285,7 +295,7 @@ impl Admin {
                         return false;
                     }
                 }
-                State::Requests | State::AwaitingAck { .. } => {
+                State::Requests | State::AwaitingAck { .. } | State::Asking { .. } => {
                     c.inbound.extend_from_slice(&buf[..n]);
                     // Requests piled up behind a push that waits for its ack.
                     if c.inbound.len() > http::MAX_HEAD + MAX_BODY + 1024 {
@@ -432,7 +442,7 @@ impl Admin {
                     continue;
                 }
                 State::Draining { .. } => now + (micros(LINGER) - idle),
-                State::AwaitingAck { .. } => now + micros(ADMIN_IDLE),
+                State::AwaitingAck { .. } | State::Asking { .. } => now + micros(ADMIN_IDLE),
                 State::Requests if idle >= micros(ADMIN_IDLE) => {
                     self.end(admin, backend);
                     continue;
@@ -449,9 +459,20 @@ impl Admin {
             return;
         }
         let c = self.conns.remove(admin.key as usize);
-        if let State::AwaitingAck { message, .. } = &c.state {
-            backend.cancel_wait(message);
-            self.idempotency.abandoned(message);
+        match &c.state {
+            State::AwaitingAck { message, .. } => {
+                backend.cancel_wait(message);
+                if let Some((keyed, status, body)) = self.idempotency.abandoned(message) {
+                    backend.remember_answer(&keyed, status, &body, None);
+                }
+            }
+            // The cluster's answer will find no one; a repeat is a retry.
+            State::Asking { asked, .. } => {
+                if let Some((key, _)) = &asked.key {
+                    self.idempotency.unpend(key);
+                }
+            }
+            _ => {}
         }
     }
 

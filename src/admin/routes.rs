@@ -3,12 +3,16 @@
 //! through the [`Backend`].
 
 use std::rc::Rc;
+use std::time::Duration;
 
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
-use crate::admin::backend::{AdminGauges, Backend, ClientView, Pushed, StreamStart};
-use crate::admin::idempotency::{self, Idempotency, Seen};
+use crate::admin::backend::{
+    AdminGauges, Backend, ClientView, Keyed, Pushed, Question, ReceiptView, StreamStart,
+};
+use crate::admin::idempotency::{self, Fingerprint, Idempotency};
+use crate::admin::repeats::{accepted, idempotent, keyed};
 use crate::admin::stats::{AdminStats, Route};
 use crate::admin::AdminRef;
 use crate::http::{self, HttpError, Method, Request};
@@ -29,6 +33,19 @@ pub(super) enum Outcome {
     Stream(StreamStart),
     /// Nothing is written yet: the response waits for the push's ack.
     AwaitAck { message: Rc<str>, keep_alive: bool },
+    /// Cluster mode: nothing is written yet: the response waits for the
+    /// cluster's answer (and then, with `wait_ms`, for a push's ack).
+    Asked(Asked),
+}
+
+/// A request the cluster is asked about, as it waits for the answer.
+#[derive(Debug)]
+pub(super) struct Asked {
+    pub wait_ms: Option<u64>,
+    pub keep_alive: bool,
+    /// The request's `Idempotency-Key` and fingerprint: the answer is
+    /// remembered under it.
+    pub key: Option<(Box<str>, Fingerprint)>,
 }
 
 /// What a route needs besides the request.
@@ -43,13 +60,13 @@ pub(super) struct Ctx<'a> {
 }
 
 impl Ctx<'_> {
-    fn reply(&mut self, status: u16, body: serde_json::Value, keep: bool) -> Outcome {
+    pub(super) fn reply(&mut self, status: u16, body: serde_json::Value, keep: bool) -> Outcome {
         self.backend.count_request(status);
         http::write_json(self.out, status, &body, keep);
         Outcome::Responded { keep_alive: keep }
     }
 
-    fn error(&mut self, status: u16, error: &str, detail: &str, keep: bool) -> Outcome {
+    pub(super) fn error(&mut self, status: u16, error: &str, detail: &str, keep: bool) -> Outcome {
         self.backend.count_request(status);
         http::write_error(self.out, status, error, detail, keep);
         Outcome::Responded { keep_alive: keep }
@@ -72,7 +89,7 @@ impl Ctx<'_> {
         Outcome::Responded { keep_alive: keep }
     }
 
-    fn not_online(&mut self, id: &str, keep: bool) -> Outcome {
+    pub(super) fn not_online(&mut self, id: &str, keep: bool) -> Outcome {
         self.error(
             404,
             "offline",
@@ -178,37 +195,27 @@ pub(super) fn handle(request: &Request<'_>, ctx: &mut Ctx<'_>) -> Outcome {
             Outcome::Responded { keep_alive: keep }
         }
         (Method::Get, ["clients"]) => list_clients(request, ctx),
+        (Method::Get, ["clients", id]) if ctx.ask(|| Question::Client(id.to_string())) => {
+            ctx.asked(None, None, keep)
+        }
         (Method::Get, ["clients", id]) => match ctx.backend.client(id) {
             Some(view) => ctx.reply(200, client_json(&view), keep),
             None => ctx.not_online(id, keep),
         },
         (Method::Post, ["clients", id, "push"]) => push(id, request, ctx),
         (Method::Post, ["broadcast"]) => broadcast(request, ctx),
-        (Method::Get, ["messages", message]) => match ctx.backend.receipt(message) {
-            Some(r) => ctx.reply(
-                200,
-                json!({
-                    "id": message,
-                    "to": &*r.to,
-                    "status": r.status,
-                    "created_at": r.created_at,
-                    "sent_at": r.sent_at,
-                    "acked_at": r.acked_at,
-                    "expires_at": r.expires_at,
-                    "recipients": r.recipients,
-                    "redelivered": r.redelivered,
-                }),
-                keep,
-            ),
-            None => ctx.error(
-                404,
-                "unknown-message",
-                &format!(
-                    "no receipt for {message:?} (unknown, or older than LIFELINE_RECEIPT_TTL_MS)"
-                ),
-                keep,
-            ),
-        },
+        (Method::Get, ["messages", message])
+            if ctx.ask(|| Question::Receipt(message.to_string())) =>
+        {
+            ctx.asked(None, None, keep)
+        }
+        (Method::Get, ["messages", message]) => {
+            let receipt = ctx.backend.receipt(message);
+            ctx.receipt(message, receipt, keep)
+        }
+        (Method::Delete, ["clients", id]) if ctx.ask(|| Question::Kick(id.to_string())) => {
+            ctx.asked(None, None, keep)
+        }
         (Method::Delete, ["clients", id]) => {
             if ctx.backend.kick(id) {
                 ctx.backend.count_request(204);
@@ -244,15 +251,74 @@ pub(super) fn handle(request: &Request<'_>, ctx: &mut Ctx<'_>) -> Outcome {
     }
 }
 
-fn client_json(c: &ClientView) -> serde_json::Value {
-    json!({
+impl Ctx<'_> {
+    /// Cluster mode: hands the question to the cluster (true), or false
+    /// standalone.
+    fn ask(&mut self, question: impl FnOnce() -> Question) -> bool {
+        self.backend.is_clustered() && self.backend.ask(self.admin, question())
+    }
+
+    fn asked(
+        &mut self,
+        wait_ms: Option<u64>,
+        key: Option<(&str, Fingerprint)>,
+        keep_alive: bool,
+    ) -> Outcome {
+        Outcome::Asked(Asked {
+            wait_ms,
+            keep_alive,
+            key: key.map(|(k, f)| (Box::from(k), f)),
+        })
+    }
+
+    pub(super) fn receipt(
+        &mut self,
+        message: &str,
+        receipt: Option<ReceiptView>,
+        keep: bool,
+    ) -> Outcome {
+        match receipt {
+            Some(r) => self.reply(
+                200,
+                json!({
+                    "id": message,
+                    "to": &*r.to,
+                    "status": r.status,
+                    "created_at": r.created_at,
+                    "sent_at": r.sent_at,
+                    "acked_at": r.acked_at,
+                    "expires_at": r.expires_at,
+                    "recipients": r.recipients,
+                    "redelivered": r.redelivered,
+                }),
+                keep,
+            ),
+            None => self.error(
+                404,
+                "unknown-message",
+                &format!(
+                    "no receipt for {message:?} (unknown, or older than LIFELINE_RECEIPT_TTL_MS)"
+                ),
+                keep,
+            ),
+        }
+    }
+}
+
+pub(super) fn client_json(c: &ClientView) -> serde_json::Value {
+    let mut v = json!({
         "id": &*c.id,
         "peer": c.peer,
         "connected_at": c.connected_at,
         "last_seen_ms_ago": c.last_seen_ms_ago,
         "conn": c.conn,
         "state": if c.suspect { "suspect" } else { "online" },
-    })
+    });
+    // Cluster mode: the node the client is on.
+    if let (Some(node), Some(map)) = (&c.node, v.as_object_mut()) {
+        map.insert("node".to_string(), json!(&**node));
+    }
+    v
 }
 
 fn list_clients(request: &Request<'_>, ctx: &mut Ctx<'_>) -> Outcome {
@@ -272,6 +338,12 @@ fn list_clients(request: &Request<'_>, ctx: &mut Ctx<'_>) -> Outcome {
         },
     };
     let after = http::query_param(request.query, "after");
+    if ctx.ask(|| Question::Clients {
+        after: after.clone(),
+        limit,
+    }) {
+        return ctx.asked(None, None, keep);
+    }
     let page = ctx.backend.clients(after.as_deref(), limit);
     let clients: Vec<serde_json::Value> = page.clients.iter().map(client_json).collect();
     // The loop is single-threaded: this page is exactly the online set as
@@ -303,69 +375,6 @@ fn query_number(
     }
 }
 
-/// What a request's `Idempotency-Key` says to do: `Err` with the answer
-/// already written (a replay, or a refusal), `Ok` with the key (if any) to
-/// remember the answer under.
-fn idempotent<'r>(
-    request: &Request<'r>,
-    fingerprint: &idempotency::Fingerprint,
-    ctx: &mut Ctx<'_>,
-) -> Result<Option<&'r str>, Outcome> {
-    let keep = request.keep_alive;
-    let key = match idempotency::key_of(request.idempotency_key) {
-        Ok(key) => key,
-        Err(bad) => return Err(ctx.error(400, "bad-idempotency-key", &bad.to_string(), keep)),
-    };
-    let Some(key) = key else {
-        return Ok(None);
-    };
-    match ctx.idempotency.seen(key, fingerprint, ctx.backend.now()) {
-        Seen::New => Ok(Some(key)),
-        Seen::Replay { status, body } => {
-            ctx.backend.count_request(status);
-            http::write_response_with(
-                ctx.out,
-                status,
-                "application/json",
-                body.as_bytes(),
-                keep,
-                &[("Idempotent-Replayed", "true")],
-            );
-            Err(Outcome::Responded { keep_alive: keep })
-        }
-        Seen::InProgress => Err(ctx.error(
-            409,
-            "idempotency-in-progress",
-            "the first request with this Idempotency-Key still waits for its ack; retry later",
-            keep,
-        )),
-        Seen::Reused => Err(ctx.error(
-            422,
-            "idempotency-key-reused",
-            "this Idempotency-Key was used for a different request (endpoint, client, queue_ttl_ms or body)",
-            keep,
-        )),
-    }
-}
-
-/// Answers an accepted push or broadcast, remembering the answer under its
-/// key; `waiting`: the answer stands only until that push's wait ends.
-fn accepted(
-    ctx: &mut Ctx<'_>,
-    key: Option<(&str, idempotency::Fingerprint)>,
-    status: u16,
-    body: serde_json::Value,
-    waiting: Option<Rc<str>>,
-    keep: bool,
-) -> Outcome {
-    if let Some((key, fingerprint)) = key {
-        let now = ctx.backend.now();
-        ctx.idempotency
-            .remember(key, fingerprint, status, body.to_string(), waiting, now);
-    }
-    ctx.reply(status, body, keep)
-}
-
 fn broadcast(request: &Request<'_>, ctx: &mut Ctx<'_>) -> Outcome {
     let keep = request.keep_alive;
     let fingerprint = idempotency::fingerprint("broadcast", "*", None, request.body);
@@ -373,6 +382,12 @@ fn broadcast(request: &Request<'_>, ctx: &mut Ctx<'_>) -> Outcome {
         Ok(key) => key.map(|k| (k, fingerprint)),
         Err(answered) => return answered,
     };
+    if ctx.ask(|| Question::Broadcast {
+        body: request.body.to_vec(),
+        key: keyed(key),
+    }) {
+        return ctx.asked(None, key, keep);
+    }
     match ctx.backend.broadcast(request.body) {
         Ok((id, recipients)) => {
             let body = json!({"id": &*id, "recipients": recipients});
@@ -405,34 +420,68 @@ fn push(id: &str, request: &Request<'_>, ctx: &mut Ctx<'_>) -> Outcome {
         Ok(key) => key.map(|k| (k, fingerprint)),
         Err(answered) => return answered,
     };
+    let question = || Question::Push {
+        to: id.to_string(),
+        body: request.body.to_vec(),
+        queue_ttl_ms,
+        key: keyed(key),
+    };
+    if ctx.ask(question) {
+        return ctx.asked(wait_ms, key, keep);
+    }
     match ctx.backend.push(id, request.body, queue_ttl_ms) {
         Err(r) => ctx.error(r.status, r.error, &r.detail, keep),
-        Ok(Pushed::Queued { id }) => {
-            let body = json!({"id": &*id, "status": "queued"});
-            accepted(ctx, key, 202, body, None, keep)
+        Ok(pushed) => ctx.pushed(pushed, wait_ms, key, keep),
+    }
+}
+
+impl Ctx<'_> {
+    /// The response to a push that was taken (remembered under its key);
+    /// with `wait_ms`, the wait for its ack begins instead.
+    pub(super) fn pushed(
+        &mut self,
+        pushed: Pushed,
+        wait_ms: Option<u64>,
+        key: Option<(&str, Fingerprint)>,
+        keep: bool,
+    ) -> Outcome {
+        let (id, target) = match pushed {
+            Pushed::Queued { id } => {
+                let body = json!({"id": &*id, "status": "queued"});
+                return accepted(self, key, 202, body, None, keep);
+            }
+            Pushed::Sent { id, target } => (id, Some(target)),
+            Pushed::Forwarded { id } => (id, None),
+        };
+        let Some(ms) = wait_ms.filter(|&ms| ms > 0) else {
+            let body = json!({"id": &*id, "status": "sent"});
+            return accepted(self, key, 202, body, None, keep);
+        };
+        let until = self.backend.now() + ms * 1000;
+        match target {
+            Some(target) => self.backend.await_ack(&id, target, self.admin, until),
+            // On another node, which reports the ack.
+            None => self.backend.await_remote_ack(&id, self.admin, until),
         }
-        Ok(Pushed::Sent { id, target }) => match wait_ms {
-            Some(ms) if ms > 0 => {
-                let until = ctx.backend.now() + ms * 1000;
-                ctx.backend.await_ack(&id, target, ctx.admin, until);
-                if let Some((key, fingerprint)) = key {
-                    // Provisional: a repeat meanwhile is told to wait (409);
-                    // should this request go away, a repeat gets "sent".
-                    let body = json!({"id": &*id, "status": "sent"}).to_string();
-                    let now = ctx.backend.now();
-                    ctx.idempotency
-                        .remember(key, fingerprint, 202, body, Some(id.clone()), now);
-                }
-                Outcome::AwaitAck {
-                    message: id,
-                    keep_alive: keep,
-                }
-            }
-            _ => {
-                let body = json!({"id": &*id, "status": "sent"});
-                accepted(ctx, key, 202, body, None, keep)
-            }
-        },
+        if let Some((key, fingerprint)) = key {
+            // Provisional: a repeat meanwhile is told to wait (409);
+            // should this request go away, a repeat gets "sent".
+            let body = json!({"id": &*id, "status": "sent"}).to_string();
+            let keyed = Keyed {
+                key: key.to_string(),
+                fingerprint,
+            };
+            let waiting = Duration::from_millis(ms);
+            self.backend
+                .remember_answer(&keyed, 202, &body, Some(waiting));
+            let now = self.backend.now();
+            self.idempotency
+                .remember(key, fingerprint, 202, body, Some(id.clone()), now);
+        }
+        Outcome::AwaitAck {
+            message: id,
+            keep_alive: keep,
+        }
     }
 }
 
@@ -449,6 +498,9 @@ pub(super) fn waited(
     let (status, text) = if acked { (200, "acked") } else { (202, "sent") };
     backend.count_request(status);
     let body = json!({"id": message, "status": text});
-    idempotency.answered(message, status, &body.to_string());
+    let remembered = body.to_string();
+    if let Some(keyed) = idempotency.answered(message, status, &remembered) {
+        backend.remember_answer(&keyed, status, &remembered, None);
+    }
     http::write_json(out, status, &body, keep_alive);
 }

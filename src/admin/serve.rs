@@ -1,6 +1,8 @@
 //! Serving the requests buffered on an admin connection, in order: parse,
 //! answer `Expect: 100-continue`, route, respond, and time each request for
-//! `lifeline_admin_request_duration_seconds`.
+//! `lifeline_admin_request_duration_seconds`. Cluster mode parks a request
+//! whose answer needs Redis or another node (`State::Asking`, answered in
+//! `asking.rs`).
 
 use std::time::Instant;
 
@@ -136,6 +138,19 @@ impl Admin {
                         keep_alive,
                         started,
                     };
+                    return true;
+                }
+                Outcome::Asked(asked) => {
+                    if let Some((key, fingerprint)) = &asked.key {
+                        self.idempotency.pend(key, *fingerprint, backend.now());
+                    }
+                    if let Some(c) = self.get_mut(admin) {
+                        c.state = State::Asking {
+                            asked,
+                            route,
+                            started,
+                        };
+                    }
                     return true;
                 }
                 Outcome::Stream(start) => {

@@ -3,8 +3,8 @@
 use std::rc::Rc;
 
 use crate::admin::{
-    AdminGauges, AdminRef, Backend, ClientView, ClientsPage, Pushed, ReceiptView, Refused,
-    StreamStart,
+    AdminGauges, AdminRef, Backend, ClientView, ClientsPage, Keyed, Pushed, Question, ReceiptView,
+    Refused, StreamStart,
 };
 use crate::clock::Micros;
 use crate::metrics::Gauges;
@@ -17,14 +17,15 @@ use crate::server::outbound::Prepared;
 use lifeline_wire as wire;
 
 impl Core {
-    fn view(&self, id: &Rc<str>, conn: ConnRef) -> Option<ClientView> {
+    pub(super) fn view(&self, id: &Rc<str>, conn: ConnRef) -> Option<ClientView> {
         let c = self.clients.get(conn)?;
         let now = self.clock.now_us();
         Some(ClientView {
             id: id.clone(),
             peer: c.peer.to_string(),
             connected_at: self.clock.unix_ms(c.connected_at),
-            last_seen_ms_ago: now.saturating_sub(c.last_seen) / 1000,
+            last_seen_ms_ago: Some(now.saturating_sub(c.last_seen) / 1000),
+            node: self.node_id(),
             conn: c.generation,
             suspect: c.session().is_some_and(|s| s.suspect),
         })
@@ -32,7 +33,7 @@ impl Core {
 
     /// `<msg from="admin" id="MID">escaped text</msg>`, refused when the
     /// body is not UTF-8 or the frame would pass `max_frame`.
-    fn encode_push(&self, message: &str, body: &[u8]) -> Result<Vec<u8>, Refused> {
+    pub(super) fn encode_push(&self, message: &str, body: &[u8]) -> Result<Vec<u8>, Refused> {
         let text = std::str::from_utf8(body).map_err(|_| Refused {
             status: 400,
             error: "bad-body",
@@ -60,11 +61,20 @@ impl Core {
     }
 }
 
-fn queue_full(full: QueueFull) -> Refused {
+pub(super) fn queue_full(full: QueueFull) -> Refused {
     Refused {
         status: 507,
         error: "queue-full",
         detail: full.to_string(),
+    }
+}
+
+/// `503 client-busy`: the client's outbound buffer is full.
+pub(super) fn busy(to: &str) -> Refused {
+    Refused {
+        status: 503,
+        error: "client-busy",
+        detail: format!("client {to:?} has more than max_outbound bytes queued"),
     }
 }
 
@@ -111,6 +121,7 @@ impl Backend for Core {
             &self.pushes.stats,
         );
         self.render_tls_metrics(&mut text);
+        self.render_cluster_metrics(&mut text);
         text
     }
 
@@ -207,13 +218,8 @@ impl Backend for Core {
         if at_least_once {
             self.pushes.admits(&to, frame.len()).map_err(queue_full)?;
         }
-        let busy = || Refused {
-            status: 503,
-            error: "client-busy",
-            detail: format!("client {to:?} has more than max_outbound bytes queued"),
-        };
         if !self.clients.has_room(target, frame.len()) {
-            return Err(busy());
+            return Err(busy(&to));
         }
         let mut frame = Prepared::new(frame);
         if self
@@ -221,7 +227,7 @@ impl Backend for Core {
             .send_prepared(target, &mut frame, true)
             .is_err()
         {
-            return Err(busy());
+            return Err(busy(&to));
         }
         self.pushes.sent(&message, &to, now);
         if at_least_once {
@@ -284,6 +290,33 @@ impl Backend for Core {
             recipients: r.recipients,
             redelivered: r.redelivered,
         })
+    }
+
+    fn is_clustered(&self) -> bool {
+        self.cluster_state.node.is_some()
+    }
+
+    fn ask(&mut self, admin: AdminRef, question: Question) -> bool {
+        self.ask_cluster(admin, question)
+    }
+
+    fn remember_answer(
+        &mut self,
+        keyed: &Keyed,
+        status: u16,
+        body: &str,
+        waiting: Option<std::time::Duration>,
+    ) {
+        if self.cluster_state.node.is_some() {
+            self.remember_keyed(keyed, status, body, waiting);
+        }
+    }
+
+    fn await_remote_ack(&mut self, message: &Rc<str>, admin: AdminRef, until: Micros) {
+        self.pushes.await_remote_ack(message, admin, until);
+        if self.cluster_state.take_early_ack(message) {
+            self.pushes.remote_acked(message);
+        }
     }
 
     fn stream_from(&mut self, last_event_id: Option<u64>) -> StreamStart {

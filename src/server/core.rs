@@ -39,6 +39,8 @@ const PHASE_STEP: f64 = 0.618_033_988_749_895;
 pub(super) struct PendingMsg {
     pub sender: ConnRef,
     pub from: Rc<str>,
+    /// Cluster mode forwards it to the recipient's node by id.
+    pub to: Box<str>,
     pub id: Option<Box<str>>,
     pub body: Box<str>,
 }
@@ -67,6 +69,8 @@ pub struct Core {
     pub(super) serving: Option<(ConnRef, Option<CloseReason>)>,
     /// On a TLS listener: the TLS configuration and its counters.
     pub(super) tls: Option<TlsRuntime>,
+    /// Cluster mode's questions and answers in flight (empty standalone).
+    pub(super) cluster_state: crate::server::cluster::ClusterState,
 }
 
 /// Per-client randomness and spreading: heartbeat phases and reconnect delays.
@@ -115,19 +119,39 @@ impl Advice {
 }
 
 impl Core {
-    pub fn new(config: Config, clock: Clock, capacity: usize, registry: Box<dyn Registry>) -> Core {
+    pub fn new(
+        config: Config,
+        clock: Clock,
+        capacity: usize,
+        mut registry: Box<dyn Registry>,
+    ) -> Core {
         let receipt_ttl = crate::clock::micros(config.receipt_ttl);
+        let mut cluster_state = crate::server::cluster::ClusterState::default();
+        cluster_state.node = registry.shared().map(|c| c.node().clone());
+        // Cluster mode: events are numbered by the cluster's stream.
+        let first_seq = match cluster_state.node {
+            Some(_) => 0,
+            None => clock.unix_epoch_us(),
+        };
+        // Push ids unique across restarts and, with the node id, across
+        // the nodes of a cluster.
+        let id_prefix =
+            push_ids::id_prefix(cluster_state.node.as_deref(), clock.unix_epoch_us() / 1000);
+        let mut pushes = Pushes::new(
+            receipt_ttl,
+            config.queue_max_per_client,
+            config.queue_max_bytes,
+            id_prefix,
+        );
+        if cluster_state.node.is_some() {
+            pushes.set_clustered();
+        }
         Core {
             clients: Clients::new(capacity, config.max_outbound),
             registry,
-            presence: PresenceLog::new(config.event_backlog, clock.unix_epoch_us()),
-            pushes: Pushes::new(
-                receipt_ttl,
-                config.queue_max_per_client,
-                config.queue_max_bytes,
-                // Cluster mode will name its node here.
-                push_ids::id_prefix(None, clock.unix_epoch_us() / 1000),
-            ),
+            cluster_state,
+            presence: PresenceLog::new(config.event_backlog, first_seq),
+            pushes,
             metrics: Metrics::default(),
             advice: Advice::new(config.reconnect_spread.as_millis() as u64),
             pending: HashMap::new(),
@@ -303,25 +327,38 @@ impl Core {
         peer: SocketAddr,
         reason: Option<&'static str>,
     ) {
+        let at = self.clock.unix_ms(self.clock.now_us());
+        if self.cluster_state.node.is_some() {
+            // Cluster mode: numbered by the cluster's stream; subscribers
+            // get it from there, in the one cluster-wide order.
+            self.cluster_event(kind, id, conn, &peer.to_string(), reason, at);
+            return;
+        }
         self.presence.record(PresenceEvent {
             seq: 0,
             kind,
             id: id.clone(),
+            node: None,
             conn: conn.generation,
             peer: Some(peer),
             reason,
-            at: self.clock.unix_ms(self.clock.now_us()),
+            at,
             message: None,
         });
     }
 
     /// Numbers a push event (`queued`, `expired`) about `client`'s push
     /// `message` and keeps it, as [`Core::publish`] does.
+    /// Cluster mode: Redis's scripts write push events to the stream.
     pub(super) fn publish_push(&mut self, kind: PresenceKind, client: &Rc<str>, message: &Rc<str>) {
+        if self.cluster_state.node.is_some() {
+            return;
+        }
         self.presence.record(PresenceEvent {
             seq: 0,
             kind,
             id: client.clone(),
+            node: None,
             conn: 0,
             peer: None,
             reason: None,
@@ -357,8 +394,17 @@ impl Core {
                     wire::encode_msg(out, &msg.from, msg.id.as_deref(), &msg.body)
                 });
             }
-            // Cluster mode forwards to the other node; a standalone registry
-            // never answers Elsewhere.
+            Location::Elsewhere(node) => self.forward_msg(
+                msg.sender,
+                &msg.from,
+                &msg.to,
+                msg.id.as_deref(),
+                &msg.body,
+                &node,
+            ),
+            Location::Unavailable => {
+                self.refuse_msg(msg.sender, msg.id.as_deref(), wire::ErrorCode::Unavailable)
+            }
             _ => {
                 self.metrics.error_sent(wire::ErrorCode::Offline);
                 self.send_or_end(msg.sender, |out| {

@@ -13,6 +13,10 @@
 
 mod accept;
 mod backend;
+mod cluster;
+mod cluster_admin;
+mod cluster_idem;
+mod cluster_pushes;
 pub mod conn;
 mod core;
 pub mod handover;
@@ -120,8 +124,21 @@ pub struct Server {
 
 impl Server {
     /// Raises the open-file limit, binds the listeners and sets up the loop.
+    /// In cluster mode (`LIFELINE_REDIS_URL`), the registry is the cluster's.
     pub fn bind(config: Config) -> Result<Server, ServerError> {
-        Server::bind_with_registry(config, Box::new(LocalRegistry::default()))
+        let registry: Box<dyn Registry> = match &config.cluster {
+            Some(cluster) => {
+                info!(
+                    "cluster mode: node {} with Redis at {}, node TTL {} ms",
+                    cluster.node,
+                    cluster.target.addr,
+                    cluster.ttl.as_millis()
+                );
+                Box::new(crate::cluster::Cluster::new(cluster))
+            }
+            None => Box::new(LocalRegistry::default()),
+        };
+        Server::bind_with_registry(config, registry)
     }
 
     /// As [`Server::bind`], with the registry given (cluster mode brings its
@@ -333,6 +350,7 @@ impl Server {
 
     /// The work deferred to after the batch, each piece guarded.
     fn deferred(&mut self, now: Instant) {
+        self.guarded(Subject::Loop, |s| s.core.cluster_tick(now));
         self.guarded(Subject::Loop, |s| s.core.route_answered());
         self.wake_admin();
         if self.listeners.retry_due(now) {
@@ -350,6 +368,8 @@ impl Server {
         self.guarded(Subject::Loop, |s| s.admin.on_timers(&mut s.core));
         self.stream_events();
         self.flush_scheduled();
+        // The registry's timers and its one write of the iteration's commands.
+        self.guarded(Subject::Loop, |s| s.core.registry_on_time(now));
     }
 
     /// Admin requests whose push was acked (or whose wait ended) are
@@ -359,6 +379,12 @@ impl Server {
             self.guarded(Subject::Loop, |s| {
                 let woken = s.core.take_woken();
                 s.admin.wake(woken, &mut s.core);
+            });
+        }
+        if self.core.has_answers() {
+            self.guarded(Subject::Loop, |s| {
+                let answers = s.core.take_answers();
+                s.admin.answer(answers, &mut s.core);
             });
         }
     }
@@ -465,6 +491,9 @@ impl Server {
                 .map(|at| at.saturating_duration_since(now)),
             self.drain_until.map(|at| at.saturating_duration_since(now)),
             self.upgrade_deadline()
+                .map(|at| at.saturating_duration_since(now)),
+            self.core
+                .registry_next_wake()
                 .map(|at| at.saturating_duration_since(now)),
         ]
         .into_iter()

@@ -7,6 +7,7 @@
 //! again right after the client's next `welcome` (the clients drop a copy
 //! by id). A connection replaced by a newer login of the same id hands its
 //! unacked pushes to that login the same way: they follow its `welcome`.
+//! Cluster mode does the same through Redis (`cluster_pushes.rs`).
 
 use std::rc::Rc;
 
@@ -20,6 +21,9 @@ impl Core {
     /// each is a `queued` event (a replaced connection's id stays online and
     /// its successor gets them at once).
     pub(super) fn hand_back_unacked(&mut self, id: &Rc<str>, conn: ConnRef, went_offline: bool) {
+        if self.cluster_state.node.is_some() {
+            return self.cluster_hand_back(id, conn);
+        }
         let back = self.pushes.hand_back(id, conn, self.clock.now_us());
         if went_offline {
             for message in &back {

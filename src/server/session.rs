@@ -10,6 +10,7 @@ use log::info;
 use crate::offline::Held;
 use crate::presence::PresenceKind;
 use crate::registry::{Location, Lookup};
+use crate::server::cluster_pushes::Kept;
 use crate::server::conn::{CloseReason, ConnRef};
 use crate::server::core::{Core, Fate, PendingMsg};
 use crate::server::outbound::Prepared;
@@ -48,6 +49,9 @@ impl Core {
                 Some(acker) => {
                     self.metrics.acks += 1;
                     self.pushes.on_ack(id, &acker, conn, self.clock.now_us());
+                    if self.cluster_state.node.is_some() {
+                        self.cluster_ack(id, &acker, conn);
+                    }
                     Fate::Keep
                 }
                 None => self.refuse_not_logged_in(conn),
@@ -165,6 +169,9 @@ impl Core {
         if let Some(previous) = self.registry.claim(&id, conn) {
             self.end(previous, CloseReason::Replaced);
         }
+        if self.cluster_state.node.is_some() {
+            self.cluster_login(conn, &id);
+        }
         info!(id = &*id, peer:% = peer, conn = conn.generation; "online");
         self.publish(PresenceKind::Online, &id, conn, peer, None);
         Fate::Keep
@@ -182,13 +189,22 @@ impl Core {
                     PendingMsg {
                         sender,
                         from,
+                        to: to.into(),
                         id: id.map(Into::into),
                         body: body.into(),
                     },
                 );
             }
-            // Cluster mode forwards to the other node; a standalone registry
-            // never answers Elsewhere.
+            // Cluster mode: through the other node's channel.
+            Lookup::Ready(Location::Elsewhere(node)) => {
+                self.forward_msg(sender, &from, to, id, body, &node)
+            }
+            Lookup::Ready(Location::Unavailable) => self.error_reply(
+                sender,
+                ErrorCode::Unavailable,
+                id,
+                "the recipient's node cannot be reached now; try again",
+            ),
             Lookup::Ready(_) => self.error_reply(
                 sender,
                 ErrorCode::Offline,
@@ -250,6 +266,15 @@ impl Core {
                 break;
             }
             self.pushes.delivered(&h.message, now);
+            if self.cluster_state.node.is_some() {
+                // Out of Redis's queue, kept there until acked.
+                let kept = Kept {
+                    conn,
+                    expires_ms: self.clock.unix_ms(h.expires),
+                    frame: &h.frame,
+                };
+                self.cluster_sent(&h.message, &id, Some(kept));
+            }
             if h.at_least_once {
                 // Kept until acked; handed back if this connection ends first.
                 self.pushes.track(&id, conn, h);

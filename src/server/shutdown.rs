@@ -58,6 +58,10 @@ impl Server {
                 s.core.end(conn, CloseReason::Shutdown)
             });
         }
+        // Cluster mode: the last releases, and the node leaves the cluster
+        // (one last non-blocking write; what the socket does not take is
+        // left to the survivors' cleanup after the node TTL).
+        self.guarded(Subject::Loop, |s| s.core.leave_cluster());
         info!("stopped");
     }
 }

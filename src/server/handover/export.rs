@@ -242,6 +242,7 @@ fn event(e: &PresenceEvent) -> EventState {
         reason: e.reason.map(str::to_string),
         at: e.at,
         message: e.message.as_deref().map(str::to_string),
+        node: e.node.as_deref().map(str::to_string),
     }
 }
 

@@ -302,6 +302,7 @@ fn event(e: EventState) -> PresenceEvent {
         }),
         at: e.at,
         message: e.message.map(Rc::from),
+        node: e.node.map(Rc::from),
     }
 }
 

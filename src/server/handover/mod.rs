@@ -126,8 +126,12 @@ impl Upgrade {
         command
             .args(std::env::args_os().skip(1))
             .env(UPGRADE_FD_ENV, theirs.as_raw_fd().to_string());
-        // Settings the new process must not derive afresh go here, e.g. a
-        // cluster node id defaulted from host and pid.
+        // Settings the new process must not derive afresh: a cluster node id
+        // defaulted from host and pid would change with the pid, and the
+        // node's presence entries in Redis name it.
+        if let Some(cluster) = &config.cluster {
+            command.env("LIFELINE_NODE_ID", &cluster.node);
+        }
         let child = command
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", program.display()))?;

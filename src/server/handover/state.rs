@@ -28,7 +28,7 @@ pub const MAGIC: [u8; 8] = *b"LLSTATE\0";
 /// (`queued`, `expired`); the push ids' run prefix; unacked at-least-once
 /// pushes and redelivery counts; remembered `Idempotency-Key` answers; TLS
 /// connections ended at the hand-over.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 const HEADER_LEN: usize = 8 + 4 + 8;
 /// A record larger than this is refused unread (19,000 connections with
 /// full outbound queues stay far below it).
@@ -153,6 +153,8 @@ pub struct EventState {
     pub at: u64,
     /// The push a `queued` or `expired` event is about.
     pub message: Option<String>,
+    /// Cluster mode: the node the event happened on.
+    pub node: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -385,6 +387,7 @@ mod tests {
                         reason: Some("timeout".into()),
                         at: 1_700_000_000_123,
                         message: None,
+                        node: None,
                     },
                     EventState {
                         seq: 77,
@@ -395,6 +398,7 @@ mod tests {
                         reason: None,
                         at: 1_700_000_000_124,
                         message: Some("p-x-4".into()),
+                        node: Some("edge-1".into()),
                     },
                 ],
             },

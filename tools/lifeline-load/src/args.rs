@@ -63,6 +63,10 @@ pub struct Args {
     /// Connects per second (all workers together).
     #[arg(long, default_value_t = 2000.0)]
     pub ramp: f64,
+    /// Login ids are PREFIX-W-I: several load processes against one cluster
+    /// need different prefixes, or they replace each other's clients.
+    #[arg(long, default_value = "load")]
+    pub id_prefix: String,
     /// Ping interval in ms [default: the server's welcome interval, else 1000].
     #[arg(long)]
     pub interval_ms: Option<u64>,
@@ -177,6 +181,8 @@ pub struct Config {
     pub conns: u32,
     pub first_conn: u32,
     pub source_ips: Vec<IpAddr>,
+    /// Login ids are `PREFIX-W-I`.
+    pub id_prefix: String,
     /// This process's share of the rates.
     pub ramp: f64,
     pub churn_rate: f64,
@@ -342,6 +348,17 @@ impl Config {
             }
             Role::Single | Role::Parent => (args.conns, 0, 1.0),
         };
+        let prefix_ok = (1..=32).contains(&args.id_prefix.len())
+            && args
+                .id_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.:@-".contains(&b));
+        if !prefix_ok {
+            return Err(bad(
+                "id-prefix",
+                "1 to 32 of A-Z a-z 0-9 _ . : @ - (it starts every login id)",
+            ));
+        }
         let measures_server = matches!(role, Role::Single | Role::Worker(0));
 
         Ok(Config {
@@ -352,6 +369,7 @@ impl Config {
             conns,
             first_conn,
             source_ips,
+            id_prefix: args.id_prefix.clone(),
             ramp: args.ramp * share,
             churn_rate: args.churn_rate * share,
             interval: args.interval_ms.map(Duration::from_millis),

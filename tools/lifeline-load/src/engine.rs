@@ -327,10 +327,11 @@ impl Engine {
         };
         let conns = &self.conns;
         let worker = self.ctx.worker;
+        let prefix = self.ctx.cfg.id_prefix.clone();
         pusher.run_due(self.poll.registry(), now, &mut self.ctx, |rng| {
             (0..TARGET_TRIES).find_map(|_| {
                 let slot = (rng.next_u64() % conns.len() as u64) as usize;
-                conns[slot].online_id(worker)
+                conns[slot].online_id(&prefix, worker)
             })
         });
     }

@@ -181,15 +181,17 @@ impl Conn {
     /// client does.
     fn login_id(&self, ctx: &Ctx) -> String {
         match ctx.cfg.mode {
-            Mode::Restart | Mode::Upgrade => session_id(ctx.worker, self.slot, 0),
-            _ => session_id(ctx.worker, self.slot, self.sessions),
+            Mode::Restart | Mode::Upgrade => {
+                session_id(&ctx.cfg.id_prefix, ctx.worker, self.slot, 0)
+            }
+            _ => session_id(&ctx.cfg.id_prefix, ctx.worker, self.slot, self.sessions),
         }
     }
 
     /// The id this connection is logged in with, while it is.
-    pub fn online_id(&self, worker: u32) -> Option<String> {
+    pub fn online_id(&self, prefix: &str, worker: u32) -> Option<String> {
         (self.phase == Phase::Active && self.sessions > 0)
-            .then(|| session_id(worker, self.slot, self.sessions - 1))
+            .then(|| session_id(prefix, worker, self.slot, self.sessions - 1))
     }
 
     /// Logged in (whatever it does now).
@@ -389,9 +391,9 @@ impl Conn {
     }
 }
 
-fn session_id(worker: u32, slot: usize, sessions: u32) -> String {
+fn session_id(prefix: &str, worker: u32, slot: usize, sessions: u32) -> String {
     match sessions {
-        0 => format!("load-{worker}-{slot}"),
-        n => format!("load-{worker}-{slot}.{n}"),
+        0 => format!("{prefix}-{worker}-{slot}"),
+        n => format!("{prefix}-{worker}-{slot}.{n}"),
     }
 }
