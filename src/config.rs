@@ -5,10 +5,20 @@
 //! variable, the value and what is accepted, and the process exits with code 2.
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use log::LevelFilter;
+
+use crate::config_ops::{self, Ops, OpsArgs};
+use crate::logging::LogSpec;
+
+use crate::auth::Auth;
+use crate::login_policy::{LoginPolicy, RawLoginPolicy};
+
+use crate::cluster::settings::ClusterArgs;
+use crate::cluster::ClusterConfig;
+use crate::tls::TlsSettings;
 
 /// Descriptors kept free for the listener, the poll instance, signals, logging
 /// and the admin side, so that accepting never starves the process itself.
@@ -23,7 +33,7 @@ pub const MAX_FRAME_LIMIT: usize = 1 << 20;
 #[derive(Parser, Debug)]
 #[command(
     name = "lifeline",
-    version,
+    version = crate::build_info::LONG_VERSION,
     about = "Keeps many long-lived TCP connections alive with application heartbeats, \
              tracks who is online and pushes messages to them.",
     after_help = "Every option can also be set with the environment variable shown beside it."
@@ -57,7 +67,7 @@ pub struct RawConfig {
     #[arg(long, env = "LIFELINE_MAX_OUTBOUND", default_value = "262144")]
     pub max_outbound: String,
 
-    /// Secret for login tokens (lowercase hex HMAC-SHA256(secret, id)); unset or empty: no token check.
+    /// Secret for login tokens (lowercase hex HMAC-SHA256(secret, id), or of ID|exp); "NEW,OLD" while rotating; unset or empty: no token check. As a flag it shows in `ps`: prefer LIFELINE_AUTH_SECRET_FILE.
     #[arg(long, env = "LIFELINE_AUTH_SECRET", hide_env_values = true)]
     pub auth_secret: Option<String>,
 
@@ -65,7 +75,7 @@ pub struct RawConfig {
     #[arg(long, env = "LIFELINE_TCP_KEEPALIVE", default_value = "off")]
     pub tcp_keepalive: String,
 
-    /// Log level [off, error, warn, info, debug, trace].
+    /// Log level [off, error, warn, info, debug, trace], then optional MODULE=LEVEL entries, comma-separated: info,lifeline::admin=debug.
     #[arg(long, env = "LIFELINE_LOG", default_value = "info")]
     pub log: String,
 
@@ -81,7 +91,7 @@ pub struct RawConfig {
     #[arg(long, env = "LIFELINE_ADMIN_ADDR", default_value = "127.0.0.1:9090")]
     pub admin_addr: String,
 
-    /// Bearer token every admin endpoint but /healthz requires; required for a non-loopback admin address.
+    /// Bearer token every admin endpoint but /healthz requires; required for a non-loopback admin address. As a flag it shows in `ps`: prefer LIFELINE_ADMIN_TOKEN_FILE.
     #[arg(long, env = "LIFELINE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
@@ -105,9 +115,49 @@ pub struct RawConfig {
     #[arg(long, env = "LIFELINE_QUEUE_MAX_BYTES", default_value = "67108864")]
     pub queue_max_bytes: String,
 
+    /// Binary SIGUSR2 (or `lifeline upgrade --pid`) hands every client to; default: the path this process was started from.
+    #[arg(long, env = "LIFELINE_UPGRADE_BIN")]
+    pub upgrade_bin: Option<String>,
+
+    /// How long the new binary has to start, and then to take the state, before this process gives up the upgrade and serves on, in ms [100..=600000].
+    #[arg(long, env = "LIFELINE_UPGRADE_TIMEOUT_MS", default_value = "5000")]
+    pub upgrade_timeout_ms: String,
+
     /// On SIGINT/SIGTERM, how long to keep flushing <bye reason="shutdown"/> before exiting, in ms [0..=60000].
     #[arg(long, env = "LIFELINE_DRAIN_MS", default_value = "1000")]
     pub drain_ms: String,
+
+    /// Production settings: log format, secret files, admin limit, demo page, origins.
+    #[command(flatten)]
+    pub ops: OpsArgs,
+
+    /// What a client may ask for at login: its heartbeat range, token expiry.
+    #[command(flatten)]
+    pub login: RawLoginPolicy,
+
+    /// Cluster mode: Redis, the node's id and TTL, `--workers`.
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+
+    /// TLS on the client port: the certificate chain (PEM); needs LIFELINE_TLS_KEY. Unset: plaintext. Read again on SIGHUP.
+    #[arg(long, env = "LIFELINE_TLS_CERT")]
+    pub tls_cert: Option<String>,
+
+    /// TLS: the certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1); needs LIFELINE_TLS_CERT.
+    #[arg(long, env = "LIFELINE_TLS_KEY")]
+    pub tls_key: Option<String>,
+
+    /// Mutual TLS: clients must present a certificate signed by a CA in this PEM file.
+    #[arg(long, env = "LIFELINE_TLS_CLIENT_CA")]
+    pub tls_client_ca: Option<String>,
+
+    /// With mutual TLS, a login id must be the client certificate's CN or one of its DNS SANs [0, 1].
+    #[arg(long, env = "LIFELINE_TLS_ID_FROM_CERT", default_value = "0")]
+    pub tls_id_from_cert: String,
+
+    /// TLS handshakes in progress at once; more new connections wait in the listen backlog [1..=100000].
+    #[arg(long, env = "LIFELINE_TLS_MAX_HANDSHAKES", default_value = "256")]
+    pub tls_max_handshakes: String,
 }
 
 /// Kernel keepalive settings, applied to every accepted socket.
@@ -129,9 +179,13 @@ pub struct Config {
     pub max_connections: Option<usize>,
     pub max_frame: usize,
     pub max_outbound: usize,
-    pub auth_secret: Option<Vec<u8>>,
+    /// `None`: no token check.
+    pub auth: Option<Auth>,
+    /// What a client may ask for at login (heartbeat range, token expiry).
+    pub login: LoginPolicy,
     pub tcp_keepalive: Option<Keepalive>,
-    pub log: LevelFilter,
+    /// The default level and the levels of modules.
+    pub log: LogSpec,
     pub backlog: i32,
     /// Listeners bind with SO_REUSEPORT.
     pub reuseport: bool,
@@ -145,6 +199,16 @@ pub struct Config {
     pub receipt_ttl: Duration,
     pub queue_max_per_client: usize,
     pub queue_max_bytes: usize,
+    /// `None`: the path this process was started from.
+    pub upgrade_bin: Option<PathBuf>,
+    pub upgrade_timeout: Duration,
+    pub ops: Ops,
+    /// `None`: the client port speaks plaintext.
+    pub tls: Option<TlsSettings>,
+    /// Cluster mode (`LIFELINE_REDIS_URL` set).
+    pub cluster: Option<ClusterConfig>,
+    /// `--workers N`: this process supervises N workers.
+    pub workers: Option<u32>,
 }
 
 /// A setting that could not be accepted.
@@ -216,24 +280,68 @@ impl Config {
             "" => None,
             addr => Some(socket_addr(addr, "LIFELINE_ADMIN_ADDR", "admin-addr")?),
         };
-        let admin_token = raw
-            .admin_token
-            .as_ref()
-            .filter(|t| !t.is_empty())
-            .map(|t| t.as_bytes().to_vec());
+        let admin_token = config_ops::secret(
+            raw.admin_token.as_deref(),
+            raw.ops.admin_token_file.as_deref(),
+            &config_ops::ADMIN_TOKEN,
+        )?;
         if let Some(addr) = admin_addr {
             if !addr.ip().is_loopback() && admin_token.is_none() {
                 return Err(ConfigError {
                     var: "LIFELINE_ADMIN_ADDR",
                     flag: "admin-addr",
                     value: raw.admin_addr.clone(),
-                    accepted: "a loopback address (127.0.0.0/8, ::1), or set LIFELINE_ADMIN_TOKEN \
-                               so the API is not open to the network"
-                        .to_string(),
+                    accepted:
+                        "a loopback address (127.0.0.0/8, ::1), or set LIFELINE_ADMIN_TOKEN \
+                               (or LIFELINE_ADMIN_TOKEN_FILE) so the API is not open to the network"
+                            .to_string(),
                 });
             }
         }
+        let auth_secret = config_ops::secret(
+            raw.auth_secret.as_deref(),
+            raw.ops.auth_secret_file.as_deref(),
+            &config_ops::AUTH_SECRET,
+        )?;
+        let auth_secret = match auth_secret {
+            None => None,
+            Some(bytes) => Some(String::from_utf8(bytes).map_err(|_| ConfigError {
+                var: "LIFELINE_AUTH_SECRET",
+                flag: "auth-secret",
+                value: "<hidden>".to_string(),
+                accepted: "UTF-8 text".to_string(),
+            })?),
+        };
+        let auth_secret = auth_secret.as_deref();
+        let login =
+            LoginPolicy::validate(&raw.login, heartbeat_ms, tick_ms, auth_secret.is_some())?;
+        let auth = match auth_secret {
+            None => None,
+            Some(secret) => Some(Auth::parse(secret, login.auth_require_exp).map_err(|e| {
+                ConfigError {
+                    var: "LIFELINE_AUTH_SECRET",
+                    flag: "auth-secret",
+                    // Never echo a secret.
+                    value: "<hidden>".to_string(),
+                    accepted: e.to_string(),
+                }
+            })?),
+        };
+        let tls = crate::tls::settings(raw)?;
+        let event_backlog = int_in(
+            &raw.event_backlog,
+            0,
+            10_000_000,
+            "LIFELINE_EVENT_BACKLOG",
+            "event-backlog",
+        )? as usize;
+        let (cluster, workers) = crate::cluster::settings::settings(&raw.cluster, event_backlog)?;
         Ok(Config {
+            cluster,
+            workers,
+            tls,
+            auth,
+            login,
             receipt_ttl: Duration::from_millis(int_in(
                 &raw.receipt_ttl_ms,
                 1000,
@@ -255,13 +363,7 @@ impl Config {
                 "LIFELINE_QUEUE_MAX_BYTES",
                 "queue-max-bytes",
             )? as usize,
-            event_backlog: int_in(
-                &raw.event_backlog,
-                0,
-                10_000_000,
-                "LIFELINE_EVENT_BACKLOG",
-                "event-backlog",
-            )? as usize,
+            event_backlog,
             reconnect_spread: Duration::from_millis(int_in(
                 &raw.reconnect_spread_ms,
                 0,
@@ -290,15 +392,22 @@ impl Config {
                 "LIFELINE_MAX_OUTBOUND",
                 "max-outbound",
             )? as usize,
-            auth_secret: raw
-                .auth_secret
-                .as_ref()
-                .filter(|s| !s.is_empty())
-                .map(|s| s.as_bytes().to_vec()),
             tcp_keepalive: keepalive(&raw.tcp_keepalive)?,
-            log: log_level(&raw.log)?,
+            log: config_ops::log_spec(&raw.log)?,
             backlog: int_in(&raw.backlog, 1, 65_535, "LIFELINE_BACKLOG", "backlog")? as i32,
             reuseport: int_in(&raw.reuseport, 0, 1, "LIFELINE_REUSEPORT", "reuseport")? == 1,
+            upgrade_bin: raw
+                .upgrade_bin
+                .as_ref()
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from),
+            upgrade_timeout: Duration::from_millis(int_in(
+                &raw.upgrade_timeout_ms,
+                100,
+                600_000,
+                "LIFELINE_UPGRADE_TIMEOUT_MS",
+                "upgrade-timeout-ms",
+            )?),
             drain: Duration::from_millis(int_in(
                 &raw.drain_ms,
                 0,
@@ -306,6 +415,7 @@ impl Config {
                 "LIFELINE_DRAIN_MS",
                 "drain-ms",
             )?),
+            ops: Ops::validate(&raw.ops)?,
         })
     }
 
@@ -315,7 +425,7 @@ impl Config {
     }
 }
 
-fn int_in(
+pub(crate) fn int_in(
     value: &str,
     min: u64,
     max: u64,
@@ -385,18 +495,6 @@ fn keepalive(value: &str) -> Result<Option<Keepalive>, ConfigError> {
     }))
 }
 
-fn log_level(value: &str) -> Result<LevelFilter, ConfigError> {
-    value
-        .trim()
-        .parse::<LevelFilter>()
-        .map_err(|_| ConfigError {
-            var: "LIFELINE_LOG",
-            flag: "log",
-            value: value.to_string(),
-            accepted: "one of off, error, warn, info, debug, trace".to_string(),
-        })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -448,6 +546,17 @@ mod tests {
         assert!(c.is_ok());
         let c = Config::validate(&raw(&["--admin-addr", ""])).unwrap();
         assert_eq!(c.admin_addr, None);
+    }
+
+    #[test]
+    fn two_secrets_rotate_and_a_bad_list_hides_them() {
+        let c = Config::validate(&raw(&["--auth-secret", "new,old"])).unwrap();
+        assert!(c.auth.is_some());
+        let e = Config::validate(&raw(&["--auth-secret", "hunter2,,x"])).unwrap_err();
+        assert_eq!(e.var, "LIFELINE_AUTH_SECRET");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        let e = Config::validate(&raw(&["--auth-require-exp", "1"])).unwrap_err();
+        assert_eq!(e.var, "LIFELINE_AUTH_REQUIRE_EXP");
     }
 
     #[test]

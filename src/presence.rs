@@ -23,6 +23,12 @@ pub enum PresenceKind {
     Offline,
     /// This connection lost its id to a newer login; the id stays online.
     Replaced,
+    /// A push for the client is held while it is offline (`queue_ttl_ms`),
+    /// or went back to its queue when its connection ended unacked: the back
+    /// end may fall back to the phone's OS push (APNs, FCM).
+    Queued,
+    /// A held push's time ran out before it could be delivered.
+    Expired,
 }
 
 impl PresenceKind {
@@ -33,6 +39,8 @@ impl PresenceKind {
             PresenceKind::Alive => "alive",
             PresenceKind::Offline => "offline",
             PresenceKind::Replaced => "replaced",
+            PresenceKind::Queued => "queued",
+            PresenceKind::Expired => "expired",
         }
     }
 }
@@ -42,12 +50,19 @@ pub struct PresenceEvent {
     pub seq: u64,
     pub kind: PresenceKind,
     pub id: Rc<str>,
-    /// The connection's generation: tells two connections of one id apart.
+    /// Cluster mode: the node the connection is on, or that took the push
+    /// (standalone: `None`, and the field is left out of the event).
+    pub node: Option<Rc<str>>,
+    /// The connection's generation: tells two connections of one id apart
+    /// (0 for a push event, which is about no connection).
     pub conn: u32,
-    pub peer: SocketAddr,
+    /// `None` for a push event.
+    pub peer: Option<SocketAddr>,
     pub reason: Option<&'static str>,
     /// Unix milliseconds.
     pub at: u64,
+    /// The push a `queued` or `expired` event is about.
+    pub message: Option<Rc<str>>,
 }
 
 /// The numbered event log.
@@ -92,6 +107,35 @@ impl PresenceLog {
         self.last_seq
     }
 
+    /// Whether events are kept for resuming consumers.
+    pub fn recording(&self) -> bool {
+        self.recording
+    }
+
+    /// The kept events, oldest first.
+    pub fn ring(&self) -> impl Iterator<Item = &PresenceEvent> {
+        self.ring.iter()
+    }
+
+    /// The log another process kept (an upgrade): its numbering goes on
+    /// from `last_seq`, and consumers resume from its ring (the newest
+    /// `capacity` of `ring`).
+    pub fn restore(
+        capacity: usize,
+        last_seq: u64,
+        recording: bool,
+        ring: Vec<PresenceEvent>,
+    ) -> PresenceLog {
+        let skip = ring.len().saturating_sub(capacity);
+        PresenceLog {
+            last_seq,
+            ring: ring.into_iter().skip(skip).collect(),
+            capacity,
+            recording,
+            fresh: Vec::new(),
+        }
+    }
+
     /// From now on, keep events for resuming consumers.
     pub fn start_recording(&mut self) {
         self.recording = true;
@@ -110,6 +154,31 @@ impl PresenceLog {
         }
         self.fresh.push(event);
         self.last_seq
+    }
+
+    /// Keeps an event numbered elsewhere (cluster mode: by the cluster's
+    /// stream, in stream order). A gap in the numbers (the stream was
+    /// trimmed past what this node had read, or Redis restarted) empties
+    /// the ring: resuming across a gap must reset.
+    pub fn record_numbered(&mut self, event: PresenceEvent) {
+        if event.seq <= self.last_seq && !self.ring.is_empty() {
+            return; // read twice (a feed reconnect)
+        }
+        if self
+            .ring
+            .back()
+            .is_some_and(|last| last.seq + 1 != event.seq)
+        {
+            self.ring.clear();
+        }
+        self.last_seq = event.seq;
+        if self.capacity > 0 {
+            if self.ring.len() == self.capacity {
+                self.ring.pop_front();
+            }
+            self.ring.push_back(event.clone());
+        }
+        self.fresh.push(event);
     }
 
     /// Moves the events recorded since the last call into `into` (cleared
@@ -147,17 +216,31 @@ impl PresenceLog {
 }
 
 /// One event as SSE: `id:` is the sequence number, so a browser's
-/// EventSource resumes with `Last-Event-ID` by itself.
+/// EventSource resumes with `Last-Event-ID` by itself. A push event names
+/// the client (`id`) and the push (`message`); the others name the
+/// connection.
 pub fn write_sse(out: &mut Vec<u8>, e: &PresenceEvent) {
-    let data = serde_json::json!({
-        "seq": e.seq,
-        "event": e.kind.as_str(),
-        "id": &*e.id,
-        "conn": e.conn,
-        "peer": e.peer.to_string(),
-        "reason": e.reason,
-        "at": e.at,
-    });
+    let mut data = match &e.message {
+        Some(message) => serde_json::json!({
+            "seq": e.seq,
+            "event": e.kind.as_str(),
+            "id": &*e.id,
+            "message": &**message,
+            "at": e.at,
+        }),
+        None => serde_json::json!({
+            "seq": e.seq,
+            "event": e.kind.as_str(),
+            "id": &*e.id,
+            "conn": e.conn,
+            "peer": e.peer.map(|p| p.to_string()),
+            "reason": e.reason,
+            "at": e.at,
+        }),
+    };
+    if let (Some(node), Some(map)) = (&e.node, data.as_object_mut()) {
+        map.insert("node".to_string(), serde_json::json!(&**node));
+    }
     let _ = write!(
         out,
         "id: {}\nevent: {}\ndata: {data}\n\n",
@@ -183,10 +266,12 @@ mod tests {
             seq: 0,
             kind: PresenceKind::Online,
             id: id.into(),
+            node: None,
             conn: 1,
-            peer: "127.0.0.1:1".parse().unwrap(),
+            peer: Some("127.0.0.1:1".parse().unwrap()),
             reason: None,
             at: 0,
+            message: None,
         }
     }
 
@@ -228,6 +313,22 @@ mod tests {
     }
 
     #[test]
+    fn events_numbered_elsewhere_keep_the_ring_contiguous() {
+        let mut log = PresenceLog::new(10, 0);
+        let numbered = |seq| PresenceEvent { seq, ..event("c") };
+        log.record_numbered(numbered(100));
+        log.record_numbered(numbered(101));
+        log.record_numbered(numbered(101)); // read twice: ignored
+        assert_eq!(seqs(log.since(99)), Some(vec![100, 101]));
+        // A gap (the stream was trimmed, Redis restarted): resuming across
+        // it must reset.
+        log.record_numbered(numbered(200));
+        assert_eq!(seqs(log.since(101)), None);
+        assert_eq!(seqs(log.since(199)), Some(vec![200]));
+        assert_eq!(log.last_seq(), 200);
+    }
+
+    #[test]
     fn sse_is_byte_exact() {
         let mut log = PresenceLog::new(10, 0);
         log.record(event("x"));
@@ -238,6 +339,19 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "id: 1\nevent: online\ndata: {\"at\":0,\"conn\":1,\"event\":\"online\",\"id\":\"x\",\"peer\":\"127.0.0.1:1\",\"reason\":null,\"seq\":1}\n\n"
+        );
+        let mut queued = event("bob");
+        queued.kind = PresenceKind::Queued;
+        queued.conn = 0;
+        queued.peer = None;
+        queued.message = Some("p-abc-7".into());
+        log.record(queued);
+        log.take_fresh(&mut fresh);
+        let mut out = Vec::new();
+        write_sse(&mut out, &fresh[0]);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "id: 2\nevent: queued\ndata: {\"at\":0,\"event\":\"queued\",\"id\":\"bob\",\"message\":\"p-abc-7\",\"seq\":2}\n\n"
         );
     }
 }

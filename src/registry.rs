@@ -29,6 +29,9 @@ pub enum Location {
     Elsewhere(Rc<str>),
     /// Nowhere.
     Offline,
+    /// The shared store cannot be asked now (cluster mode, Redis down): the
+    /// id may be online on another node.
+    Unavailable,
 }
 
 /// A registry's answer to a lookup.
@@ -80,6 +83,25 @@ pub trait Registry {
 
     /// One of the registry's own tokens is ready.
     fn on_ready(&mut self, _token: Token) {}
+
+    /// When the registry next needs the loop (a reconnect, a liveness
+    /// refresh); `None`: never by itself.
+    fn next_wake(&self) -> Option<std::time::Instant> {
+        None
+    }
+
+    /// Called once per loop iteration, after everything else: the
+    /// registry's timers, and one write of what it queued this iteration.
+    fn on_time(&mut self, _now: std::time::Instant) {}
+
+    /// Appends the registry's own metrics (Prometheus text) to `out`.
+    fn render_metrics(&self, _out: &mut String) {}
+
+    /// Cluster mode's registry, for what only the cluster does (routing to
+    /// other nodes, questions to Redis); `None` standalone.
+    fn shared(&mut self) -> Option<&mut crate::cluster::Cluster> {
+        None
+    }
 
     /// Number of ids online on this node.
     fn local_len(&self) -> usize;

@@ -33,14 +33,51 @@ pub struct TimerWheel<T: Debug> {
 }
 
 impl<T: Debug> TimerWheel<T> {
+    /// A wheel whose time starts now: `origin` may lie far back (a process
+    /// that took over another's clock), and the ticks since then are not
+    /// walked through.
     pub fn new(origin: Instant, tick: Duration) -> TimerWheel<T> {
+        let tick = tick.max(Duration::from_millis(1));
         TimerWheel {
             wheel: QuadWheelWithOverflow::new(no_prune::<T>),
             origin,
-            tick: tick.max(Duration::from_millis(1)),
-            ticks: 0,
+            tick,
+            ticks: nanos(Instant::now().saturating_duration_since(origin)) / nanos(tick),
             len: 0,
         }
+    }
+
+    /// Takes every entry out, each with the instant it comes due, and leaves
+    /// the wheel empty at the current time. Walks forward to the last entry,
+    /// skipping empty stretches: the work is proportional to the entries and
+    /// the occupied slots, as for [`TimerWheel::advance`].
+    pub fn drain(&mut self) -> Vec<(T, Instant)> {
+        let origin = self.origin;
+        let mut old = std::mem::replace(self, TimerWheel::new(origin, self.tick));
+        let mut entries = Vec::with_capacity(old.len);
+        loop {
+            match old.wheel.can_skip() {
+                Skip::Empty => break,
+                Skip::Millis(n) => {
+                    old.wheel.skip(n);
+                    old.ticks += u64::from(n);
+                }
+                Skip::None => {
+                    let due = old.wheel.tick();
+                    old.ticks += 1;
+                    let at = u32::try_from(old.ticks)
+                        .ok()
+                        .and_then(|ticks| old.tick.checked_mul(ticks))
+                        .and_then(|d| origin.checked_add(d));
+                    // An instant past what `Instant` holds cannot come from
+                    // `schedule`; such an entry would come due never.
+                    if let Some(at) = at {
+                        entries.extend(due.into_iter().map(|e| (e, at)));
+                    }
+                }
+            }
+        }
+        entries
     }
 
     /// Entries waiting in the wheel (stale ones included until they fire).
@@ -265,6 +302,36 @@ mod tests {
         wheel.advance(origin + ms(1500), &mut expired);
         assert_eq!(expired.len(), 500);
         assert!(expired.iter().all(|&d| d * 3 <= 1500));
+    }
+
+    /// An upgrade hands every connection's entry to the next process:
+    /// drained, each comes with the instant it was due, rounded up to its
+    /// tick, and the wheel is left empty and usable.
+    #[test]
+    fn drained_entries_keep_their_due_instants() {
+        let origin = Instant::now();
+        let tick = ms(5);
+        let mut wheel = TimerWheel::new(origin, tick);
+        let deadlines: Vec<u64> = (1..2000).step_by(13).chain([70_000, 1_300_000]).collect();
+        for &d in &deadlines {
+            wheel.schedule(d, origin + ms(d));
+        }
+        let mut expired = Vec::new();
+        wheel.advance(origin + ms(500), &mut expired);
+        let mut drained = wheel.drain();
+        assert!(wheel.is_empty());
+        assert_eq!(drained.len() + expired.len(), deadlines.len());
+        drained.sort();
+        for (d, at) in &drained {
+            assert!(*d > 495, "{d} was due before the drain");
+            assert_eq!(*at, origin + ms(d.div_ceil(5) * 5), "entry {d}");
+        }
+        // Put back into a wheel on the same origin, they come due as before.
+        for (d, at) in drained {
+            wheel.schedule(d, at);
+        }
+        wheel.advance(origin + ms(1_300_000), &mut expired);
+        assert_eq!(expired.len(), deadlines.len());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
-use common::{ServerProc, WAIT};
+use common::{poll_until, ServerProc, WAIT};
 use lifeline_client::{
     Backoff, Client, ClientConfig, ClientError, ClientEvent, Disconnect, StopReason,
 };
@@ -61,21 +61,19 @@ struct Peer {
 impl Peer {
     fn accept(listener: &TcpListener, timeout: Duration) -> Peer {
         listener.set_nonblocking(true).unwrap();
-        let deadline = Instant::now() + timeout;
-        loop {
-            match listener.accept() {
-                Ok((stream, _)) => {
-                    stream.set_nonblocking(false).unwrap();
-                    return Peer {
-                        stream,
-                        received: String::new(),
-                    };
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                Err(e) => panic!("no connection within {timeout:?}: {e}"),
-            }
+        let accepted = poll_until(timeout, || match listener.accept() {
+            Err(e) if e.kind() == ErrorKind::WouldBlock => None,
+            other => Some(other),
+        });
+        let (stream, _) = match accepted {
+            Some(Ok(accepted)) => accepted,
+            Some(Err(e)) => panic!("accept failed: {e}"),
+            None => panic!("no connection within {timeout:?}"),
+        };
+        stream.set_nonblocking(false).unwrap();
+        Peer {
+            stream,
+            received: String::new(),
         }
     }
 
@@ -226,6 +224,116 @@ fn a_wrong_secret_is_refused_and_stops_the_client() {
         } => assert_eq!(code, "auth-failed"),
         other => panic!("expected a refused login, got {other:?}"),
     }
+}
+
+#[test]
+fn asks_for_an_interval_and_logs_in_with_an_expiring_token() {
+    let server = ServerProc::start(&[
+        ("LIFELINE_AUTH_SECRET", "new,old"),
+        ("LIFELINE_HEARTBEAT_MIN_MS", "100"),
+        ("LIFELINE_HEARTBEAT_MAX_MS", "30000"),
+    ]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = |id: &str, exp: u64| Some(lifeline_wire::token::mint_expiring(b"old", id, exp));
+    let phone = Client::start(ClientConfig {
+        token: token("phone", now + 3600),
+        exp: Some(now + 3600),
+        interval: Some(Duration::from_secs(20)),
+        ..config(server.addr, "phone")
+    })
+    .unwrap();
+    assert_eq!(wait_connected(&phone), (Duration::from_secs(20), 5));
+    // Asking for more than the range allows gets the longest it allows.
+    let greedy = Client::start(ClientConfig {
+        interval: Some(Duration::from_secs(3600)),
+        token: token("greedy", now + 60),
+        exp: Some(now + 60),
+        ..config(server.addr, "greedy")
+    })
+    .unwrap();
+    assert_eq!(wait_connected(&greedy), (Duration::from_secs(30), 5));
+    // An expired token is refused, and the client stops (a retry would be too).
+    let stale = Client::start(ClientConfig {
+        token: token("stale", now - 1),
+        exp: Some(now - 1),
+        ..config(server.addr, "stale")
+    })
+    .unwrap();
+    match wait_event(&stale, WAIT, "Stopped", |e| {
+        matches!(e, ClientEvent::Stopped { .. })
+    }) {
+        ClientEvent::Stopped {
+            reason: StopReason::Refused { code, text },
+        } => {
+            assert_eq!(code, "auth-failed");
+            assert!(text.contains("expired"), "{text}");
+        }
+        other => panic!("expected a refused login, got {other:?}"),
+    }
+}
+
+/// A fake server sends a message again on the next connection, as the real
+/// one does with an unacked at-least-once push: the app sees it once, and
+/// once the app has acked it, a later copy is acked by the client itself.
+#[test]
+fn a_redelivered_message_is_reported_once_and_acked_again_for_the_app() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = Client::start(ClientConfig {
+        token: Some("t0k".into()),
+        exp: Some(1_900_000_000),
+        interval: Some(Duration::from_millis(45_000)),
+        ..config(listener.local_addr().unwrap(), "x")
+    })
+    .unwrap();
+    let welcome = "<welcome id=\"x\" interval=\"45000\" misses=\"3\"/>";
+    let login = "<login id=\"x\" token=\"t0k\" exp=\"1900000000\" interval=\"45000\"/>";
+    let is_message = |e: &ClientEvent| matches!(e, ClientEvent::Message { .. });
+    let message_id = |e: ClientEvent| match e {
+        ClientEvent::Message { id, .. } => id,
+        other => panic!("not a message: {other:?}"),
+    };
+
+    let mut first = Peer::accept(&listener, WAIT);
+    first.read_until(login);
+    first.send(&format!(
+        "{welcome}<msg from=\"admin\" id=\"p-r-1\">once</msg>"
+    ));
+    wait_connected(&client);
+    assert_eq!(
+        message_id(wait_event(&client, WAIT, "p-r-1", is_message)).as_deref(),
+        Some("p-r-1")
+    );
+    drop(first); // the connection ends before the app acks
+
+    let mut second = Peer::accept(&listener, WAIT);
+    second.read_until(login);
+    second.send(&format!(
+        "{welcome}<msg from=\"admin\" id=\"p-r-1\">once</msg><msg from=\"admin\" id=\"p-r-2\">two</msg>"
+    ));
+    // The copy of p-r-1 is dropped: the next message the app sees is p-r-2.
+    assert_eq!(
+        message_id(wait_event(&client, WAIT, "p-r-2", is_message)).as_deref(),
+        Some("p-r-2")
+    );
+    client.ack("p-r-1").unwrap();
+    second.read_until("<ack id=\"p-r-1\"/>");
+    drop(second); // and this ack is lost with the connection
+
+    let mut third = Peer::accept(&listener, WAIT);
+    third.read_until(login);
+    third.send(&format!("{welcome}<msg from=\"admin\" id=\"p-r-1\">once</msg><msg from=\"y\" id=\"m9\">marker</msg>"));
+    // Acked for the app, without handing it over again.
+    assert_eq!(
+        third.read_until("<ack id=\"p-r-1\"/>"),
+        format!("{login}<ack id=\"p-r-1\"/>")
+    );
+    assert_eq!(
+        message_id(wait_event(&client, WAIT, "m9", is_message)).as_deref(),
+        Some("m9")
+    );
 }
 
 #[test]

@@ -22,6 +22,8 @@ enum Expected {
     Login {
         id: String,
         token: Option<String>,
+        exp: Option<u64>,
+        interval: Option<u64>,
     },
     Ping {
         seq: Option<u64>,
@@ -46,9 +48,16 @@ enum Expected {
 impl From<Frame<'_>> for Expected {
     fn from(frame: Frame<'_>) -> Expected {
         match frame {
-            Frame::Login { id, token } => Expected::Login {
+            Frame::Login {
+                id,
+                token,
+                exp,
+                interval,
+            } => Expected::Login {
                 id: id.into(),
                 token: token.map(Into::into),
+                exp,
+                interval,
             },
             Frame::Ping { seq } => Expected::Ping { seq },
             Frame::Pong { seq } => Expected::Pong { seq },
@@ -258,21 +267,37 @@ fn element(name: &'static str, attrs: String, body: Option<String>) -> String {
 }
 
 fn login() -> impl Strategy<Value = (String, Expected)> {
-    (id(), prop::option::of("[0-9a-f]{64}"), any::<bool>()).prop_flat_map(|(id, token, extra)| {
-        let mut parts = vec![attribute("id", id.clone()).boxed()];
-        if let Some(t) = &token {
-            parts.push(attribute("token", t.clone()).boxed());
-        }
-        if extra {
-            parts.push(attribute("client", "lifeline-test 1.0".into()).boxed());
-        }
-        let expected = Expected::Login {
-            id: id.clone(),
-            token: token.clone(),
-        };
-        (attributes(parts), prop::option::of(Just(String::new())))
-            .prop_map(move |(attrs, body)| (element("login", attrs, body), expected.clone()))
-    })
+    (
+        id(),
+        prop::option::of("[0-9a-f]{64}"),
+        any::<bool>(),
+        // Version 1.2: any u64, as the server must read it.
+        prop::option::of(any::<u64>()),
+        prop::option::of(any::<u64>()),
+    )
+        .prop_flat_map(|(id, token, extra, exp, interval)| {
+            let mut parts = vec![attribute("id", id.clone()).boxed()];
+            if let Some(t) = &token {
+                parts.push(attribute("token", t.clone()).boxed());
+            }
+            if extra {
+                parts.push(attribute("client", "lifeline-test 1.0".into()).boxed());
+            }
+            if let Some(exp) = exp {
+                parts.push(attribute("exp", exp.to_string()).boxed());
+            }
+            if let Some(interval) = interval {
+                parts.push(attribute("interval", interval.to_string()).boxed());
+            }
+            let expected = Expected::Login {
+                id: id.clone(),
+                token: token.clone(),
+                exp,
+                interval,
+            };
+            (attributes(parts), prop::option::of(Just(String::new())))
+                .prop_map(move |(attrs, body)| (element("login", attrs, body), expected.clone()))
+        })
 }
 
 fn heartbeat() -> impl Strategy<Value = (String, Expected)> {

@@ -15,12 +15,12 @@ mod common;
 
 use std::io::Write;
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use common::{attr, Client, Closed, ServerProc, WAIT};
+use common::{attr, poll_until, Client, Closed, ServerProc, WAIT};
 
 /// Heartbeat settings short enough to watch deadlines pass.
 const INTERVAL: Duration = Duration::from_millis(200);
@@ -119,6 +119,8 @@ struct Bystander {
     stop: Arc<AtomicBool>,
     /// Pongs received so far, watched by `finish`.
     pongs: Arc<AtomicU64>,
+    /// `<msg>` frames received so far.
+    messages: Arc<AtomicUsize>,
     /// Hands the client back too, so it is still open when `finish` checks
     /// the log for its offline event.
     thread: JoinHandle<(BystanderReport, Client)>,
@@ -144,6 +146,8 @@ impl Bystander {
         let stopped = Arc::clone(&stop);
         let pongs = Arc::new(AtomicU64::new(0));
         let counted = Arc::clone(&pongs);
+        let messages = Arc::new(AtomicUsize::new(0));
+        let counted_messages = Arc::clone(&messages);
         let thread = thread::spawn(move || {
             let mut report = BystanderReport::default();
             let mut seq = 0u64;
@@ -162,7 +166,10 @@ impl Bystander {
                             return (report, client);
                         }
                         Some(f) if f == pong(seq) => break,
-                        Some(f) if f.starts_with("<msg ") => report.messages.push(f),
+                        Some(f) if f.starts_with("<msg ") => {
+                            report.messages.push(f);
+                            counted_messages.store(report.messages.len(), Ordering::Relaxed);
+                        }
                         Some(f) => {
                             report.failure =
                                 Some(format!("unexpected frame {f} waiting for pong {seq}"));
@@ -182,8 +189,14 @@ impl Bystander {
             id: id.to_string(),
             stop,
             pongs,
+            messages,
             thread,
         }
+    }
+
+    /// How many `<msg>` frames it has received so far.
+    fn messages(&self) -> usize {
+        self.messages.load(Ordering::Relaxed)
     }
 
     /// Lets the bystander get two more pongs (so it is seen served after the
@@ -192,13 +205,11 @@ impl Bystander {
     /// never logged offline.
     fn finish(self, server: &ServerProc) -> BystanderReport {
         let target = self.pongs.load(Ordering::Relaxed) + 2;
-        let deadline = Instant::now() + WAIT;
-        while self.pongs.load(Ordering::Relaxed) < target
-            && Instant::now() < deadline
-            && !self.thread.is_finished()
-        {
-            thread::sleep(Duration::from_millis(10));
-        }
+        // Two more pongs, or a thread that ended early: the report says which.
+        poll_until(WAIT, || {
+            (self.pongs.load(Ordering::Relaxed) >= target || self.thread.is_finished())
+                .then_some(())
+        });
         self.stop.store(true, Ordering::Relaxed);
         let (report, _still_open) = self.thread.join().expect("bystander thread");
         eprintln!(
@@ -375,9 +386,10 @@ fn frames_just_under_at_and_over_max_frame() {
         let echo = format!("<msg from=\"edge\">{}</msg>", "x".repeat(len - 21));
         edge.send(&frame);
         assert_eq!(edge.expect_frame(), echo, "{len}-byte msg whole");
-        // Cut so the kept tail is the whole frame but its last byte.
+        // Cut so the kept tail is the whole frame but its last byte, which
+        // comes in another read.
         edge.send(&frame[..len - 1]);
-        thread::sleep(Duration::from_millis(20));
+        edge.wait_read();
         edge.send(&frame[len - 1..]);
         assert_eq!(edge.expect_frame(), echo, "{len}-byte msg, last byte late");
         edge.send(&ping(len));
@@ -389,7 +401,7 @@ fn frames_just_under_at_and_over_max_frame() {
             let mut c = server.login("over");
             if last_byte_late {
                 c.send(&frame[..1024]);
-                thread::sleep(Duration::from_millis(20));
+                c.wait_read();
                 c.send(&frame[1024..]);
             } else {
                 c.send(&frame);
@@ -580,8 +592,9 @@ fn invalid_utf8_and_nul_bytes() {
         let mut first = ping1.clone();
         first.extend_from_slice(reads[0]);
         c.send_bytes(&first);
+        // Each further piece comes once the server has read the ones before.
         for read in &reads[1..] {
-            thread::sleep(Duration::from_millis(20));
+            c.wait_read();
             c.send_bytes(read);
         }
         let Closed::Yes(frames) = c.wait_closed(WAIT) else {
@@ -599,7 +612,7 @@ fn invalid_utf8_and_nul_bytes() {
     // A valid three-byte sequence cut between reads is passed through.
     let mut c = server.login("euro");
     c.send_bytes(b"<msg to=\"euro\">5 \xe2\x82");
-    thread::sleep(Duration::from_millis(20));
+    c.wait_read();
     c.send_bytes(b"\xac</msg>");
     assert_eq!(c.expect_frame(), "<msg from=\"euro\">5 \u{20ac}</msg>");
 
@@ -618,7 +631,7 @@ fn invalid_utf8_and_nul_bytes() {
     bystander.finish(&server);
 }
 
-/// 10,000 small frames in one write (pings, pongs and unknown elements, 250 kB)
+/// 10,000 small frames in one write (pings, pongs and unknown elements, 210 kB)
 /// are all answered, in order, while the client reads as it writes.
 #[test]
 fn ten_thousand_tiny_frames_in_one_write() {
@@ -808,7 +821,10 @@ fn a_client_that_pings_but_never_reads_is_cut_off_as_slow_consumer() {
         pusher.send(&format!("<msg to=\"receiver\" id=\"{id}\">{id}</msg>"));
         sent_ids.push(id);
     }
-    thread::sleep(Duration::from_millis(300));
+    // Until every message has arrived, or the comparison below says which did not.
+    poll_until(WAIT, || {
+        (receiver.messages() >= sent_ids.len()).then_some(())
+    });
     stop.store(true, Ordering::Relaxed);
     pinger.join().unwrap();
     let report = receiver.finish(&server);
@@ -823,8 +839,9 @@ fn a_client_that_pings_but_never_reads_is_cut_off_as_slow_consumer() {
 
 /// A UTF-8 byte order mark as a connection's first bytes. The contract does
 /// not mention it; any answer but a dead server is acceptable (skip it, or
-/// refuse it with bad-frame). Today the decoder slices inside the BOM and
-/// panics, which takes the whole process and every client down.
+/// refuse it with bad-frame). The decoder once sliced inside the BOM and
+/// panicked, which took the whole process and every client down
+/// (RELIABILITY.md, bug 1).
 #[test]
 fn a_byte_order_mark_does_not_kill_the_server() {
     let _serial = serial();
@@ -846,9 +863,10 @@ fn a_byte_order_mark_does_not_kill_the_server() {
 /// thread, as a pipelining client would) for a second. Its pongs must
 /// reach it or, if it cannot keep up, it is cut off at LIFELINE_MAX_OUTBOUND;
 /// either way the bystander keeps its pongs and the server's memory stays
-/// bounded. Today `on_readable` reads the socket until a short read, so a
-/// sender that keeps the socket full keeps the loop inside one connection:
-/// every other client starves, and the replies pile up in memory unsent.
+/// bounded. The loop once read a socket until a short read, so a sender that
+/// kept the socket full kept the loop inside one connection: every other
+/// client starved and the replies piled up unsent; a read budget per
+/// readiness event now bounds that (`Core::read`).
 #[test]
 fn a_client_that_never_stops_sending_does_not_starve_the_others() {
     let _serial = serial();
@@ -861,6 +879,9 @@ fn a_client_that_never_stops_sending_does_not_starve_the_others() {
     let mut reader = blaster.stream.try_clone().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let (stop_writer, stop_reader) = (Arc::clone(&stop), Arc::clone(&stop));
+    let read_so_far = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&read_so_far);
+    // Each ping is answered by a pong of the same length.
     let pings: Vec<u8> = std::iter::repeat_n(&b"<heartbeat mode=\"ping\"/>"[..], 2000)
         .flatten()
         .copied()
@@ -890,7 +911,10 @@ fn a_client_that_never_stops_sending_does_not_starve_the_others() {
         while !stop_reader.load(Ordering::Relaxed) {
             match reader.read(&mut buf) {
                 Ok(0) => break,
-                Ok(n) => total += n,
+                Ok(n) => {
+                    total += n;
+                    counted.store(total, Ordering::Relaxed);
+                }
                 Err(_) => {}
             }
         }
@@ -899,7 +923,14 @@ fn a_client_that_never_stops_sending_does_not_starve_the_others() {
 
     let written = written.join().unwrap();
     let peak_rss = rss_kib(&server);
-    thread::sleep(Duration::from_millis(300));
+    // Until every ping written is answered, or the blaster is cut off (or
+    // its reader stopped): the assertion below tells which.
+    poll_until(WAIT, || {
+        (read_so_far.load(Ordering::Relaxed) >= written
+            || read.is_finished()
+            || server.count_log("offline id=blaster ") > 0)
+            .then_some(())
+    });
     stop.store(true, Ordering::Relaxed);
     let read = read.join().unwrap();
     eprintln!(
@@ -908,6 +939,12 @@ fn a_client_that_never_stops_sending_does_not_starve_the_others() {
         read >> 10,
         rss_before,
         peak_rss
+    );
+    assert!(
+        // More is a probe after the blaster fell silent.
+        read >= written || server.count_log("offline id=blaster reason=slow-consumer") == 1,
+        "the blaster wrote {written} bytes of pings and read {read} bytes of pongs, \
+         but was not cut off as slow-consumer"
     );
     bystander.finish(&server);
     let grown = peak_rss.saturating_sub(rss_before);

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{attr, Client, ServerProc, WAIT};
+use common::{attr, poll_until, wait_until, Client, ServerProc, WAIT};
 use serde_json::Value;
 
 // ------------------------------------------------------------------ helpers
@@ -79,30 +79,20 @@ impl Admin {
 
     /// Polls the receipt of `id` until its status is `status`; the receipt.
     fn wait_status(&self, id: &str, status: &str) -> Value {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let v = self.receipt(id);
-            if v["status"] == status {
-                return v;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "receipt of {id} never became {status:?}; last: {v}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        poll_until(WAIT, || {
+            Some(self.receipt(id)).filter(|v| v["status"] == status)
+        })
+        .unwrap_or_else(|| {
+            let last = self.receipt(id);
+            panic!("receipt of {id} never became {status:?}; last: {last}")
+        })
     }
 
     /// Polls until `GET /clients/{id}` says 404 (the server saw it go).
     fn wait_offline(&self, id: &str) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let r = self.get(&format!("/clients/{id}"));
-            if r.status == 404 {
-                return;
-            }
-            assert!(Instant::now() < deadline, "{id} still online: {r:?}");
-            std::thread::sleep(Duration::from_millis(10));
+        let path = format!("/clients/{id}");
+        if poll_until(WAIT, || (self.get(&path).status == 404).then_some(())).is_none() {
+            panic!("{id} still online: {:?}", self.get(&path));
         }
     }
 }
@@ -248,8 +238,10 @@ fn a_held_push_expires_and_is_never_delivered() {
     assert_eq!(admin.receipt(&long)["status"], "sent");
 }
 
+/// The per-client bound counts held pushes and delivered at-least-once
+/// pushes not acked yet (they are kept to be sent again): an ack frees a slot.
 #[test]
-fn the_per_client_bound_refuses_with_507_and_frees_on_delivery() {
+fn the_per_client_bound_refuses_with_507_and_frees_on_ack() {
     let (server, admin) = server(&[("LIFELINE_QUEUE_MAX_PER_CLIENT", "2")]);
     let a = admin.queue("dave", 60_000, "one");
     let b = admin.queue("dave", 60_000, "two");
@@ -265,20 +257,32 @@ fn the_per_client_bound_refuses_with_507_and_frees_on_delivery() {
     assert_eq!(expect_push(&mut dave, &a), "one");
     assert_eq!(expect_push(&mut dave, &b), "two");
     assert_silent(&mut dave, Duration::from_millis(200));
+    // Delivered, not acked: still kept, still counted.
+    assert_error(&admin.push_held("dave", 60_000, "three"), 507, "queue-full");
+    for id in [&a, &b] {
+        dave.send(&format!("<ack id=\"{id}\"/>"));
+        admin.wait_status(id, "acked");
+    }
     dave.send("<bye/>");
     admin.wait_offline("dave");
-    // Delivery emptied dave's queue: two more fit again.
+    // The acks emptied dave's share: two more fit again.
     admin.queue("dave", 60_000, "four");
     admin.queue("dave", 60_000, "five");
     assert_error(&admin.push_held("dave", 60_000, "six"), 507, "queue-full");
 }
 
 #[test]
-fn the_byte_bound_refuses_with_507_and_frees_on_delivery() {
+fn the_byte_bound_refuses_with_507_and_frees_on_ack() {
     let (server, admin) = server(&[("LIFELINE_QUEUE_MAX_BYTES", "1000")]);
     let text = "x".repeat(200);
-    // Frames are `<msg from="admin" id="push-N">` + text + `</msg>`, ids one digit here.
-    let frame_len = "<msg from=\"admin\" id=\"push-1\">".len() + text.len() + "</msg>".len();
+    // Frames are `<msg from="admin" id="ID">` + text + `</msg>`. A push to an
+    // online client (never held) shows this run's ids, `p-<run>-1`; the held
+    // ones below differ only in their counter, one digit here.
+    let _probe = server.login("probe");
+    let first = admin.post("/clients/probe/push", "x").str_field("id");
+    assert!(first.ends_with("-1"), "{first}");
+    let frame_len =
+        format!("<msg from=\"admin\" id=\"{first}\">").len() + text.len() + "</msg>".len();
     let fit = 1000 / frame_len;
     assert!((2..9).contains(&fit), "test setup: {fit} frames fit");
     let mut held = Vec::new();
@@ -290,7 +294,7 @@ fn the_byte_bound_refuses_with_507_and_frees_on_delivery() {
     assert_error(&admin.push_held("gina", 60_000, &text), 507, "queue-full");
     // ...unless it is small enough for what is left.
     let left = 1000 - fit * frame_len;
-    if left > "<msg from=\"admin\" id=\"push-10\"></msg>".len() + 1 {
+    if left > format!("<msg from=\"admin\" id=\"{first}0\"></msg>").len() + 1 {
         admin.queue("gina", 60_000, "s");
     }
 
@@ -298,7 +302,13 @@ fn the_byte_bound_refuses_with_507_and_frees_on_delivery() {
     for id in &held {
         assert_eq!(expect_push(&mut frank, id), text);
     }
-    // Delivery released frank's bytes.
+    // Delivered, not acked: frank's pushes are kept (to be sent again).
+    assert_error(&admin.push_held("hank", 60_000, &text), 507, "queue-full");
+    for id in &held {
+        frank.send(&format!("<ack id=\"{id}\"/>"));
+        admin.wait_status(id, "acked");
+    }
+    // The acks released frank's bytes.
     admin.queue("hank", 60_000, &text);
 }
 
@@ -430,7 +440,14 @@ fn an_online_push_is_sent_then_acked_and_unknown_ids_are_404() {
     assert_eq!(r.json()["status"], "sent", "{r:?}");
     assert_eq!(expect_push(&mut pat, &r.str_field("id")), "now");
 
-    for unknown in ["push-999999", "nope", "push-0"] {
+    let run = id.rsplit_once('-').map_or("", |(run, _)| run).to_string();
+    for unknown in [
+        format!("{run}-999999"),
+        format!("{run}-0"),
+        "p-0-1".to_string(),
+        "push-1".to_string(),
+        "nope".to_string(),
+    ] {
         assert_error(
             &admin.get(&format!("/messages/{unknown}")),
             404,
@@ -450,20 +467,17 @@ fn receipts_are_forgotten_after_their_ttl() {
     admin.receipt(&held);
     let deadline = start + Duration::from_secs(5);
     for id in [&id, &held] {
-        loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let gone = poll_until(left, || {
             let r = admin.get(&format!("/messages/{id}"));
             if r.status == 404 {
-                assert_error(&r, 404, "unknown-message");
-                break;
+                return Some(r);
             }
             assert_eq!(r.status, 200, "{r:?}");
-            assert!(
-                Instant::now() < deadline,
-                "receipt {id} still there after {:?}",
-                start.elapsed()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            None
+        })
+        .unwrap_or_else(|| panic!("receipt {id} still there after {:?}", start.elapsed()));
+        assert_error(&gone, 404, "unknown-message");
     }
     assert!(
         start.elapsed() >= Duration::from_millis(900),
@@ -533,11 +547,9 @@ fn a_backlog_larger_than_max_outbound_is_not_all_reported_sent() {
     // flight: the socket buffers are a few MB, the backlog is 20 MB.
     let mut uma = server.connect();
     uma.send("<login id=\"uma\"/>");
-    let deadline = Instant::now() + WAIT;
-    while admin.receipt(&ids[0])["status"] == "queued" {
-        assert!(Instant::now() < deadline, "login not handled");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until("the login to be handled", WAIT, || {
+        admin.receipt(&ids[0])["status"] != "queued"
+    });
     let welcome = uma.expect_frame();
     assert!(welcome.starts_with("<welcome "), "{welcome}");
     // Read everything that comes, until the server closes or goes quiet.

@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{Client, ServerProc, WAIT};
+use common::{poll_until, Client, ServerProc, WAIT};
 
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(10, 231, 0, 1);
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 231, 0, 2);
@@ -380,13 +380,11 @@ impl Bystander {
 
     fn finish(self, server: &NsServer, id: &str) {
         let target = self.pongs.load(Ordering::Relaxed) + 2;
-        let deadline = Instant::now() + WAIT;
-        while self.pongs.load(Ordering::Relaxed) < target
-            && Instant::now() < deadline
-            && !self.thread.is_finished()
-        {
-            thread::sleep(Duration::from_millis(10));
-        }
+        // Two more pongs, or a thread that ended early: the asserts say which.
+        poll_until(WAIT, || {
+            (self.pongs.load(Ordering::Relaxed) >= target || self.thread.is_finished())
+                .then_some(())
+        });
         self.stop.store(true, Ordering::Relaxed);
         let (pongs, slowest, failure, _client) = self.thread.join().expect("bystander");
         say(&format!(
@@ -584,17 +582,15 @@ fn kernel_keepalive_ends_an_idle_vanished_peer_and_the_deadline_one_with_pending
     // Wait for the clients' delayed ACKs of the last pongs: until then the
     // pong is unacknowledged output and the kernel arms the retransmission
     // timer instead of keepalive.
-    let settle = Instant::now() + Duration::from_secs(1);
-    let before = loop {
-        let lines = (net.ss(idle_addr), net.ss(busy_addr));
-        let settled = [&lines.0, &lines.1]
+    let looks = || (net.ss(idle_addr), net.ss(busy_addr));
+    let before = poll_until(Duration::from_secs(1), || {
+        let lines = looks();
+        [&lines.0, &lines.1]
             .iter()
-            .all(|l| l.as_deref().is_some_and(|l| l.contains("timer:(keepalive")));
-        if settled || Instant::now() >= settle {
-            break lines;
-        }
-        thread::sleep(Duration::from_millis(5));
-    };
+            .all(|l| l.as_deref().is_some_and(|l| l.contains("timer:(keepalive")))
+            .then_some(lines)
+    })
+    .unwrap_or_else(looks); // the asserts below say what was not settled
     let settled_after = wall_ms() - busy_ponged;
     say(&format!(
         "{test}: before the cut ({settled_after:.0} ms after the last pong): idle {:?}; busy {:?}",
@@ -629,14 +625,11 @@ fn kernel_keepalive_ends_an_idle_vanished_peer_and_the_deadline_one_with_pending
     // From here on it keeps heartbeating (the deadline is one interval).
     let pusher = Bystander::start(pusher, Duration::from_millis(500));
     // The kernel now has busy's output in flight: retransmission timer, not keepalive.
-    let deadline_at = Instant::now() + Duration::from_secs(2);
-    let busy_pending = loop {
-        let line = net.ss(busy_addr).unwrap_or_default();
-        if line.contains("timer:(on") || Instant::now() >= deadline_at {
-            break line;
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
+    let look = || net.ss(busy_addr).unwrap_or_default();
+    let busy_pending = poll_until(Duration::from_secs(2), || {
+        Some(look()).filter(|line| line.contains("timer:(on"))
+    })
+    .unwrap_or_else(look); // asserted below
     say(&format!(
         "{test}: after the cut and the pushes: busy {busy_pending}"
     ));

@@ -16,7 +16,7 @@ use base64::Engine as _;
 use lifeline_wire::ws::{self, Opcode};
 use sha1::Digest as _;
 
-use common::{attr, first_element_len, Closed, ServerProc, WAIT};
+use common::{attr, first_element_len, poll_until, Closed, ServerProc, WAIT};
 
 /// Short liveness settings so timeouts are observable in a test.
 const FAST: &[(&str, &str)] = &[
@@ -827,17 +827,11 @@ fn a_suspect_websocket_client_is_online_again_after_a_ping() {
         body["state"].as_str().unwrap().to_string()
     };
     let wait_state = |ws: &mut Ws, want: &str, nudge: &dyn Fn(&mut Ws)| {
-        let deadline = Instant::now() + Duration::from_secs(2);
-        loop {
+        poll_until(Duration::from_secs(2), || {
             nudge(ws);
-            if state(&server) == want {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            (state(&server) == want).then_some(())
+        })
+        .is_some()
     };
     let silent = |_: &mut Ws| {};
     assert!(wait_state(&mut ws, "suspect", &silent), "never suspect");

@@ -310,7 +310,7 @@ const NODE_SCRIPT: &str = r#"
 const { LifelineClient } = await import(process.env.LIFELINE_JS);
 const base = `127.0.0.1:${process.env.PORT}`;
 const result = { pages: [] };
-for (const path of ['/', '/lifeline.js', '/nope']) {
+for (const path of ['/', '/lifeline.js', '/xml.js', '/nope']) {
   const res = await fetch(`http://${base}${path}`);
   result.pages.push([path, res.status, res.headers.get('content-type'), (await res.text()).length > 0]);
 }
@@ -377,6 +377,7 @@ fn interop_with_node_websocket_and_lifeline_js() {
         "pages": [
             ["/", 200, "text/html; charset=utf-8", true],
             ["/lifeline.js", 200, "text/javascript; charset=utf-8", true],
+            ["/xml.js", 200, "text/javascript; charset=utf-8", true],
             ["/nope", 404, "text/plain; charset=utf-8", true],
         ],
         "message": { "from": "b", "id": "m1", "text": "hi & you" },

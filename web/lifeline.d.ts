@@ -101,8 +101,19 @@ export interface LifelineClientOptions {
   url?: string;
   /** The login id: 1-64 of [A-Za-z0-9_.:@-] (the server answers 'bad-id' otherwise). */
   id: string;
-  /** Lowercase hex HMAC-SHA256(secret, id), when the server has an auth secret. */
+  /**
+   * Lowercase hex HMAC-SHA256(secret, id), when the server has an auth
+   * secret; with `exp`, HMAC-SHA256(secret, id + "|" + exp) (protocol 1.2).
+   */
   token?: string | null;
+  /** When the token expires, in Unix seconds (protocol 1.2). Default null (a token that does not expire). */
+  exp?: number | null;
+  /**
+   * The heartbeat interval to ask for, ms (protocol 1.2); the server grants
+   * one within its range, read it from `interval` once online. Default null
+   * (the server's own).
+   */
+  interval?: number | null;
   /** Ack each message after its listeners (and their waitUntil promises). Default true. */
   autoAck?: boolean;
   /** Sends held while not online; one more throws. Default 100. */
@@ -142,6 +153,8 @@ export declare class LifelineClient extends EventTarget {
   readonly rtt: number | null;
   /** Connections opened after the first one. */
   readonly reconnects: number;
+  /** The heartbeat interval the server granted in its last welcome, ms (null before one). */
+  readonly interval: number | null;
 
   /**
    * Connects (or connects anew after a stop). Resolves on the first 'online';
@@ -195,7 +208,7 @@ export declare function parseFrame(xml: string): {
 };
 /** The client frames of the protocol, escaped. */
 export declare const frames: {
-  login(id: string, token?: string | null): string;
+  login(id: string, token?: string | null, exp?: number | null, interval?: number | null): string;
   msg(to: string, text: string, id: string): string;
   ack(id: string): string;
   ping(seq: number | string | null): string;

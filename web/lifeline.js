@@ -6,11 +6,27 @@
 // in a bounded queue; received messages are acked once the app has handled
 // them, and a redelivered message is not handed to the app twice.
 //
-// One self-contained ES module with no imports and no build step: the server
-// embeds this very file and serves it as GET /lifeline.js, and npm users get
-// the same file (types in lifeline.d.ts). Nothing browser-only is touched
-// before start(), so it also runs in Node >= 20 (WebSocket from
+// ES modules with no dependencies and no build step. This one is the entry:
+// the public class, and the rest of the API re-exported from its siblings
+// (xml.js the frame codec, settings.js the options, heartbeat.js and
+// reconnect.js the timers, delivery.js the message event and acks, errors.js
+// the error type), which it imports by relative path. The server embeds these
+// very files and serves each at /<name> (GET /lifeline.js the entry), and
+// npm users get the same files (types in lifeline.d.ts). Nothing browser-only
+// is touched before start(), so it also runs in Node >= 20 (WebSocket from
 // --experimental-websocket, or any WebSocket class passed in the options).
+
+import { Acks, dispatchMessage } from './delivery.js';
+import { LifelineError } from './errors.js';
+import { Heartbeat } from './heartbeat.js';
+import { Reconnect } from './reconnect.js';
+import { checkMessageId, checkSend, readOptions } from './settings.js';
+import { frames, parseFrame } from './xml.js';
+
+export { LifelineMessageEvent } from './delivery.js';
+export { LifelineError } from './errors.js';
+export { backoffDelay } from './reconnect.js';
+export { escapeXml, frames, parseFrame, unescapeXml } from './xml.js';
 
 export const SUBPROTOCOL = 'lifeline.v1';
 
@@ -19,217 +35,8 @@ const TERMINAL_BYE = new Set(['replaced', 'kicked']);
 /** Errors the server closes on, which a retry with the same login would only repeat. */
 const TERMINAL_ERROR = new Set(['auth-failed', 'bad-id']);
 
-/**
- * How many recent message ids are remembered to drop redeliveries. A
- * redelivery follows its original within a reconnect or two, far inside the
- * last thousand messages; the bound keeps a page that lives for days small.
- */
-const RECENT_MESSAGE_IDS = 1000;
-
-/** The floor under the server's heartbeat interval, so a misconfigured server cannot make a page spin. */
-const MIN_HEARTBEAT_MS = 100;
-
-/**
- * How long a connection may take from the socket's creation to the welcome
- * by default. A frozen or black-holed server can leave a handshake pending
- * for minutes; past this the attempt counts as failed and backoff goes on.
- */
-const CONNECT_TIMEOUT_MS = 20000;
-
 /** WebSocket.OPEN, named here because a substitute WebSocket class need not carry the static. */
 const OPEN = 1;
-
-/** The id alphabet of PROTOCOL.md: a `to` or message id outside it makes the server close with bad-frame. */
-const CLIENT_ID = /^[A-Za-z0-9_.:@-]{1,64}$/;
-const MESSAGE_ID = /^[A-Za-z0-9_.:@-]{1,128}$/;
-/** Characters XML 1.0 cannot carry even escaped; the server closes on them with bad-frame. */
-const NOT_XML_CHAR = /[\u0000-\u0008\u000B\u000C\u000E-\u001F\uFFFE\uFFFF]/;
-
-const ESCAPES = { '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&apos;' };
-const ENTITIES = { lt: '<', gt: '>', amp: '&', apos: "'", quot: '"' };
-
-/** Escapes text for XML content or a quoted attribute value. */
-export function escapeXml(text) {
-  let out = '';
-  for (const ch of String(text)) out += ESCAPES[ch] ?? ch;
-  return out;
-}
-
-/**
- * The text of XML content: entity and character references resolved,
- * CDATA kept verbatim, comments and nested tags dropped (like DOM textContent).
- */
-export function unescapeXml(raw) {
-  let out = '';
-  let i = 0;
-  while (i < raw.length) {
-    const ch = raw[i];
-    if (ch === '&') {
-      const end = raw.indexOf(';', i);
-      const name = end < 0 ? '' : raw.slice(i + 1, end);
-      const resolved = resolveEntity(name);
-      if (resolved === undefined) {
-        out += ch; // not a reference the server would pass: keep it literally
-        i += 1;
-      } else {
-        out += resolved;
-        i = end + 1;
-      }
-    } else if (raw.startsWith('<![CDATA[', i)) {
-      const end = raw.indexOf(']]>', i);
-      const stop = end < 0 ? raw.length : end;
-      out += raw.slice(i + 9, stop);
-      i = stop + 3;
-    } else if (raw.startsWith('<!--', i)) {
-      const end = raw.indexOf('-->', i);
-      i = end < 0 ? raw.length : end + 3;
-    } else if (ch === '<') {
-      const end = raw.indexOf('>', i);
-      i = end < 0 ? raw.length : end + 1;
-    } else {
-      out += ch;
-      i += 1;
-    }
-  }
-  return out;
-}
-
-function resolveEntity(name) {
-  if (name in ENTITIES) return ENTITIES[name];
-  if (name.startsWith('#')) {
-    const hex = name[1] === 'x';
-    const digits = name.slice(hex ? 2 : 1);
-    const code = Number.parseInt(digits, hex ? 16 : 10);
-    if (digits !== '' && Number.isInteger(code) && code >= 0 && code <= 0x10ffff) {
-      return String.fromCodePoint(code);
-    }
-  }
-  return undefined;
-}
-
-const isSpace = (ch) => ch === ' ' || ch === '\t' || ch === '\n' || ch === '\r';
-
-/**
- * Parses one server frame (one whole top-level element) into
- * `{ name, attrs, text }`. Throws on text that is not an element; the server
- * only ever sends well-formed frames, so this stays small and regex-free.
- */
-export function parseFrame(xml) {
-  let i = 0;
-  const skipSpace = () => {
-    while (i < xml.length && isSpace(xml[i])) i += 1;
-  };
-  const readUntil = (stop) => {
-    const start = i;
-    while (i < xml.length && !stop(xml[i])) i += 1;
-    return xml.slice(start, i);
-  };
-  skipSpace();
-  if (xml[i] !== '<') throw new Error('frame does not start with <');
-  i += 1;
-  const name = readUntil((ch) => isSpace(ch) || ch === '/' || ch === '>');
-  if (name === '') throw new Error('frame has no element name');
-  const attrs = {};
-  for (;;) {
-    skipSpace();
-    if (xml.startsWith('/>', i)) return { name, attrs, text: '' };
-    if (xml[i] === '>') break;
-    const key = readUntil((ch) => isSpace(ch) || ch === '=' || ch === '>' || ch === '/');
-    skipSpace();
-    if (key === '' || xml[i] !== '=') throw new Error(`malformed attribute in <${name}>`);
-    i += 1;
-    skipSpace();
-    const quote = xml[i];
-    if (quote !== '"' && quote !== "'") throw new Error(`unquoted attribute ${key}`);
-    i += 1;
-    const value = readUntil((ch) => ch === quote);
-    if (i >= xml.length) throw new Error(`unterminated attribute ${key}`);
-    i += 1;
-    attrs[key] = unescapeXml(value);
-  }
-  const close = xml.lastIndexOf(`</${name}`);
-  if (close < i) throw new Error(`<${name}> is not closed`);
-  return { name, attrs, text: unescapeXml(xml.slice(i + 1, close)) };
-}
-
-const attr = (name, value) => (value == null ? '' : ` ${name}="${escapeXml(value)}"`);
-
-/** The client frames of the protocol, escaped. */
-export const frames = {
-  login: (id, token) => `<login${attr('id', id)}${attr('token', token || null)}/>`,
-  msg: (to, text, id) => `<msg${attr('to', to)}${attr('id', id)}>${escapeXml(text)}</msg>`,
-  ack: (id) => `<ack${attr('id', id)}/>`,
-  ping: (seq) => `<heartbeat mode="ping"${attr('seq', seq)}/>`,
-  pong: (seq) => `<heartbeat mode="pong"${attr('seq', seq)}/>`,
-  bye: () => '<bye/>',
-};
-
-/**
- * Exponential backoff with full jitter: a uniform delay in
- * [0, min(cap, base * 2^attempt)), so a crowd of clients dropped at once
- * does not come back at once.
- */
-export function backoffDelay(attempt, base, cap, random = Math.random) {
-  const ceiling = Math.min(cap, base * 2 ** Math.min(attempt, 30));
-  return Math.floor(random() * ceiling);
-}
-
-/**
- * Thrown by send() (code `queue-full` or `stopped`), and the reason start()
- * rejects (code `stopped`, with `reason` saying why: `replaced`, `kicked`,
- * `auth-failed`, `bad-id` or `stop`).
- */
-export class LifelineError extends Error {
-  constructor(code, message, reason = null) {
-    super(message);
-    this.name = 'LifelineError';
-    this.code = code;
-    this.reason = reason;
-  }
-}
-
-/**
- * The promises handed to waitUntil() by the listeners of a `message` event,
- * kept only while that event is being dispatched: afterwards the ack decision
- * is taken and a late waitUntil() could no longer change it.
- */
-const waitsOfDispatch = new WeakMap();
-
-/** The `message` event: `detail` is `{ from, id, text }`; `waitUntil()` holds the ack back. */
-export class LifelineMessageEvent extends CustomEvent {
-  constructor(detail) {
-    super('message', { detail });
-  }
-
-  /**
-   * Acks the message only once `promise` resolves (with autoAck); if it
-   * rejects, the message is not acked and a redelivery is handed over again.
-   * Call it synchronously inside the listener.
-   */
-  waitUntil(promise) {
-    const waits = waitsOfDispatch.get(this);
-    if (!waits) {
-      throw new LifelineError(
-        'invalid-state',
-        'lifeline: waitUntil() must be called synchronously inside the message listener',
-      );
-    }
-    waits.push(Promise.resolve(promise));
-  }
-}
-
-function defaultUrl() {
-  const loc = globalThis.location;
-  if (!loc) throw new TypeError('lifeline: options.url is required outside a page (ws://host:port/)');
-  return `${loc.protocol === 'https:' ? 'wss' : 'ws'}://${loc.host}/`;
-}
-
-function positiveNumber(name, value) {
-  if (typeof value !== 'number' || !(value > 0) || !Number.isFinite(value)) {
-    throw new TypeError(`lifeline: options.${name} must be a positive number of ms, not ${value}`);
-  }
-  return value;
-}
 
 /** Unique enough across tabs and devices: a random per-client prefix and a counter. */
 function messageIdPrefix() {
@@ -246,19 +53,8 @@ function messageIdPrefix() {
  * a LifelineMessageEvent), `error` ({ code, ref, text }), `heartbeat` ({ rtt }).
  */
 export class LifelineClient extends EventTarget {
-  #url;
-  #id;
-  #token;
-  #autoAck;
-  #maxQueued;
-  #backoffBaseMs;
-  #backoffCapMs;
-  #connectTimeoutMs;
-  #WebSocket;
-  /** Where the browser's `online`/`offline` are heard. */
-  #window;
-  /** Where `visibilitychange` is heard and `visibilityState` read. */
-  #document;
+  /** The checked options (settings.js). */
+  #options;
 
   #state = 'idle';
   #rtt = null;
@@ -268,8 +64,6 @@ export class LifelineClient extends EventTarget {
   #messageCount = 0;
 
   #ws = null;
-  /** Failed connection attempts since the last welcome: the backoff exponent. */
-  #attempt = 0;
   /** What the server said before the connection ended: { reason, retryMs?, terminal? }. */
   #ending = null;
   #networkDown = false;
@@ -277,23 +71,16 @@ export class LifelineClient extends EventTarget {
   /** start()'s promise while it waits for 'online': { promise, resolve, reject }. */
   #starting = null;
 
-  #heartbeatTimer = null;
-  #heartbeatDueAt = 0;
-  #reconnectTimer = null;
-  #reconnectDueAt = 0;
+  #heartbeat = new Heartbeat({
+    ping: (seq) => this.#write(frames.ping(seq)),
+    lost: () => this.#lost('timeout'),
+  });
+  #reconnect;
   #connectTimer = null;
-  #interval = 0;
-  #misses = 0;
-  #unansweredPings = 0;
-  #seq = 0;
-  #pingSentAt = 0;
 
   /** `<msg>` frames sent while not online, in order, written after the next welcome. */
   #queue = [];
-  /** Acks made while not online, written after the next welcome (the server takes an ack on any connection). */
-  #pendingAcks = new Set();
-  /** Recent message id -> 'handling' (dispatched, not acked yet) or 'acked'. */
-  #recent = new Map();
+  #acks = new Acks();
 
   #onNetworkUp = () => this.#networkUp();
   #onNetworkDown = () => this.#networkDownNow();
@@ -301,53 +88,8 @@ export class LifelineClient extends EventTarget {
 
   constructor(options) {
     super();
-    if (options == null || typeof options !== 'object') {
-      throw new TypeError('lifeline: new LifelineClient({ url, id, token }) needs an options object');
-    }
-    const {
-      url = defaultUrl(),
-      id,
-      token = null,
-      autoAck = true,
-      maxQueued = 100,
-      backoffBaseMs = 500,
-      backoffCapMs = 30000,
-      connectTimeoutMs = CONNECT_TIMEOUT_MS,
-      WebSocket: WebSocketClass = globalThis.WebSocket,
-      window: windowTarget = globalThis,
-      document: documentTarget = globalThis.document,
-    } = options;
-    if (typeof id !== 'string' || id === '') {
-      throw new TypeError('lifeline: options.id must be a non-empty string (the login id)');
-    }
-    let parsed;
-    try {
-      parsed = new URL(url);
-    } catch {
-      throw new TypeError(`lifeline: options.url is not a URL: ${url}`);
-    }
-    if (parsed.protocol !== 'ws:' && parsed.protocol !== 'wss:') {
-      throw new TypeError(`lifeline: options.url must be ws:// or wss://, not ${url}`);
-    }
-    if (!Number.isInteger(maxQueued) || maxQueued < 0) {
-      throw new TypeError(`lifeline: options.maxQueued must be a whole number >= 0, not ${maxQueued}`);
-    }
-    if (typeof WebSocketClass !== 'function') {
-      throw new TypeError(
-        'lifeline: no WebSocket here: run Node 20 with --experimental-websocket, or pass options.WebSocket',
-      );
-    }
-    this.#url = String(url);
-    this.#id = id;
-    this.#token = token;
-    this.#autoAck = Boolean(autoAck);
-    this.#maxQueued = maxQueued;
-    this.#backoffBaseMs = positiveNumber('backoffBaseMs', backoffBaseMs);
-    this.#backoffCapMs = positiveNumber('backoffCapMs', backoffCapMs);
-    this.#connectTimeoutMs = positiveNumber('connectTimeoutMs', connectTimeoutMs);
-    this.#WebSocket = WebSocketClass;
-    this.#window = windowTarget;
-    this.#document = documentTarget;
+    this.#options = readOptions(options);
+    this.#reconnect = new Reconnect(this.#options.backoffBaseMs, this.#options.backoffCapMs);
   }
 
   /** 'idle' | 'connecting' | 'online' | 'waiting' | 'stopped'. */
@@ -363,6 +105,11 @@ export class LifelineClient extends EventTarget {
   /** Connections opened after the first one. */
   get reconnects() {
     return this.#reconnects;
+  }
+
+  /** The heartbeat interval the server granted in its last welcome, ms (null before one). */
+  get interval() {
+    return this.#heartbeat.interval;
   }
 
   /**
@@ -400,13 +147,7 @@ export class LifelineClient extends EventTarget {
    * back as an `error` event with code 'offline' and ref = this id.
    */
   send(to, text) {
-    if (typeof to !== 'string' || !CLIENT_ID.test(to)) {
-      throw new TypeError(`lifeline: send() needs a client id of 1-64 [A-Za-z0-9_.:@-], not ${to}`);
-    }
-    const body = String(text);
-    if (NOT_XML_CHAR.test(body) || (body.isWellFormed && !body.isWellFormed())) {
-      throw new TypeError('lifeline: send() text holds a control character or lone surrogate XML cannot carry');
-    }
+    const body = checkSend(to, text);
     if (this.#state === 'stopped') {
       throw new LifelineError('stopped', 'lifeline: cannot send: the client is stopped (start() it again first)');
     }
@@ -414,10 +155,11 @@ export class LifelineClient extends EventTarget {
     const id = `${this.#messageIdPrefix}${this.#messageCount}`;
     const frame = frames.msg(to, body, id);
     if (this.#state === 'online' && this.#write(frame)) return id;
-    if (this.#queue.length >= this.#maxQueued) {
+    const { maxQueued } = this.#options;
+    if (this.#queue.length >= maxQueued) {
       throw new LifelineError(
         'queue-full',
-        `lifeline: cannot send while ${this.#state}: ${this.#maxQueued} messages are already queued (maxQueued)`,
+        `lifeline: cannot send while ${this.#state}: ${maxQueued} messages are already queued (maxQueued)`,
       );
     }
     this.#queue.push(frame);
@@ -429,20 +171,15 @@ export class LifelineClient extends EventTarget {
    * Not online, the ack waits for the next welcome; stopped, it is dropped.
    */
   ack(id) {
-    if (typeof id !== 'string' || !MESSAGE_ID.test(id)) {
-      throw new TypeError(`lifeline: ack() needs a message id of 1-128 [A-Za-z0-9_.:@-], not ${id}`);
-    }
-    this.#remember(id, 'acked');
+    checkMessageId(id);
+    this.#acks.acked(id);
     if (this.#state === 'stopped' || this.#state === 'idle') return;
     if (this.#state === 'online' && this.#write(frames.ack(id))) return;
-    this.#pendingAcks.add(id);
-    if (this.#pendingAcks.size > RECENT_MESSAGE_IDS) {
-      this.#pendingAcks.delete(this.#pendingAcks.values().next().value);
-    }
+    this.#acks.hold(id);
   }
 
   #begin() {
-    this.#attempt = 0;
+    this.#reconnect.reset();
     this.#listen(true);
     // A page that loads offline waits for the 'online' event instead of failing attempts.
     if (globalThis.navigator?.onLine === false) {
@@ -460,9 +197,10 @@ export class LifelineClient extends EventTarget {
     this.#connections += 1;
     this.#setState('connecting');
     if (this.#state !== 'connecting') return; // a state listener stopped the client
+    const { url, id, token, exp, interval, connectTimeoutMs, WebSocket } = this.#options;
     let ws;
     try {
-      ws = new this.#WebSocket(this.#url, SUBPROTOCOL);
+      ws = new WebSocket(url, SUBPROTOCOL);
     } catch (err) {
       // e.g. a Content-Security-Policy refusal: retrying with backoff is all a client can do.
       this.#ending = { reason: 'connect-failed' };
@@ -471,8 +209,8 @@ export class LifelineClient extends EventTarget {
       return;
     }
     this.#ws = ws;
-    this.#connectTimer = setTimeout(() => this.#lost('connect-timeout'), this.#connectTimeoutMs);
-    ws.onopen = () => this.#write(frames.login(this.#id, this.#token));
+    this.#connectTimer = setTimeout(() => this.#lost('connect-timeout'), connectTimeoutMs);
+    ws.onopen = () => this.#write(frames.login(id, token, exp, interval));
     ws.onmessage = (event) => this.#receive(event.data);
     // An error always ends a WebSocket, and Node 20's never follows a refused
     // connection with a close event: either one means this socket is done.
@@ -490,8 +228,7 @@ export class LifelineClient extends EventTarget {
       this.#emitError({ code: 'unreadable-frame', ref: null, text: `${err.message}: ${data.slice(0, 200)}` });
       return;
     }
-    // Any frame proves the server is alive, not only the pong to our ping.
-    this.#unansweredPings = 0;
+    this.#heartbeat.heard();
     const a = frame.attrs;
     switch (frame.name) {
       case 'welcome':
@@ -500,9 +237,12 @@ export class LifelineClient extends EventTarget {
       case 'heartbeat':
         if (a.mode === 'ping') {
           this.#write(frames.pong(a.seq ?? null));
-        } else if (a.mode === 'pong' && a.seq === String(this.#seq)) {
-          this.#rtt = performance.now() - this.#pingSentAt;
-          this.dispatchEvent(new CustomEvent('heartbeat', { detail: { rtt: this.#rtt } }));
+        } else if (a.mode === 'pong') {
+          const rtt = this.#heartbeat.answered(a.seq);
+          if (rtt !== null) {
+            this.#rtt = rtt;
+            this.dispatchEvent(new CustomEvent('heartbeat', { detail: { rtt } }));
+          }
         }
         break;
       case 'msg':
@@ -530,17 +270,12 @@ export class LifelineClient extends EventTarget {
   #welcomed(a) {
     clearTimeout(this.#connectTimer);
     this.#connectTimer = null;
-    this.#attempt = 0;
-    this.#interval = Math.max(MIN_HEARTBEAT_MS, Number(a.interval) || 5000);
-    this.#misses = Math.max(1, Number(a.misses) || 5);
-    // v1.1: the server spreads heartbeat phases; without phase-ms, a full interval.
-    const phase = a['phase-ms'] == null ? NaN : Number(a['phase-ms']);
-    this.#scheduleHeartbeat(Number.isFinite(phase) && phase >= 0 ? Math.min(phase, this.#interval) : this.#interval);
+    this.#reconnect.reset();
+    this.#heartbeat.start(a);
     // Online before the 'online' event, so a listener's send() goes out at
     // once, after everything that waited for this welcome.
     this.#state = 'online';
-    for (const id of this.#pendingAcks) this.#write(frames.ack(id));
-    this.#pendingAcks.clear();
+    for (const id of this.#acks.takeHeld()) this.#write(frames.ack(id));
     const queued = this.#queue;
     this.#queue = [];
     for (const frame of queued) this.#write(frame);
@@ -558,63 +293,28 @@ export class LifelineClient extends EventTarget {
   #deliver(message) {
     const { id } = message;
     if (id !== null) {
-      const seen = this.#recent.get(id);
-      // Already processed: the redelivery means our ack may have been lost
-      // with a connection, so confirm it again instead of processing twice.
-      if (seen === 'acked') {
+      const arrival = this.#acks.arrived(id);
+      if (arrival === 'acked-before') {
         this.#write(frames.ack(id));
         return;
       }
-      if (seen === 'handling') return; // the first copy's ack is still to come
-      this.#remember(id, 'handling');
+      if (arrival === 'handling') return;
     }
-    const event = new LifelineMessageEvent(message);
-    const waits = [];
-    waitsOfDispatch.set(event, waits);
-    try {
-      this.dispatchEvent(event);
-    } finally {
-      waitsOfDispatch.delete(event);
-    }
+    const waits = dispatchMessage(this, message);
+    const { autoAck } = this.#options;
     if (waits.length === 0) {
-      if (this.#autoAck && id !== null) this.ack(id);
+      if (autoAck && id !== null) this.ack(id);
       return;
     }
     Promise.all(waits).then(
       () => {
-        if (this.#autoAck && id !== null) this.ack(id);
+        if (autoAck && id !== null) this.ack(id);
       },
       (reason) => {
-        // Not processed: forget the id so that a redelivery is handled again.
-        if (id !== null && this.#recent.get(id) === 'handling') this.#recent.delete(id);
+        if (id !== null) this.#acks.failed(id);
         this.#emitError({ code: 'handler-failed', ref: id, text: String(reason?.message ?? reason) });
       },
     );
-  }
-
-  #remember(id, status) {
-    if (!this.#recent.has(id) && this.#recent.size >= RECENT_MESSAGE_IDS) {
-      this.#recent.delete(this.#recent.keys().next().value);
-    }
-    this.#recent.set(id, status);
-  }
-
-  #scheduleHeartbeat(delay) {
-    clearTimeout(this.#heartbeatTimer);
-    this.#heartbeatDueAt = performance.now() + delay;
-    this.#heartbeatTimer = setTimeout(() => this.#heartbeat(), Math.max(0, delay));
-  }
-
-  #heartbeat() {
-    if (this.#unansweredPings >= this.#misses) {
-      this.#lost('timeout');
-      return;
-    }
-    this.#seq += 1;
-    this.#unansweredPings += 1;
-    this.#pingSentAt = performance.now();
-    this.#write(frames.ping(this.#seq));
-    this.#scheduleHeartbeat(this.#interval);
   }
 
   /** The connection is gone (closed, or the server went silent): decide what next. */
@@ -629,10 +329,7 @@ export class LifelineClient extends EventTarget {
       this.#setState('waiting', { reason: 'offline' }); // the 'online' event reconnects
       return;
     }
-    const delay = ending.retryMs ?? backoffDelay(this.#attempt, this.#backoffBaseMs, this.#backoffCapMs);
-    this.#attempt += 1;
-    this.#reconnectDueAt = performance.now() + delay;
-    this.#reconnectTimer = setTimeout(() => this.#connect(), delay);
+    const delay = this.#reconnect.schedule(ending, () => this.#connect());
     this.#setState('waiting', { reason: ending.reason, delay });
   }
 
@@ -641,7 +338,7 @@ export class LifelineClient extends EventTarget {
     this.#listen(false);
     this.#drop();
     this.#queue = [];
-    this.#pendingAcks.clear();
+    this.#acks.dropHeld();
     this.#networkDown = false;
     const starting = this.#starting;
     this.#starting = null;
@@ -661,7 +358,7 @@ export class LifelineClient extends EventTarget {
     this.#networkDown = false;
     if (this.#state !== 'waiting') return;
     // The network is back: reconnect at once, not after a backoff earned while it was down.
-    this.#attempt = 0;
+    this.#reconnect.reset();
     this.#connect();
   }
 
@@ -671,11 +368,10 @@ export class LifelineClient extends EventTarget {
    * pages, so when the page is visible again one that is overdue runs now.
    */
   #visibilityChanged() {
-    if (this.#document?.visibilityState !== 'visible') return;
-    const now = performance.now();
-    if (this.#state === 'online' && this.#heartbeatTimer !== null && now >= this.#heartbeatDueAt) {
-      this.#heartbeat();
-    } else if (this.#state === 'waiting' && this.#reconnectTimer !== null && now >= this.#reconnectDueAt) {
+    if (this.#options.document?.visibilityState !== 'visible') return;
+    if (this.#state === 'online') {
+      this.#heartbeat.catchUp();
+    } else if (this.#state === 'waiting' && this.#reconnect.isOverdue()) {
       this.#connect();
     }
   }
@@ -684,12 +380,13 @@ export class LifelineClient extends EventTarget {
     if (on === this.#listening) return;
     this.#listening = on;
     const method = on ? 'addEventListener' : 'removeEventListener';
-    if (typeof this.#window?.[method] === 'function') {
-      this.#window[method]('online', this.#onNetworkUp);
-      this.#window[method]('offline', this.#onNetworkDown);
+    const { window, document } = this.#options;
+    if (typeof window?.[method] === 'function') {
+      window[method]('online', this.#onNetworkUp);
+      window[method]('offline', this.#onNetworkDown);
     }
-    if (typeof this.#document?.[method] === 'function') {
-      this.#document[method]('visibilitychange', this.#onVisibilityChange);
+    if (typeof document?.[method] === 'function') {
+      document[method]('visibilitychange', this.#onVisibilityChange);
     }
   }
 
@@ -709,10 +406,10 @@ export class LifelineClient extends EventTarget {
   }
 
   #clearTimers() {
-    clearTimeout(this.#heartbeatTimer);
-    clearTimeout(this.#reconnectTimer);
+    this.#heartbeat.stop();
+    this.#reconnect.cancel();
     clearTimeout(this.#connectTimer);
-    this.#heartbeatTimer = this.#reconnectTimer = this.#connectTimer = null;
+    this.#connectTimer = null;
   }
 
   /** Writes a frame if the socket is open; false when it is not. */

@@ -4,6 +4,7 @@
 
 use std::rc::Rc;
 
+use crate::admin::idempotency::Fingerprint;
 use crate::admin::AdminRef;
 use crate::clock::Micros;
 use crate::presence::PresenceEvent;
@@ -16,7 +17,10 @@ pub struct ClientView {
     pub peer: String,
     /// Unix milliseconds.
     pub connected_at: u64,
-    pub last_seen_ms_ago: u64,
+    /// `None` for a client on another node (only its node knows).
+    pub last_seen_ms_ago: Option<u64>,
+    /// Cluster mode: the node the client is on.
+    pub node: Option<Rc<str>>,
     /// The connection's generation: tells two connections of one id apart.
     pub conn: u32,
     pub suspect: bool,
@@ -40,6 +44,68 @@ pub enum Pushed {
     Sent { id: Rc<str>, target: ConnRef },
     /// Held for the client until it logs in, or until it expires.
     Queued { id: Rc<str> },
+    /// Cluster mode: handed to the client's connection on another node.
+    Forwarded { id: Rc<str> },
+}
+
+/// Cluster mode: what the admin API asks of the whole cluster. The answer
+/// comes later ([`Answer`]), through `Admin::answer`.
+#[derive(Debug, Clone)]
+pub enum Question {
+    Client(String),
+    Clients {
+        after: Option<String>,
+        limit: usize,
+    },
+    Kick(String),
+    Push {
+        to: String,
+        body: Vec<u8>,
+        queue_ttl_ms: Option<u64>,
+        /// Its `Idempotency-Key`: the cluster's memory of answers is asked
+        /// first (a repeat may come through any node).
+        key: Option<Keyed>,
+    },
+    Broadcast {
+        body: Vec<u8>,
+        key: Option<Keyed>,
+    },
+    Receipt(String),
+}
+
+/// A request's `Idempotency-Key` and what the request was.
+#[derive(Debug, Clone)]
+pub struct Keyed {
+    pub key: String,
+    pub fingerprint: Fingerprint,
+}
+
+/// The cluster already knows a request's `Idempotency-Key`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Repeat {
+    /// Answered before: this again.
+    Replay { status: u16, body: String },
+    /// The first request has no final answer yet (409).
+    InProgress,
+    /// The key was used for another request (422).
+    Reused,
+}
+
+/// The cluster's answer to a [`Question`].
+#[derive(Debug, Clone)]
+pub enum Answer {
+    Client(String, Option<ClientView>),
+    Clients(ClientsPage),
+    Kicked(String, bool),
+    Pushed(Result<Pushed, Refused>),
+    /// Push id, recipients on the node that took it, nodes it reached.
+    Broadcast(Result<(Rc<str>, usize, usize), Refused>),
+    Receipt(String, Option<ReceiptView>),
+    /// A keyed push or broadcast the cluster answered before (or is
+    /// answering): nothing was done again.
+    Repeat(Repeat),
+    /// Redis cannot be reached: 503 `cluster-unavailable`.
+    Unavailable,
 }
 
 /// A push or broadcast the server refused, as an HTTP status.
@@ -60,6 +126,8 @@ pub struct ReceiptView {
     pub acked_at: Option<u64>,
     pub expires_at: Option<u64>,
     pub recipients: Option<usize>,
+    /// Times an at-least-once push was sent again.
+    pub redelivered: u32,
 }
 
 /// Where a new presence stream starts.
@@ -99,7 +167,9 @@ pub trait Backend {
 
     /// Pushes `body` (UTF-8 text) to `to`: sent when it is online (and has no backlog),
     /// held for `queue_ttl_ms` when asked (and while a backlog drains),
-    /// refused otherwise.
+    /// refused otherwise. With `queue_ttl_ms` it is at-least-once: kept
+    /// after it is sent until acked, and sent again after the client's next
+    /// welcome if the connection ends first.
     fn push(&mut self, to: &str, body: &[u8], queue_ttl_ms: Option<u64>)
         -> Result<Pushed, Refused>;
     /// Sends `body` to every client logged in now (in slices, after this
@@ -109,6 +179,31 @@ pub trait Backend {
     fn await_ack(&mut self, message: &Rc<str>, target: ConnRef, admin: AdminRef, until: Micros);
     fn cancel_wait(&mut self, message: &str);
     fn receipt(&self, message: &str) -> Option<ReceiptView>;
+
+    /// Cluster mode (questions go to [`Backend::ask`]).
+    fn is_clustered(&self) -> bool {
+        false
+    }
+    /// Cluster mode: asks the cluster; the answer comes later through
+    /// `Admin::answer`. False standalone: answer now with the methods
+    /// above.
+    fn ask(&mut self, _admin: AdminRef, _question: Question) -> bool {
+        false
+    }
+    /// Answers `admin` when the client on another node acks `message`, or
+    /// at `until`.
+    fn await_remote_ack(&mut self, _message: &Rc<str>, _admin: AdminRef, _until: Micros) {}
+    /// Cluster mode: the answer to a request with an `Idempotency-Key`,
+    /// kept for the whole cluster; `waiting`: provisional while the push's
+    /// ack is waited for (this long at most).
+    fn remember_answer(
+        &mut self,
+        _keyed: &Keyed,
+        _status: u16,
+        _body: &str,
+        _waiting: Option<std::time::Duration>,
+    ) {
+    }
 
     /// Starts keeping events for resuming consumers and says where a stream
     /// that last saw `last_event_id` starts.

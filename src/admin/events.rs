@@ -37,6 +37,7 @@ impl Admin {
                     Some(e) => presence::write_sse(&mut self.response, e),
                     // Fell off the ring while being replayed.
                     None => {
+                        self.stats.event_resets += 1;
                         presence::write_sse_reset(&mut self.response, last);
                         *next = last;
                     }

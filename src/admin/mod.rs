@@ -8,19 +8,25 @@
 //! loop hands to [`Admin::wake`] after the connection being served is done —
 //! the admin API never runs inside another connection's frame handling.
 
+mod asking;
 mod backend;
 mod events;
+pub mod idempotency;
+mod repeats;
 mod routes;
+mod serve;
+pub mod stats;
 
 pub use backend::{
-    AdminGauges, Backend, ClientView, ClientsPage, Pushed, ReceiptView, Refused, StreamStart,
+    AdminGauges, Answer, Backend, ClientView, ClientsPage, Keyed, Pushed, Question, ReceiptView,
+    Refused, Repeat, StreamStart,
 };
 
 use std::collections::BTreeSet;
 use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use log::{debug, warn};
@@ -29,14 +35,15 @@ use mio::{Interest, Token};
 use slab::Slab;
 
 use crate::clock::{micros, Micros};
-use crate::http::{self, Parsed};
-use crate::presence;
-use crate::pushes::WaitEnd;
+use crate::http::{self, BodyState};
+use crate::pushes::{WaitEnd, MAX_RECEIPTS};
 use crate::server::conn::{ADMIN_BIT, GENERATION_MASK, GENERATION_SHIFT};
 use crate::writeq::{self, Flushed};
-use routes::{Ctx, Outcome};
+use idempotency::Idempotency;
+use stats::{AdminStats, Route};
 
-/// An admin connection silent this long is closed (event streams excepted).
+/// An admin connection silent this long is closed (event streams excepted;
+/// a request waiting for a push's ack is not silent).
 pub const ADMIN_IDLE: Duration = Duration::from_secs(60);
 /// Event streams get a comment this often, so dead subscribers and idle
 /// proxies are found out.
@@ -47,10 +54,6 @@ const REPLAY_CHUNK: usize = 64 * 1024;
 const LINGER: Duration = Duration::from_secs(5);
 /// ...or after discarding this much of a refused request.
 const MAX_LINGER_DISCARD: usize = 64 << 20;
-/// Admin connections beyond this are refused: the API is for a few back
-/// ends, and they live in the descriptors reserved beside the clients'
-/// (`config::FD_RESERVE`), so they can never take a client's place.
-pub const MAX_ADMIN_CONNECTIONS: usize = 32;
 /// Largest push or broadcast body (before XML escaping), and largest request body.
 pub const MAX_BODY: usize = 1 << 20;
 /// An event stream queues at most this much for a subscriber that does not read.
@@ -86,7 +89,19 @@ enum State {
     Requests,
     /// A push waits for the client's ack: the response goes out when the ack
     /// comes or the wait ends; requests behind it wait their turn.
-    AwaitingAck { message: Rc<str>, keep_alive: bool },
+    AwaitingAck {
+        message: Rc<str>,
+        keep_alive: bool,
+        /// When the request was parsed, for its latency.
+        started: Instant,
+    },
+    /// Cluster mode: a question to the cluster waits for its answer (then,
+    /// for a push with `wait_ack_ms`, for the ack); requests behind it wait.
+    Asking {
+        asked: routes::Asked,
+        route: Route,
+        started: Instant,
+    },
     /// The last response is being flushed; then the write side is shut and
     /// input discarded until the peer closes (a lingering close, so that a
     /// client still sending a refused body reads the answer, not a reset).
@@ -103,6 +118,10 @@ struct AdminConn {
     last_seen: Micros,
     /// Unparsed request bytes.
     inbound: BytesMut,
+    /// A chunked request body decoded so far.
+    body: BodyState,
+    /// `100 Continue` was sent for the request at the front of `inbound`.
+    continued: bool,
     /// Response bytes the socket has not taken yet.
     outbound: BytesMut,
     state: State,
@@ -116,17 +135,39 @@ pub struct Admin {
     timers: BTreeSet<(Micros, u32, u32)>,
     /// The response being written.
     response: Vec<u8>,
+    max_connections: usize,
+    stats: AdminStats,
+    /// Answers remembered under `Idempotency-Key`.
+    idempotency: Idempotency,
 }
 
 impl Admin {
-    pub fn new(token: Option<Vec<u8>>) -> Admin {
+    /// `remember`: how long an idempotent answer is kept (the receipt TTL).
+    pub fn new(token: Option<Vec<u8>>, max_connections: usize, remember: Duration) -> Admin {
         Admin {
             conns: Slab::new(),
             next_generation: 0,
             token,
             timers: BTreeSet::new(),
             response: Vec::new(),
+            max_connections,
+            stats: AdminStats::default(),
+            idempotency: Idempotency::new(micros(remember), MAX_RECEIPTS),
         }
+    }
+
+    /// The answers remembered under `Idempotency-Key` (an upgrade moves
+    /// them; admin connections themselves do not move).
+    pub fn idempotency(&self) -> &Idempotency {
+        &self.idempotency
+    }
+
+    pub fn idempotency_mut(&mut self) -> &mut Idempotency {
+        &mut self.idempotency
+    }
+
+    pub fn stats(&self) -> &AdminStats {
+        &self.stats
     }
 
     pub fn len(&self) -> usize {
@@ -154,7 +195,11 @@ impl Admin {
             .filter(|c| c.generation == admin.generation)
     }
 
-    /// Takes an accepted connection, unless there are too many already.
+    /// Takes an accepted connection, unless `LIFELINE_ADMIN_MAX_CONNECTIONS`
+    /// are open already: then it is answered 503 and closed. The API is for
+    /// a few back ends, and its connections live in the descriptors reserved
+    /// beside the clients' (`config::FD_RESERVE`, grown for a larger limit),
+    /// so they can never take a client's place.
     pub fn admit(
         &mut self,
         mut stream: TcpStream,
@@ -162,8 +207,19 @@ impl Admin {
         poll: &mio::Registry,
         now: Micros,
     ) {
-        if self.conns.len() >= MAX_ADMIN_CONNECTIONS {
+        if self.conns.len() >= self.max_connections {
             debug!("refusing admin connection from {peer}: too many");
+            self.stats.refused_connections += 1;
+            // Best effort: a fresh socket's buffer takes it; then it closes.
+            let mut refusal = Vec::new();
+            http::write_error(
+                &mut refusal,
+                503,
+                "too-many-connections",
+                "LIFELINE_ADMIN_MAX_CONNECTIONS admin connections are open; retry later",
+                false,
+            );
+            let _ = io::Write::write(&mut stream, &refusal);
             return;
         }
         let _ = stream.set_nodelay(true);
@@ -186,6 +242,8 @@ impl Admin {
             generation: admin.generation,
             last_seen: now,
             inbound: BytesMut::new(),
+            body: BodyState::default(),
+            continued: false,
             outbound: BytesMut::new(),
             state: State::Requests,
         });
@@ -237,7 +295,7 @@ impl Admin {
                         return false;
                     }
                 }
-                State::Requests | State::AwaitingAck { .. } => {
+                State::Requests | State::AwaitingAck { .. } | State::Asking { .. } => {
                     c.inbound.extend_from_slice(&buf[..n]);
                     // Requests piled up behind a push that waits for its ack.
                     if c.inbound.len() > http::MAX_HEAD + MAX_BODY + 1024 {
@@ -252,98 +310,6 @@ impl Admin {
             }
             if n < buf.len() {
                 return true;
-            }
-        }
-    }
-
-    /// Serves the complete requests buffered on a connection, in order,
-    /// stopping while a push waits for its ack. False when it must end.
-    fn serve(&mut self, admin: AdminRef, backend: &mut dyn Backend) -> bool {
-        let gauges = self.gauges();
-        loop {
-            let token = self.token.take();
-            let Some(c) = self
-                .conns
-                .get_mut(admin.key as usize)
-                .filter(|c| c.generation == admin.generation)
-            else {
-                self.token = token;
-                return true;
-            };
-            if !matches!(c.state, State::Requests) || c.inbound.is_empty() {
-                self.token = token;
-                return true;
-            }
-            let inbound = std::mem::take(&mut c.inbound);
-            self.response.clear();
-            let (outcome, used) = match http::parse(&inbound, MAX_BODY + http::MAX_HEAD) {
-                Ok(Parsed::Partial) => {
-                    c.inbound = inbound;
-                    self.token = token;
-                    return true;
-                }
-                Ok(Parsed::Complete { request, len }) => {
-                    let mut ctx = Ctx {
-                        backend: &mut *backend,
-                        admin,
-                        token: token.as_deref(),
-                        gauges,
-                        out: &mut self.response,
-                    };
-                    (routes::handle(&request, &mut ctx), len)
-                }
-                Err(e) => {
-                    routes::refuse(&e, backend, &mut self.response);
-                    (Outcome::Responded { keep_alive: false }, inbound.len())
-                }
-            };
-            self.token = token;
-            let Some(c) = self.get_mut(admin) else {
-                return true;
-            };
-            let mut rest = inbound;
-            bytes::Buf::advance(&mut rest, used);
-            c.inbound = if rest.is_empty() {
-                BytesMut::new()
-            } else {
-                rest
-            };
-            match outcome {
-                Outcome::Responded { keep_alive } => {
-                    if !self.respond(admin, backend) {
-                        return false;
-                    }
-                    if !keep_alive {
-                        self.begin_draining(admin);
-                        return true;
-                    }
-                }
-                Outcome::AwaitAck {
-                    message,
-                    keep_alive,
-                } => {
-                    c.state = State::AwaitingAck {
-                        message,
-                        keep_alive,
-                    };
-                    return true;
-                }
-                Outcome::Stream(start) => {
-                    c.inbound = BytesMut::new();
-                    let (next, replaying, reset) = match start {
-                        StreamStart::Replay { from } => (from, true, None),
-                        StreamStart::Live { next } => (next, false, None),
-                        StreamStart::Reset { last } => (last + 1, false, Some(last)),
-                    };
-                    c.state = State::Events { next, replaying };
-                    if let Some(last) = reset {
-                        presence::write_sse_reset(&mut self.response, last);
-                    }
-                    if !self.respond(admin, backend) {
-                        return false;
-                    }
-                    return self.continue_replay(admin, backend);
-                }
             }
         }
     }
@@ -412,23 +378,27 @@ impl Admin {
             let Some(c) = self.get_mut(admin) else {
                 continue;
             };
-            let keep_alive = match &c.state {
+            let (keep_alive, started) = match &c.state {
                 State::AwaitingAck {
                     message: waiting,
                     keep_alive,
-                } if *waiting == message => *keep_alive,
+                    started,
+                } if *waiting == message => (*keep_alive, *started),
                 _ => continue,
             };
             c.state = State::Requests;
             self.response.clear();
             routes::waited(
                 backend,
+                &mut self.idempotency,
                 &message,
                 end == WaitEnd::Acked,
                 keep_alive,
                 &mut self.response,
             );
-            if !self.respond(admin, backend) {
+            let sent = self.respond(admin, backend);
+            self.stats.answered(Route::Push, started.elapsed());
+            if !sent {
                 self.end(admin, backend);
             } else if !keep_alive {
                 self.begin_draining(admin);
@@ -472,7 +442,7 @@ impl Admin {
                     continue;
                 }
                 State::Draining { .. } => now + (micros(LINGER) - idle),
-                State::AwaitingAck { .. } => now + micros(ADMIN_IDLE),
+                State::AwaitingAck { .. } | State::Asking { .. } => now + micros(ADMIN_IDLE),
                 State::Requests if idle >= micros(ADMIN_IDLE) => {
                     self.end(admin, backend);
                     continue;
@@ -489,8 +459,20 @@ impl Admin {
             return;
         }
         let c = self.conns.remove(admin.key as usize);
-        if let State::AwaitingAck { message, .. } = &c.state {
-            backend.cancel_wait(message);
+        match &c.state {
+            State::AwaitingAck { message, .. } => {
+                backend.cancel_wait(message);
+                if let Some((keyed, status, body)) = self.idempotency.abandoned(message) {
+                    backend.remember_answer(&keyed, status, &body, None);
+                }
+            }
+            // The cluster's answer will find no one; a repeat is a retry.
+            State::Asking { asked, .. } => {
+                if let Some((key, _)) = &asked.key {
+                    self.idempotency.unpend(key);
+                }
+            }
+            _ => {}
         }
     }
 

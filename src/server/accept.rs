@@ -3,10 +3,17 @@
 //! clients, and what happens when the process runs out of descriptors — a
 //! spare one is freed to tell a client `overload` instead of leaving it
 //! hanging, and accepting is retried on a timer instead of spinning.
+//!
+//! On a TLS listener at most `LIFELINE_TLS_MAX_HANDSHAKES` handshakes are in
+//! progress at once: past that, accepting stops and new connections wait in
+//! the kernel's listen backlog (where they cost the loop nothing) until a
+//! handshake finishes or ends. Refusing them instead would only make them
+//! come back, each paying a TCP handshake and a refusal on the loop.
 
 use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
@@ -38,6 +45,9 @@ pub struct Listeners {
     advice: Advice,
     /// Counts since the loop last asked ([`Listeners::take_counts`]).
     counts: AcceptCounts,
+    /// Accepting stopped at the handshake limit with the backlog perhaps
+    /// not empty (the listener is edge-triggered: it will not say so again).
+    held_back: bool,
 }
 
 /// What accepting saw besides admitted connections.
@@ -56,26 +66,40 @@ impl Listeners {
         client_token: Token,
         admin_token: Token,
     ) -> Result<Listeners, ServerError> {
-        let mut client =
+        let client =
             bind_listener(config.listen, config.backlog, config.reuseport).map_err(|source| {
                 ServerError::Listen {
                     addr: config.listen,
                     source,
                 }
             })?;
+        let admin = match config.admin_addr {
+            None => None,
+            Some(addr) => Some(
+                bind_listener(addr, 128, config.reuseport)
+                    .map_err(|source| ServerError::AdminListen { addr, source })?,
+            ),
+        };
+        Listeners::adopt(config, client, admin, poll, client_token, admin_token)
+    }
+
+    /// Listening sockets already bound: by [`Listeners::bind`], or by the
+    /// process this one took over from (an upgrade).
+    pub fn adopt(
+        config: &Config,
+        mut client: TcpListener,
+        mut admin: Option<TcpListener>,
+        poll: &mio::Registry,
+        client_token: Token,
+        admin_token: Token,
+    ) -> Result<Listeners, ServerError> {
         let local_addr = client.local_addr().map_err(ServerError::Poll)?;
         poll.register(&mut client, client_token, Interest::READABLE)
             .map_err(ServerError::Poll)?;
-        let mut admin = match config.admin_addr {
-            None => None,
-            Some(addr) => {
-                let mut l = bind_listener(addr, 128, config.reuseport)
-                    .map_err(|source| ServerError::AdminListen { addr, source })?;
-                poll.register(&mut l, admin_token, Interest::READABLE)
-                    .map_err(ServerError::Poll)?;
-                Some(l)
-            }
-        };
+        if let Some(l) = &mut admin {
+            poll.register(l, admin_token, Interest::READABLE)
+                .map_err(ServerError::Poll)?;
+        }
         let admin_addr = match &mut admin {
             Some(l) => Some(l.local_addr().map_err(ServerError::Poll)?),
             None => None,
@@ -95,6 +119,7 @@ impl Listeners {
             keepalive: config.tcp_keepalive,
             advice: Advice::new(config.reconnect_spread.as_millis() as u64),
             counts: AcceptCounts::default(),
+            held_back: false,
         })
     }
 
@@ -104,6 +129,12 @@ impl Listeners {
 
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// The listening sockets (client, admin), to hand to another process.
+    pub fn fds(&self) -> Option<(BorrowedFd<'_>, Option<BorrowedFd<'_>>)> {
+        let client = self.client.as_ref()?.as_fd();
+        Some((client, self.admin.as_ref().map(|l| l.as_fd())))
     }
 
     /// What accepting saw since the last call.
@@ -137,13 +168,21 @@ impl Listeners {
         }
     }
 
-    /// Accepts every pending client. `admit` takes each configured socket,
-    /// or gives it back to be refused with `overload`.
+    /// Whether accepting stopped at the handshake limit.
+    pub fn held_back(&self) -> bool {
+        self.held_back
+    }
+
+    /// Accepts pending clients, at most `room` of them (the handshakes
+    /// that may begin now). `admit` takes each configured socket, or gives
+    /// it back to be refused with `overload`.
     pub fn accept_clients(
         &mut self,
         now: Instant,
+        mut room: usize,
         mut admit: impl FnMut(TcpStream, SocketAddr) -> Option<TcpStream>,
     ) {
+        self.held_back = false;
         // Take back a spare descriptor lost to an earlier shortage first, so
         // that the next shortage can still refuse politely.
         if self.spare_fd.is_none() {
@@ -153,8 +192,13 @@ impl Listeners {
             let Some(listener) = &self.client else {
                 return;
             };
+            if room == 0 {
+                self.held_back = true;
+                return;
+            }
             match listener.accept() {
                 Ok((stream, peer)) => {
+                    room -= 1;
                     if let Err(e) = self.configure(&stream) {
                         log::debug!("dropping {peer}: cannot set socket options: {e}");
                         continue;

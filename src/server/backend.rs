@@ -3,12 +3,13 @@
 use std::rc::Rc;
 
 use crate::admin::{
-    AdminGauges, AdminRef, Backend, ClientView, ClientsPage, Pushed, ReceiptView, Refused,
-    StreamStart,
+    AdminGauges, AdminRef, Backend, ClientView, ClientsPage, Keyed, Pushed, Question, ReceiptView,
+    Refused, StreamStart,
 };
 use crate::clock::Micros;
 use crate::metrics::Gauges;
-use crate::presence::{PresenceEvent, Resume};
+use crate::offline::{Held, QueueFull};
+use crate::presence::{PresenceEvent, PresenceKind, Resume};
 use crate::receipts::Status;
 use crate::server::conn::{CloseReason, ConnRef};
 use crate::server::core::Core;
@@ -16,14 +17,15 @@ use crate::server::outbound::Prepared;
 use lifeline_wire as wire;
 
 impl Core {
-    fn view(&self, id: &Rc<str>, conn: ConnRef) -> Option<ClientView> {
+    pub(super) fn view(&self, id: &Rc<str>, conn: ConnRef) -> Option<ClientView> {
         let c = self.clients.get(conn)?;
         let now = self.clock.now_us();
         Some(ClientView {
             id: id.clone(),
             peer: c.peer.to_string(),
             connected_at: self.clock.unix_ms(c.connected_at),
-            last_seen_ms_ago: now.saturating_sub(c.last_seen) / 1000,
+            last_seen_ms_ago: Some(now.saturating_sub(c.last_seen) / 1000),
+            node: self.node_id(),
             conn: c.generation,
             suspect: c.session().is_some_and(|s| s.suspect),
         })
@@ -31,7 +33,7 @@ impl Core {
 
     /// `<msg from="admin" id="MID">escaped text</msg>`, refused when the
     /// body is not UTF-8 or the frame would pass `max_frame`.
-    fn encode_push(&self, message: &str, body: &[u8]) -> Result<Vec<u8>, Refused> {
+    pub(super) fn encode_push(&self, message: &str, body: &[u8]) -> Result<Vec<u8>, Refused> {
         let text = std::str::from_utf8(body).map_err(|_| Refused {
             status: 400,
             error: "bad-body",
@@ -59,6 +61,23 @@ impl Core {
     }
 }
 
+pub(super) fn queue_full(full: QueueFull) -> Refused {
+    Refused {
+        status: 507,
+        error: "queue-full",
+        detail: full.to_string(),
+    }
+}
+
+/// `503 client-busy`: the client's outbound buffer is full.
+pub(super) fn busy(to: &str) -> Refused {
+    Refused {
+        status: 503,
+        error: "client-busy",
+        detail: format!("client {to:?} has more than max_outbound bytes queued"),
+    }
+}
+
 fn not_online(id: &str) -> Refused {
     Refused {
         status: 404,
@@ -78,8 +97,17 @@ impl Backend for Core {
 
     fn metrics(&self, admin: AdminGauges) -> String {
         let out = self.clients.outbound_stats();
-        self.metrics.render(
+        let (transports, outbound_buffered) = self.clients.census();
+        let mut text = self.metrics.render(
             &Gauges {
+                now_us: self.clock.now_us(),
+                lateness_bound_seconds: crate::config_ops::lateness_bound(self.config.tick)
+                    .as_secs_f64(),
+                transports,
+                outbound_buffered,
+                queue_pushes: self.pushes.queued_pushes(),
+                queue_bytes: self.pushes.queued_bytes(),
+                receipts_held: self.pushes.receipts_held(),
                 connections_open: self.clients.len(),
                 clients_online: self.registry.local_len(),
                 admin_connections: admin.connections,
@@ -91,7 +119,10 @@ impl Backend for Core {
                 pushes_delivered: out.pushes_delivered,
             },
             &self.pushes.stats,
-        )
+        );
+        self.render_tls_metrics(&mut text);
+        self.render_cluster_metrics(&mut text);
+        text
     }
 
     fn count_request(&mut self, status: u16) {
@@ -149,10 +180,14 @@ impl Backend for Core {
         // An online client still receiving its backlog gets new pushes
         // behind it, so that order holds.
         let backlog = self.pushes.holds(to);
-        let target = self
+        let online = self
             .registry
             .local(to)
-            .filter(|&conn| !backlog && self.clients.is_live(conn));
+            .filter(|&conn| self.clients.is_live(conn));
+        let target = online.filter(|_| !backlog);
+        // Asked for a queue time: held while offline, and kept once sent
+        // until acked (handed back if the connection ends first).
+        let at_least_once = queue_ttl_ms.is_some();
         let queue_ttl_ms = match (backlog, queue_ttl_ms) {
             (true, None) => Some(self.config.receipt_ttl.as_millis() as u64),
             (_, ttl) => ttl,
@@ -163,25 +198,28 @@ impl Backend for Core {
         let message = self.pushes.new_id();
         let frame = self.encode_push(&message, body)?;
         let now = self.clock.now_us();
+        let to: Rc<str> = Rc::from(to);
+        let expires = now + queue_ttl_ms.unwrap_or(0) * 1000;
         let Some(target) = target else {
-            // Offline, and the pusher asked to hold it.
-            let expires = now + queue_ttl_ms.unwrap_or(0) * 1000;
-            return match self.pushes.hold(&message, to, frame, expires, now) {
-                Ok(()) => Ok(Pushed::Queued { id: message }),
-                Err(full) => Err(Refused {
-                    status: 507,
-                    error: "queue-full",
-                    detail: full.to_string(),
-                }),
+            // Offline (or behind a backlog), and the pusher asked to hold it.
+            return match self
+                .pushes
+                .hold(&message, &to, frame, expires, at_least_once, now)
+            {
+                Ok(()) => {
+                    if online.is_none() {
+                        self.publish_push(PresenceKind::Queued, &to, &message);
+                    }
+                    Ok(Pushed::Queued { id: message })
+                }
+                Err(full) => Err(queue_full(full)),
             };
         };
-        let busy = || Refused {
-            status: 503,
-            error: "client-busy",
-            detail: format!("client {to:?} has more than max_outbound bytes queued"),
-        };
+        if at_least_once {
+            self.pushes.admits(&to, frame.len()).map_err(queue_full)?;
+        }
         if !self.clients.has_room(target, frame.len()) {
-            return Err(busy());
+            return Err(busy(&to));
         }
         let mut frame = Prepared::new(frame);
         if self
@@ -189,9 +227,18 @@ impl Backend for Core {
             .send_prepared(target, &mut frame, true)
             .is_err()
         {
-            return Err(busy());
+            return Err(busy(&to));
         }
-        self.pushes.sent(&message, to, now);
+        self.pushes.sent(&message, &to, now);
+        if at_least_once {
+            let held = Held {
+                message: message.clone(),
+                frame: frame.into_raw(),
+                expires,
+                at_least_once,
+            };
+            self.pushes.track(&to, target, held);
+        }
         Ok(Pushed::Sent {
             id: message,
             target,
@@ -238,7 +285,35 @@ impl Backend for Core {
             acked_at: ms(r.acked),
             expires_at: ms(r.expires),
             recipients: r.recipients,
+            redelivered: r.redelivered,
         })
+    }
+
+    fn is_clustered(&self) -> bool {
+        self.cluster_state.node.is_some()
+    }
+
+    fn ask(&mut self, admin: AdminRef, question: Question) -> bool {
+        self.ask_cluster(admin, question)
+    }
+
+    fn remember_answer(
+        &mut self,
+        keyed: &Keyed,
+        status: u16,
+        body: &str,
+        waiting: Option<std::time::Duration>,
+    ) {
+        if self.cluster_state.node.is_some() {
+            self.remember_keyed(keyed, status, body, waiting);
+        }
+    }
+
+    fn await_remote_ack(&mut self, message: &Rc<str>, admin: AdminRef, until: Micros) {
+        self.pushes.await_remote_ack(message, admin, until);
+        if self.cluster_state.take_early_ack(message) {
+            self.pushes.remote_acked(message);
+        }
     }
 
     fn stream_from(&mut self, last_event_id: Option<u64>) -> StreamStart {

@@ -19,11 +19,14 @@ use crate::clock::{Clock, Micros};
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::presence::{PresenceEvent, PresenceKind, PresenceLog};
+use crate::push_ids;
 use crate::pushes::Pushes;
 use crate::pushes::WaitEnd;
 use crate::registry::{Location, Registry, Ticket};
 use crate::server::accept::AcceptCounts;
 use crate::server::conn::{CloseReason, ConnRef, Transport};
+use crate::server::liveness::Watched;
+use crate::server::secure::TlsRuntime;
 use crate::server::table::Clients;
 use crate::writeq::Flushed;
 use lifeline_wire::ws;
@@ -36,6 +39,8 @@ const PHASE_STEP: f64 = 0.618_033_988_749_895;
 pub(super) struct PendingMsg {
     pub sender: ConnRef,
     pub from: Rc<str>,
+    /// Cluster mode forwards it to the recipient's node by id.
+    pub to: Box<str>,
     pub id: Option<Box<str>>,
     pub body: Box<str>,
 }
@@ -62,6 +67,10 @@ pub struct Core {
     /// The connection being served, and an end asked for it meanwhile (it
     /// ends when its serving is done, never under its own frame loop).
     pub(super) serving: Option<(ConnRef, Option<CloseReason>)>,
+    /// On a TLS listener: the TLS configuration and its counters.
+    pub(super) tls: Option<TlsRuntime>,
+    /// Cluster mode's questions and answers in flight (empty standalone).
+    pub(super) cluster_state: crate::server::cluster::ClusterState,
 }
 
 /// Per-client randomness and spreading: heartbeat phases and reconnect delays.
@@ -78,6 +87,16 @@ impl Advice {
             logins: 0,
             reconnect_spread_ms,
         }
+    }
+
+    /// Logins so far (an upgrade carries the count over, so phases go on
+    /// spreading where they were).
+    pub fn logins(&self) -> u64 {
+        self.logins
+    }
+
+    pub fn set_logins(&mut self, logins: u64) {
+        self.logins = logins;
     }
 
     /// The `phase-ms` of the next login: successive logins spread their
@@ -100,21 +119,44 @@ impl Advice {
 }
 
 impl Core {
-    pub fn new(config: Config, clock: Clock, capacity: usize, registry: Box<dyn Registry>) -> Core {
+    pub fn new(
+        config: Config,
+        clock: Clock,
+        capacity: usize,
+        mut registry: Box<dyn Registry>,
+    ) -> Core {
         let receipt_ttl = crate::clock::micros(config.receipt_ttl);
+        let mut cluster_state = crate::server::cluster::ClusterState::default();
+        cluster_state.node = registry.shared().map(|c| c.node().clone());
+        // Cluster mode: events are numbered by the cluster's stream.
+        let first_seq = match cluster_state.node {
+            Some(_) => 0,
+            None => clock.unix_epoch_us(),
+        };
+        // Push ids unique across restarts and, with the node id, across
+        // the nodes of a cluster.
+        let id_prefix =
+            push_ids::id_prefix(cluster_state.node.as_deref(), clock.unix_epoch_us() / 1000);
+        let mut pushes = Pushes::new(
+            receipt_ttl,
+            config.queue_max_per_client,
+            config.queue_max_bytes,
+            id_prefix,
+        );
+        if cluster_state.node.is_some() {
+            pushes.set_clustered();
+        }
         Core {
             clients: Clients::new(capacity, config.max_outbound),
             registry,
-            presence: PresenceLog::new(config.event_backlog, clock.unix_epoch_us()),
-            pushes: Pushes::new(
-                receipt_ttl,
-                config.queue_max_per_client,
-                config.queue_max_bytes,
-            ),
+            cluster_state,
+            presence: PresenceLog::new(config.event_backlog, first_seq),
+            pushes,
             metrics: Metrics::default(),
             advice: Advice::new(config.reconnect_spread.as_millis() as u64),
             pending: HashMap::new(),
             serving: None,
+            tls: config.tls.clone().map(TlsRuntime::new),
             clock,
             config,
         }
@@ -148,9 +190,13 @@ impl Core {
         poll: &mio::Registry,
     ) -> Option<ConnRef> {
         match self.clients.insert(stream, peer, self.clock.now_us(), poll) {
+            Ok(conn) if !self.attach_tls(conn) => {
+                self.clients.remove(conn);
+                None
+            }
             Ok(conn) => {
                 self.metrics.accepted += 1;
-                debug!("accepted {peer} as connection {}", conn.generation);
+                debug!(peer:% = peer, conn = conn.generation; "accepted");
                 Some(conn)
             }
             Err(e) => {
@@ -160,13 +206,16 @@ impl Core {
         }
     }
 
-    /// When `conn` was last heard from, unless it is gone or saying goodbye
-    /// (a shutdown drain ends those by itself).
-    pub fn last_seen(&self, conn: ConnRef) -> Option<Micros> {
+    /// When `conn` was last heard from and its interval, unless it is gone
+    /// or saying goodbye (a shutdown drain ends those by itself).
+    pub fn watched(&self, conn: ConnRef) -> Option<Watched> {
         self.clients
             .get(conn)
             .filter(|c| !c.is_closing())
-            .map(|c| c.last_seen)
+            .map(|c| Watched {
+                last_seen: c.last_seen,
+                interval_ms: c.interval_ms,
+            })
     }
 
     pub fn is_live(&self, conn: ConnRef) -> bool {
@@ -188,6 +237,7 @@ impl Core {
         let Some(mut c) = self.clients.remove(conn) else {
             return;
         };
+        self.tls_released(&c);
         let closing = c.is_closing();
         let handshake = matches!(c.transport, Transport::Handshake);
         let ws_close = match &c.transport {
@@ -224,12 +274,18 @@ impl Core {
             Some(id) => {
                 let id = id.clone();
                 let was_holder = self.registry.release(&id, conn);
+                if was_holder {
+                    self.metrics.went_offline(reason);
+                }
                 if was_holder || reason == CloseReason::Replaced {
+                    // Fields for JSON logs; text reads
+                    // "offline id=.. reason=.. lived=1.234s conn=..".
                     info!(
-                        "offline id={id} reason={} lived={:.3}s conn={}",
-                        reason.as_str(),
-                        lived.as_secs_f64(),
-                        conn.generation
+                        id = &*id,
+                        reason = reason.as_str(),
+                        lived = lived.as_secs_f64(),
+                        conn = conn.generation;
+                        "offline"
                     );
                 }
                 // A replaced connection's id stays online (its successor
@@ -240,6 +296,7 @@ impl Core {
                     PresenceKind::Replaced
                 };
                 self.publish(kind, &id, conn, c.peer, Some(reason.as_str()));
+                self.hand_back_unacked(&id, conn, was_holder);
             }
             None => debug!(
                 "closed connection {} from {} ({}) after {:.3}s",
@@ -270,14 +327,43 @@ impl Core {
         peer: SocketAddr,
         reason: Option<&'static str>,
     ) {
+        let at = self.clock.unix_ms(self.clock.now_us());
+        if self.cluster_state.node.is_some() {
+            // Cluster mode: numbered by the cluster's stream; subscribers
+            // get it from there, in the one cluster-wide order.
+            self.cluster_event(kind, id, conn, &peer.to_string(), reason, at);
+            return;
+        }
         self.presence.record(PresenceEvent {
             seq: 0,
             kind,
             id: id.clone(),
+            node: None,
             conn: conn.generation,
-            peer,
+            peer: Some(peer),
             reason,
+            at,
+            message: None,
+        });
+    }
+
+    /// Numbers a push event (`queued`, `expired`) about `client`'s push
+    /// `message` and keeps it, as [`Core::publish`] does.
+    /// Cluster mode: Redis's scripts write push events to the stream.
+    pub(super) fn publish_push(&mut self, kind: PresenceKind, client: &Rc<str>, message: &Rc<str>) {
+        if self.cluster_state.node.is_some() {
+            return;
+        }
+        self.presence.record(PresenceEvent {
+            seq: 0,
+            kind,
+            id: client.clone(),
+            node: None,
+            conn: 0,
+            peer: None,
+            reason: None,
             at: self.clock.unix_ms(self.clock.now_us()),
+            message: Some(message.clone()),
         });
     }
 
@@ -308,8 +394,17 @@ impl Core {
                     wire::encode_msg(out, &msg.from, msg.id.as_deref(), &msg.body)
                 });
             }
-            // Cluster mode forwards to the other node; a standalone registry
-            // never answers Elsewhere.
+            Location::Elsewhere(node) => self.forward_msg(
+                msg.sender,
+                &msg.from,
+                &msg.to,
+                msg.id.as_deref(),
+                &msg.body,
+                &node,
+            ),
+            Location::Unavailable => {
+                self.refuse_msg(msg.sender, msg.id.as_deref(), wire::ErrorCode::Unavailable)
+            }
             _ => {
                 self.metrics.error_sent(wire::ErrorCode::Offline);
                 self.send_or_end(msg.sender, |out| {
@@ -322,10 +417,6 @@ impl Core {
                 });
             }
         }
-    }
-
-    pub fn heartbeat(&self) -> Duration {
-        self.config.heartbeat
     }
 
     /// One of the registry's own sockets is ready.
@@ -351,6 +442,7 @@ impl Core {
     /// Expires receipts, held pushes and ack waits whose time is up.
     pub fn expire(&mut self) {
         self.pushes.expire(self.clock.now_us());
+        self.publish_expired();
     }
 
     /// When [`Core::expire`] next has something to do.
@@ -377,6 +469,7 @@ impl Core {
     /// the table, the socket closed, nothing else.
     pub fn forget(&mut self, conn: ConnRef) {
         if let Some(c) = self.clients.remove(conn) {
+            self.tls_released(&c);
             if let Some(id) = c.id() {
                 let _ = self.registry.release(id, conn);
             }

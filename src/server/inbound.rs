@@ -100,7 +100,12 @@ impl Core {
                     self.metrics.bytes_in += n as u64;
                     // A goodbye drain discards input; it reads only to see the peer close.
                     if !c.is_closing() {
-                        let fate = self.consume(conn, &mut buf[..n]);
+                        // Plaintext pays this one branch; TLS decrypts first.
+                        let fate = if c.tls.is_none() {
+                            self.consume(conn, &mut buf[..n])
+                        } else {
+                            self.consume_tls(conn, &mut buf[..n])
+                        };
                         if fate != Fate::Keep {
                             return (fate, false);
                         }
@@ -124,7 +129,7 @@ impl Core {
 
     /// Serves what a read brought, by the connection's transport; the first
     /// non-whitespace byte of a connection decides which transport it is.
-    fn consume(&mut self, conn: ConnRef, bytes: &mut [u8]) -> Fate {
+    pub(super) fn consume(&mut self, conn: ConnRef, bytes: &mut [u8]) -> Fate {
         let Some(c) = self.clients.get_mut(conn) else {
             return Fate::Keep;
         };
@@ -254,10 +259,21 @@ impl Core {
         };
         let mut head = std::mem::take(&mut c.inbound);
         head.extend_from_slice(bytes);
+        let demo_page = self.config.ops.demo_page;
         match ws::parse_upgrade(&head) {
             Ok(ws::Handshake::Partial) => {
                 c.inbound = head;
                 Fate::Keep
+            }
+            Ok(ws::Handshake::Upgrade { .. }) if !self.config.ops.ws_origins.allows(&head) => {
+                debug!(
+                    "connection {} from {}: WebSocket origin refused",
+                    c.generation, c.peer
+                );
+                let _ = self
+                    .clients
+                    .send_framed(conn, crate::origins::write_forbidden);
+                Fate::End(CloseReason::Http)
             }
             Ok(ws::Handshake::Upgrade {
                 key,
@@ -279,7 +295,7 @@ impl Core {
             Ok(ws::Handshake::Get { path, .. }) => {
                 let _ = self
                     .clients
-                    .send_framed(conn, |out| pages::answer_get(out, path));
+                    .send_framed(conn, |out| pages::answer_get_if(out, path, demo_page));
                 Fate::End(CloseReason::Http)
             }
             Err(e) => {

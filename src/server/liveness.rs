@@ -7,6 +7,13 @@
 //! time that remains, probe, probe and mark suspect, or close (Netty's
 //! `IdleStateHandler`). The work per tick is proportional to the entries
 //! that come due, never to the number of connections.
+//!
+//! Each connection has its own interval (version 1.2: granted at login, the
+//! server's own before), read only when its entry comes due; the deadline is
+//! that interval × misses. Entries are scheduled at each connection's own
+//! next time, so mixed intervals cost nothing more per tick. A connection
+//! that has not logged in yet may still be granted a shorter interval, so it
+//! is looked at no later than the shortest interval a login can be granted.
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -42,6 +49,32 @@ pub enum Verdict {
     Close { late: Micros },
 }
 
+impl Verdict {
+    /// The same verdict, looking again no later than `latest`.
+    fn no_later_than(self, latest: Micros) -> Verdict {
+        match self {
+            Verdict::Rearm { at } => Verdict::Rearm { at: at.min(latest) },
+            Verdict::Probe { seq, next } => Verdict::Probe {
+                seq,
+                next: next.min(latest),
+            },
+            Verdict::Suspect { seq, next } => Verdict::Suspect {
+                seq,
+                next: next.min(latest),
+            },
+            close @ Verdict::Close { .. } => close,
+        }
+    }
+}
+
+/// What the heartbeat rule reads of one connection when its entry comes due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Watched {
+    pub last_seen: Micros,
+    /// Its granted interval in ms; 0 before login (the server's own applies).
+    pub interval_ms: u32,
+}
+
 /// The heartbeat rule. `interval` > 0 and `deadline` ≥ `interval`.
 pub fn liveness(last_seen: Micros, now: Micros, interval: Micros, deadline: Micros) -> Verdict {
     let silent = now.saturating_sub(last_seen);
@@ -66,8 +99,11 @@ pub struct Liveness {
     ticker_failed: bool,
     /// The wheel's due entries, reused across ticks.
     due: Vec<ConnRef>,
+    /// The server's own interval (for connections not logged in).
     interval: Micros,
-    deadline: Micros,
+    /// The shortest interval a login can be granted.
+    shortest: Micros,
+    misses: u64,
     tick: Micros,
     /// When the loop last served a connection: within a tick of that, more
     /// are likely to wake it before the next tick.
@@ -75,11 +111,14 @@ pub struct Liveness {
 }
 
 impl Liveness {
+    /// `interval`: the server's own; `shortest`: the shortest a login can
+    /// be granted (at most `interval`).
     pub fn new(
         epoch: Instant,
         tick: Duration,
         interval: Duration,
-        deadline: Duration,
+        shortest: Duration,
+        misses: u32,
     ) -> io::Result<Liveness> {
         Ok(Liveness {
             wheel: TimerWheel::new(epoch, tick),
@@ -87,7 +126,8 @@ impl Liveness {
             ticker_failed: false,
             due: Vec::new(),
             interval: crate::clock::micros(interval),
-            deadline: crate::clock::micros(deadline),
+            shortest: crate::clock::micros(shortest.min(interval)),
+            misses: u64::from(misses.max(1)),
             tick: crate::clock::micros(tick),
             last_served: 0,
         })
@@ -100,6 +140,13 @@ impl Liveness {
     /// Looks at `conn` again no earlier than `at`.
     pub fn watch(&mut self, conn: ConnRef, at: Instant) {
         self.wheel.schedule(conn, at);
+    }
+
+    /// Starts watching a connection accepted at `now`: it is not logged in,
+    /// so its first look comes after the shortest interval it may be granted.
+    pub fn watch_accepted(&mut self, conn: ConnRef, now: Instant) {
+        self.wheel
+            .schedule(conn, now + Duration::from_micros(self.shortest));
     }
 
     /// Notes that the loop served a connection at `now`.
@@ -140,9 +187,28 @@ impl Liveness {
         self.due = due;
     }
 
-    /// The heartbeat rule for a connection last heard from at `last_seen`.
-    pub fn verdict(&self, last_seen: Micros, now: Micros) -> Verdict {
-        liveness(last_seen, now, self.interval, self.deadline)
+    /// The heartbeat rule for a connection, with its own interval.
+    pub fn verdict(&self, watched: Watched, now: Micros) -> Verdict {
+        if watched.interval_ms != 0 {
+            let interval = u64::from(watched.interval_ms) * 1000;
+            return liveness(watched.last_seen, now, interval, interval * self.misses);
+        }
+        let verdict = liveness(
+            watched.last_seen,
+            now,
+            self.interval,
+            self.interval * self.misses,
+        );
+        // A login may still grant a shorter interval: no entry of this
+        // connection may lie later than that could require.
+        verdict.no_later_than(now + self.shortest)
+    }
+
+    /// Every wheel entry with the instant it comes due, the wheel left empty
+    /// (an upgrade hands them to the next process; a failed one puts them
+    /// back with [`Liveness::watch`]).
+    pub fn drain(&mut self) -> Vec<(ConnRef, Instant)> {
+        self.wheel.drain()
     }
 
     /// Entries in the wheel, stale ones included until they come due.
@@ -200,6 +266,58 @@ mod tests {
                 Verdict::Close { late: 0 },
             ]
         );
+    }
+
+    /// Two connections with their own intervals, each followed as the loop
+    /// follows it: each is probed and closed on its own schedule.
+    #[test]
+    fn each_connection_follows_its_own_interval() {
+        let live = Liveness::new(
+            Instant::now(),
+            Duration::from_millis(2),
+            Duration::from_millis(100),
+            Duration::from_millis(40),
+            3,
+        )
+        .unwrap();
+        let follow = |interval_ms: u32| {
+            let watched = Watched {
+                last_seen: 0,
+                interval_ms,
+            };
+            let mut now = u64::from(interval_ms) * MS;
+            let mut probes = Vec::new();
+            loop {
+                match live.verdict(watched, now) {
+                    Verdict::Close { late } => return (probes, now - late),
+                    Verdict::Rearm { at } => now = at,
+                    Verdict::Probe { next, .. } | Verdict::Suspect { next, .. } => {
+                        probes.push(now / MS);
+                        now = next;
+                    }
+                }
+            }
+        };
+        assert_eq!(follow(40), (vec![40, 80], 120 * MS));
+        assert_eq!(follow(250), (vec![250, 500], 750 * MS));
+        // Before login: the server's interval, looked at every 40 ms at most.
+        let fresh = Watched {
+            last_seen: 0,
+            interval_ms: 0,
+        };
+        assert_eq!(live.verdict(fresh, 0), Verdict::Rearm { at: 40 * MS });
+        assert_eq!(
+            live.verdict(fresh, 80 * MS),
+            Verdict::Rearm { at: 100 * MS }
+        );
+        assert_eq!(
+            live.verdict(fresh, 100 * MS),
+            Verdict::Probe {
+                seq: 1,
+                next: 140 * MS
+            }
+        );
+        assert_eq!(live.verdict(fresh, 300 * MS), Verdict::Close { late: 0 });
     }
 
     #[test]

@@ -13,15 +13,23 @@
 
 mod accept;
 mod backend;
+mod cluster;
+mod cluster_admin;
+mod cluster_idem;
+mod cluster_pushes;
 pub mod conn;
 mod core;
 mod fanout;
+pub mod handover;
 mod inbound;
 pub mod liveness;
 mod outbound;
+mod redelivery;
+mod secure;
 mod session;
 mod shutdown;
 mod table;
+mod tls;
 
 pub use self::conn::{CloseReason, ConnRef};
 pub use self::core::Core;
@@ -33,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
 use mio::{Events, Poll, Token};
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
 use signal_hook_mio::v1_0::Signals;
 
 use crate::admin::{Admin, AdminRef};
@@ -42,6 +50,7 @@ use crate::config::{Config, FD_RESERVE};
 use crate::presence::PresenceEvent;
 use crate::registry::{LocalRegistry, Registry, Tokens};
 use accept::Listeners;
+use handover::{HandoverError, Upgrade, UPGRADE};
 use liveness::{Liveness, Verdict};
 
 const LISTENER: Token = Token(1);
@@ -69,6 +78,14 @@ pub enum ServerError {
     AdminListen { addr: SocketAddr, source: io::Error },
     #[error("cannot set up the event loop: {0}")]
     Poll(io::Error),
+    #[error("upgrade: {0}")]
+    Handover(#[source] Box<HandoverError>),
+}
+
+impl From<HandoverError> for ServerError {
+    fn from(e: HandoverError) -> ServerError {
+        ServerError::Handover(Box::new(e))
+    }
 }
 
 /// Whom a guarded piece of work serves: what a panic in it ends.
@@ -96,32 +113,72 @@ pub struct Server {
     fresh: Vec<PresenceEvent>,
     /// Once a shutdown began: when its drain gives up.
     drain_until: Option<Instant>,
+    /// An upgrade under way: the new process is starting.
+    upgrade: Option<Upgrade>,
+    /// Just took over from another process: serve every socket that has
+    /// something before deadlines are looked at (bytes that arrived during
+    /// the hand-over count, as they would have in the old process).
+    catching_up: bool,
+    /// Started by an upgrade: the pid of the process it took over from.
+    taken_over_from: Option<u32>,
 }
 
 impl Server {
     /// Raises the open-file limit, binds the listeners and sets up the loop.
+    /// In cluster mode (`LIFELINE_REDIS_URL`), the registry is the cluster's.
     pub fn bind(config: Config) -> Result<Server, ServerError> {
-        Server::bind_with_registry(config, Box::new(LocalRegistry::default()))
+        let registry: Box<dyn Registry> = match &config.cluster {
+            Some(cluster) => {
+                info!(
+                    "cluster mode: node {} with Redis at {}, node TTL {} ms",
+                    cluster.node,
+                    cluster.target.addr,
+                    cluster.ttl.as_millis()
+                );
+                Box::new(crate::cluster::Cluster::new(cluster))
+            }
+            None => Box::new(LocalRegistry::default()),
+        };
+        Server::bind_with_registry(config, registry)
     }
 
-    /// As [`Server::bind`], with the registry given (cluster mode brings its own).
+    /// As [`Server::bind`], with the registry given (cluster mode brings its
+    /// own). A process started by an upgrade takes the listeners, the
+    /// connections and the state of the one that started it instead.
     pub fn bind_with_registry(
         config: Config,
-        mut registry: Box<dyn Registry>,
+        registry: Box<dyn Registry>,
     ) -> Result<Server, ServerError> {
-        let capacity = capacity(&config);
+        handover::remember_start_path();
+        let (config, registry) = match handover::take_over(config, registry)? {
+            Ok(server) => return Ok(server),
+            Err(start) => start,
+        };
         let poll = Poll::new().map_err(ServerError::Poll)?;
         let listeners = Listeners::bind(&config, poll.registry(), LISTENER, ADMIN_LISTENER)?;
-        let mut signals = Signals::new([SIGINT, SIGTERM]).map_err(ServerError::Poll)?;
+        Server::assemble(config, registry, Clock::start(), poll, listeners)
+    }
+
+    /// The loop around listeners that are registered already, on `clock`.
+    fn assemble(
+        config: Config,
+        mut registry: Box<dyn Registry>,
+        clock: Clock,
+        poll: Poll,
+        listeners: Listeners,
+    ) -> Result<Server, ServerError> {
+        let capacity = capacity(&config);
+        let mut signals =
+            Signals::new([SIGINT, SIGTERM, SIGHUP, SIGUSR2]).map_err(ServerError::Poll)?;
         poll.registry()
             .register(&mut signals, SIGNALS, mio::Interest::READABLE)
             .map_err(ServerError::Poll)?;
-        let clock = Clock::start();
         let liveness = Liveness::new(
             clock.epoch(),
             config.tick,
             config.heartbeat,
-            config.deadline(),
+            config.login.heartbeat_min,
+            config.misses,
         )
         .map_err(ServerError::Poll)?;
         liveness
@@ -131,27 +188,51 @@ impl Server {
             .register(poll.registry(), REGISTRY_TOKENS)
             .map_err(ServerError::Poll)?;
         info!(
-            "listening on {}; capacity {capacity} connections (open-file limit {}); \
-             heartbeat {} ms, misses {}, deadline {} ms, tick {} ms",
+            "listening on {}; pid {}; capacity {capacity} connections (open-file limit {}); \
+             heartbeat {} ms, misses {}, deadline {} ms, tick {} ms; version {} commit {}",
             listeners.local_addr(),
+            std::process::id(),
             open_file_limit(),
             config.heartbeat.as_millis(),
             config.misses,
             config.deadline().as_millis(),
-            config.tick.as_millis()
+            config.tick.as_millis(),
+            crate::build_info::VERSION,
+            crate::build_info::COMMIT
         );
+        if let Some(tls) = &config.tls {
+            info!(
+                "TLS on the client port: certificate {}, client certificates {}, \
+                 at most {} handshakes at once",
+                tls.files.cert.display(),
+                match (&tls.files.client_ca, tls.id_from_cert) {
+                    (None, _) => "not asked for".to_string(),
+                    (Some(ca), false) => format!("required (CA {})", ca.display()),
+                    (Some(ca), true) =>
+                        format!("required (CA {}), login id from them", ca.display()),
+                },
+                tls.max_handshakes
+            );
+        }
         Ok(Server {
             poll,
             listeners,
             signals,
             liveness,
-            admin: Admin::new(config.admin_token.clone()),
+            admin: Admin::new(
+                config.admin_token.clone(),
+                config.ops.admin_max_connections,
+                config.receipt_ttl,
+            ),
             core: Core::new(config, clock, capacity, registry),
             read_buf: vec![0; READ_CHUNK],
             read_again: Vec::new(),
             flushing: Vec::new(),
             fresh: Vec::new(),
             drain_until: None,
+            upgrade: None,
+            catching_up: false,
+            taken_over_from: None,
         })
     }
 
@@ -162,6 +243,12 @@ impl Server {
     /// Where the admin API listens, when enabled.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.listeners.admin_addr()
+    }
+
+    /// The pid this process took every client over from, when an upgrade
+    /// started it (it has then told systemd it is ready already).
+    pub fn taken_over_from(&self) -> Option<u32> {
+        self.taken_over_from
     }
 
     /// Connections the server accepts before refusing with `overload`.
@@ -193,7 +280,14 @@ impl Server {
                 self.dispatch(event.token(), event.is_writable(), now_us);
             }
             self.read_pending();
+            if self.catching_up && events.iter().count() == EVENTS_CAPACITY {
+                continue; // more sockets may have bytes from the hand-over
+            }
+            self.catching_up = false;
             self.deferred(now);
+            if self.upgrade.is_some() && self.upgrade_step(now) {
+                return Ok(()); // handed over: the new process serves
+            }
             if now_us >= next_sample {
                 next_sample = now_us + LOOP_SAMPLE_EVERY_US;
                 // The iteration's duration costs a second clock read: sampled.
@@ -213,6 +307,7 @@ impl Server {
             LISTENER => self.accept_clients(),
             ADMIN_LISTENER => self.accept_admin(),
             SIGNALS => self.on_signal(),
+            UPGRADE => self.on_upgrade_ready(),
             TICKER => {} // the deadlines are looked at every iteration
             Token(t)
                 if (REGISTRY_TOKENS.first..REGISTRY_TOKENS.first + REGISTRY_TOKENS.count)
@@ -256,11 +351,15 @@ impl Server {
 
     /// The work deferred to after the batch, each piece guarded.
     fn deferred(&mut self, now: Instant) {
+        self.guarded(Subject::Loop, |s| s.core.cluster_tick(now));
         self.guarded(Subject::Loop, |s| s.core.route_answered());
         self.wake_admin();
         if self.listeners.retry_due(now) {
             self.accept_clients();
             self.accept_admin();
+        } else if self.listeners.held_back() && self.core.handshake_room() > 0 {
+            // Handshakes finished or ended: the backlog's turn again.
+            self.accept_clients();
         }
         // Deadlines after the batch: a frame that was waiting in a socket
         // when the loop woke counts, even if its deadline has just passed.
@@ -273,6 +372,8 @@ impl Server {
         }
         self.stream_events();
         self.flush_scheduled();
+        // The registry's timers and its one write of the iteration's commands.
+        self.guarded(Subject::Loop, |s| s.core.registry_on_time(now));
     }
 
     /// Admin requests whose push was acked (or whose wait ended) are
@@ -282,6 +383,12 @@ impl Server {
             self.guarded(Subject::Loop, |s| {
                 let woken = s.core.take_woken();
                 s.admin.wake(woken, &mut s.core);
+            });
+        }
+        if self.core.has_answers() {
+            self.guarded(Subject::Loop, |s| {
+                let answers = s.core.take_answers();
+                s.admin.answer(answers, &mut s.core);
             });
         }
     }
@@ -305,10 +412,10 @@ impl Server {
         for &conn in &due {
             self.guarded(Subject::Client(conn), |s| {
                 // Gone, or saying goodbye: the entry is stale.
-                let Some(last_seen) = s.core.last_seen(conn) else {
+                let Some(watched) = s.core.watched(conn) else {
                     return;
                 };
-                let next = match s.liveness.verdict(last_seen, now_us) {
+                let next = match s.liveness.verdict(watched, now_us) {
                     Verdict::Close { late } => return s.core.timed_out(conn, late),
                     Verdict::Rearm { at } => at,
                     Verdict::Probe { seq, next } => {
@@ -344,14 +451,14 @@ impl Server {
         let now = self.core.clock().now();
         let draining = self.drain_until.is_some();
         let (core, liveness, poll) = (&mut self.core, &mut self.liveness, &self.poll);
-        let heartbeat = core.heartbeat();
-        self.listeners.accept_clients(now, |stream, peer| {
+        let room = core.handshake_room();
+        self.listeners.accept_clients(now, room, |stream, peer| {
             if draining || core.clients().is_full() {
                 return Some(stream);
             }
             // A connection that never logs in is held to the same deadline.
             if let Some(conn) = core.admit(stream, peer, poll.registry()) {
-                liveness.watch(conn, now + heartbeat);
+                liveness.watch_accepted(conn, now);
             }
             None
         });
@@ -374,7 +481,7 @@ impl Server {
     /// ack wait or a held push ending, an admin timer, an accept retry, the
     /// drain's end; or at once, when reads or broadcasts are pending.
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.read_again.is_empty() || self.core.broadcasting() {
+        if !self.read_again.is_empty() || self.catching_up || self.core.broadcasting() {
             return Some(Duration::ZERO);
         }
         let clock = self.core.clock();
@@ -387,6 +494,11 @@ impl Server {
                 .retry_at()
                 .map(|at| at.saturating_duration_since(now)),
             self.drain_until.map(|at| at.saturating_duration_since(now)),
+            self.upgrade_deadline()
+                .map(|at| at.saturating_duration_since(now)),
+            self.core
+                .registry_next_wake()
+                .map(|at| at.saturating_duration_since(now)),
         ]
         .into_iter()
         .flatten()
@@ -420,7 +532,11 @@ impl Server {
 /// capacity from it (and from `LIFELINE_MAX_CONNECTIONS`).
 fn capacity(config: &Config) -> usize {
     let fd_limit = raise_open_file_limit();
-    let fd_capacity = usize::try_from(fd_limit.saturating_sub(FD_RESERVE)).unwrap_or(usize::MAX);
+    // Admin connections allowed beyond the default limit take their
+    // descriptors from the clients' share.
+    let reserve =
+        FD_RESERVE + crate::config_ops::extra_admin_reserve(config.ops.admin_max_connections);
+    let fd_capacity = usize::try_from(fd_limit.saturating_sub(reserve)).unwrap_or(usize::MAX);
     let capacity = match config.max_connections {
         Some(n) if n > fd_capacity => {
             warn!(
@@ -433,7 +549,7 @@ fn capacity(config: &Config) -> usize {
     };
     if capacity == 0 {
         warn!(
-            "the open-file limit ({fd_limit}) leaves no room for clients: {FD_RESERVE} descriptors \
+            "the open-file limit ({fd_limit}) leaves no room for clients: {reserve} descriptors \
              are kept for the server itself; raise the limit (ulimit -n)"
         );
     }

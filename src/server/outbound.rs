@@ -5,8 +5,18 @@
 //! served are gathered and written with one call when it is done (Redis's
 //! pattern: many replies, one `write`); frames for other connections join
 //! their queues and are flushed once at the end of the loop iteration.
+//!
+//! On a TLS connection the frames are plaintext until they leave here: the
+//! replies gathered for the connection being served are sealed together
+//! (after the records its reads produced, such as a handshake flight) and
+//! written with the same one call; a frame for another connection is sealed
+//! as it is queued. `max_outbound` counts what waits for the socket, so on
+//! TLS it counts ciphertext (a frame's room is checked with the most its
+//! records can add, before it is sealed: a refused frame never consumes a
+//! record sequence number).
 
 use crate::server::conn::{ClientConn, CloseReason, ConnRef};
+use crate::server::tls::{Received, TlsConn, TlsFailed};
 use crate::writeq::{self, Flushed};
 use lifeline_wire::ws;
 
@@ -21,6 +31,8 @@ pub enum WriteFailed {
     Io,
     /// More than `max_outbound` bytes stayed queued.
     Overflow,
+    /// TLS could not seal the replies.
+    Tls,
 }
 
 impl WriteFailed {
@@ -29,6 +41,7 @@ impl WriteFailed {
         match self {
             WriteFailed::Io => CloseReason::IoError,
             WriteFailed::Overflow => CloseReason::SlowConsumer,
+            WriteFailed::Tls => CloseReason::Tls,
         }
     }
 }
@@ -92,6 +105,11 @@ pub struct Outbound {
     serving: Option<ConnRef>,
     /// Encoding room for frames to other connections.
     scratch: Vec<u8>,
+    /// TLS: the records the connection being served has to send (its
+    /// handshake flights, then its sealed replies), written with one call.
+    sealed: Vec<u8>,
+    /// TLS: sealing room for frames to other connections and last words.
+    sealing: Vec<u8>,
     /// Connections given bytes while not being served; flushed at the end of
     /// the iteration.
     scheduled: Vec<ConnRef>,
@@ -105,6 +123,8 @@ impl Outbound {
             staged: Vec::with_capacity(4096),
             serving: None,
             scratch: Vec::with_capacity(4096),
+            sealed: Vec::new(),
+            sealing: Vec::new(),
             scheduled: Vec::new(),
             max_outbound,
             stats: OutboundStats::default(),
@@ -115,6 +135,10 @@ impl Outbound {
     /// queue is empty (a frame may be larger than the limit when `max_frame`
     /// is), or when the queue stays within `max_outbound` with it.
     pub fn has_room(&self, c: &ClientConn, len: usize) -> bool {
+        let len = match c.tls {
+            None => len,
+            Some(_) => TlsConn::wire_len(len),
+        };
         c.outbound.is_empty() || c.outbound.len() + len <= self.max_outbound
     }
 
@@ -239,9 +263,31 @@ impl Outbound {
         if c.outbound.is_empty() {
             self.scheduled.push(conn);
         }
-        c.outbound.extend_from_slice(bytes);
         self.stats.frames += 1;
-        Ok(())
+        let Some(tls) = &mut c.tls else {
+            c.outbound.extend_from_slice(bytes);
+            return Ok(());
+        };
+        let mut sealing = std::mem::take(&mut self.sealing);
+        sealing.clear();
+        let sealed = tls.seal(bytes, &mut sealing);
+        c.outbound.extend_from_slice(&sealing);
+        self.sealing = sealing;
+        // A record that cannot be sealed leaves a stream that cannot go on.
+        sealed.map_err(|_| Overflow)
+    }
+
+    /// Hands the ciphertext a read of the connection being served brought
+    /// to its TLS state: plaintext is appended to `plain`, the records it
+    /// answers with join the one write of its serving.
+    pub fn tls_receive(
+        &mut self,
+        c: &mut ClientConn,
+        bytes: &mut [u8],
+        plain: &mut Vec<u8>,
+    ) -> Option<Result<Received, TlsFailed>> {
+        let tls = c.tls.as_mut()?;
+        Some(tls.receive(bytes, plain, &mut self.sealed))
     }
 
     /// Whether `conn` is the connection being served (its replies are gathered).
@@ -253,6 +299,7 @@ impl Outbound {
     pub fn begin_serving(&mut self, conn: ConnRef) {
         self.serving = Some(conn);
         self.staged.clear();
+        self.sealed.clear();
     }
 
     /// Writes the gathered replies with one call.
@@ -261,13 +308,28 @@ impl Outbound {
         let Some(c) = c else {
             return Ok(());
         };
-        if self.staged.is_empty() {
-            return Ok(());
-        }
         let staged = std::mem::take(&mut self.staged);
-        let sent = writeq::send(&mut c.stream, &mut c.outbound, &staged);
+        let sent = match &mut c.tls {
+            None if staged.is_empty() => None,
+            None => Some(writeq::send(&mut c.stream, &mut c.outbound, &staged)),
+            Some(tls) => {
+                let sealed = tls.seal(&staged, &mut self.sealed);
+                let sent = (!self.sealed.is_empty())
+                    .then(|| writeq::send(&mut c.stream, &mut c.outbound, &self.sealed));
+                self.sealed.clear();
+                if sealed.is_err() {
+                    self.staged = staged;
+                    self.staged.clear();
+                    return Err(WriteFailed::Tls);
+                }
+                sent
+            }
+        };
         self.staged = staged;
         self.staged.clear();
+        let Some(sent) = sent else {
+            return Ok(());
+        };
         self.settle(c, sent)?;
         // The replies a client asked for count against its limit once the
         // socket has taken what it could: a client that sends without reading
@@ -322,11 +384,23 @@ impl Outbound {
         encode(&mut scratch, c.is_websocket());
         if !scratch.is_empty() {
             self.stats.frames += 1;
-            if let Ok((_, written)) = writeq::send(&mut c.stream, &mut c.outbound, &scratch) {
+        }
+        let mut bytes = &scratch;
+        let mut sealing = std::mem::take(&mut self.sealing);
+        sealing.clear();
+        if let Some(tls) = &mut c.tls {
+            // The words, then close_notify: the peer sees a clean TLS end.
+            let _ = tls.seal(&scratch, &mut sealing);
+            tls.close_notify(&mut sealing);
+            bytes = &sealing;
+        }
+        if !bytes.is_empty() {
+            if let Ok((_, written)) = writeq::send(&mut c.stream, &mut c.outbound, bytes) {
                 self.stats.bytes += written as u64;
             }
         }
         self.scratch = scratch;
+        self.sealing = sealing;
     }
 
     /// After a caught panic: forget the half-served connection.

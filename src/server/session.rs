@@ -7,10 +7,10 @@ use std::rc::Rc;
 
 use log::info;
 
-use crate::auth;
+use crate::offline::Held;
 use crate::presence::PresenceKind;
-use crate::receipts::Held;
 use crate::registry::{Location, Lookup};
+use crate::server::cluster_pushes::Kept;
 use crate::server::conn::{CloseReason, ConnRef};
 use crate::server::core::{Core, Fate, PendingMsg};
 use crate::server::outbound::Prepared;
@@ -32,7 +32,12 @@ impl Core {
                 self.metrics.heartbeats_received += 1;
                 Fate::Keep
             }
-            Frame::Login { id, token } => self.login(conn, id, token),
+            Frame::Login {
+                id,
+                token,
+                exp,
+                interval,
+            } => self.login(conn, id, token, exp, interval),
             Frame::Msg { to, id, body } => match self.logged_in_id(conn) {
                 Some(from) => {
                     self.route(conn, from, to, id, body);
@@ -44,6 +49,9 @@ impl Core {
                 Some(acker) => {
                     self.metrics.acks += 1;
                     self.pushes.on_ack(id, &acker, conn, self.clock.now_us());
+                    if self.cluster_state.node.is_some() {
+                        self.cluster_ack(id, &acker, conn);
+                    }
                     Fate::Keep
                 }
                 None => self.refuse_not_logged_in(conn),
@@ -110,7 +118,14 @@ impl Core {
         Fate::End(CloseReason::ProtocolError)
     }
 
-    fn login(&mut self, conn: ConnRef, id: &str, token: Option<&str>) -> Fate {
+    fn login(
+        &mut self,
+        conn: ConnRef,
+        id: &str,
+        token: Option<&str>,
+        exp: Option<u64>,
+        interval: Option<u64>,
+    ) -> Fate {
         let Some(c) = self.clients.get(conn) else {
             return Fate::Keep;
         };
@@ -124,22 +139,27 @@ impl Core {
             );
             return Fate::Keep;
         }
-        if let Some(secret) = &self.config.auth_secret {
-            if !auth::verify(secret, id, token) {
-                info!("login refused for {id} from {peer}: bad token");
-                self.error_reply(
-                    conn,
-                    ErrorCode::AuthFailed,
-                    Some(id),
-                    "token must be the lowercase hex HMAC-SHA256 of the id",
-                );
+        if let Some(auth) = &self.config.auth {
+            let now_s = self.clock.unix_ms(self.clock.now_us()) / 1000;
+            if let Err(refusal) = auth.check(id, token, exp, now_s) {
+                info!("login refused for {id} from {peer}: {refusal}");
+                self.error_reply(conn, ErrorCode::AuthFailed, Some(id), &refusal.to_string());
                 return Fate::End(CloseReason::ProtocolError);
             }
         }
+        if let Some(refusal) = self.cert_refuses(conn, id) {
+            info!("login refused for {id} from {peer}: {refusal}");
+            self.error_reply(conn, ErrorCode::AuthFailed, Some(id), &refusal);
+            return Fate::End(CloseReason::ProtocolError);
+        }
         let id: Rc<str> = Rc::from(id);
-        self.clients.log_in(conn, id.clone());
+        // The interval asked for, clamped into the operator's range; the
+        // heartbeat rule reads it when this connection's entry comes due.
+        let interval_ms = self.config.login.grant_ms(interval, self.config.heartbeat);
+        if let Some(c) = self.clients.log_in(conn, id.clone()) {
+            c.interval_ms = u32::try_from(interval_ms).unwrap_or(u32::MAX);
+        }
         self.metrics.logins += 1;
-        let interval_ms = self.config.heartbeat.as_millis() as u64;
         let phase_ms = self.advice.phase_ms(interval_ms);
         let misses = self.config.misses;
         self.reply(conn, |out| {
@@ -148,7 +168,10 @@ impl Core {
         if let Some(previous) = self.registry.claim(&id, conn) {
             self.end(previous, CloseReason::Replaced);
         }
-        info!("online id={id} peer={peer} conn={}", conn.generation);
+        if self.cluster_state.node.is_some() {
+            self.cluster_login(conn, &id);
+        }
+        info!(id = &*id, peer:% = peer, conn = conn.generation; "online");
         self.publish(PresenceKind::Online, &id, conn, peer, None);
         Fate::Keep
     }
@@ -165,13 +188,22 @@ impl Core {
                     PendingMsg {
                         sender,
                         from,
+                        to: to.into(),
                         id: id.map(Into::into),
                         body: body.into(),
                     },
                 );
             }
-            // Cluster mode forwards to the other node; a standalone registry
-            // never answers Elsewhere.
+            // Cluster mode: through the other node's channel.
+            Lookup::Ready(Location::Elsewhere(node)) => {
+                self.forward_msg(sender, &from, to, id, body, &node)
+            }
+            Lookup::Ready(Location::Unavailable) => self.error_reply(
+                sender,
+                ErrorCode::Unavailable,
+                id,
+                "the recipient's node cannot be reached now; try again",
+            ),
             Lookup::Ready(_) => self.error_reply(
                 sender,
                 ErrorCode::Offline,
@@ -196,7 +228,7 @@ impl Core {
         let mut held = self.pushes.take_held(&id);
         while let Some(h) = held.pop_front() {
             if h.expires <= now {
-                self.pushes.held_expired(&h.message);
+                self.pushes.held_expired(&id, &h.message);
                 continue;
             }
             if !self.clients.has_room(conn, h.frame.len()) {
@@ -218,23 +250,37 @@ impl Core {
                 message,
                 frame,
                 expires,
+                at_least_once,
             } = h;
             let mut prepared = Prepared::new(frame);
-            if self
-                .clients
-                .send_prepared(conn, &mut prepared, true)
-                .is_err()
-            {
-                held.push_front(Held {
-                    message,
-                    frame: prepared.into_raw(),
-                    expires,
-                });
+            let sent = self.clients.send_prepared(conn, &mut prepared, true);
+            let h = Held {
+                message,
+                frame: prepared.into_raw(),
+                expires,
+                at_least_once,
+            };
+            if sent.is_err() {
+                held.push_front(h);
                 break;
             }
-            self.pushes.delivered(&message, now);
+            self.pushes.delivered(&h.message, now);
+            if self.cluster_state.node.is_some() {
+                // Out of Redis's queue, kept there until acked.
+                let kept = Kept {
+                    conn,
+                    expires_ms: self.clock.unix_ms(h.expires),
+                    frame: &h.frame,
+                };
+                self.cluster_sent(&h.message, &id, Some(kept));
+            }
+            if h.at_least_once {
+                // Kept until acked; handed back if this connection ends first.
+                self.pushes.track(&id, conn, h);
+            }
         }
         self.pushes.put_back(&id, held);
+        self.publish_expired();
     }
 
     /// Acts on the heartbeat rule's verdict for a silent client: a probe,
@@ -260,7 +306,7 @@ impl Core {
     /// its deadline.
     pub fn timed_out(&mut self, conn: ConnRef, late: u64) {
         self.metrics
-            .close_lateness(std::time::Duration::from_micros(late));
+            .close_lateness(std::time::Duration::from_micros(late), self.clock.now_us());
         self.end(conn, CloseReason::Timeout);
     }
 }

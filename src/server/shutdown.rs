@@ -1,9 +1,9 @@
 //! Stopping: on SIGINT or SIGTERM the loop stops accepting, tells every
 //! client `<bye reason="shutdown"/>`, gives the goodbyes `LIFELINE_DRAIN_MS`
-//! to leave the sockets, and returns.
+//! to leave the sockets, and returns. On SIGHUP the TLS files are read again.
 
 use log::info;
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR2};
 
 use crate::server::conn::{CloseReason, ConnRef, Transport};
 use crate::server::core::Core;
@@ -14,12 +14,23 @@ use lifeline_wire::{self as wire, ByeReason};
 
 impl Server {
     pub(super) fn on_signal(&mut self) {
-        let mut stop = false;
+        let (mut stop, mut reload, mut upgrade) = (false, false, false);
         for signal in self.signals.pending() {
-            stop |= signal == SIGINT || signal == SIGTERM;
+            match signal {
+                SIGINT | SIGTERM => stop = true,
+                SIGHUP => reload = true,
+                SIGUSR2 => upgrade = true,
+                _ => {}
+            }
+        }
+        if reload {
+            self.guarded(Subject::Loop, |s| s.core.reload_tls());
         }
         if stop && self.drain_until.is_none() {
             self.begin_shutdown();
+        }
+        if upgrade {
+            self.begin_upgrade();
         }
     }
 
@@ -29,6 +40,10 @@ impl Server {
             self.core.clients().len(),
             self.core.online()
         );
+        if self.upgrade.is_some() {
+            self.abandon_upgrade("was stopped: a shutdown began".to_string());
+        }
+        crate::notify::stopping();
         self.listeners.close(self.poll.registry());
         self.drain_until = Some(self.core.clock().now() + self.core.drain());
         self.guarded(Subject::Loop, |s| s.admin.close_all(&mut s.core));
@@ -43,6 +58,10 @@ impl Server {
                 s.core.end(conn, CloseReason::Shutdown)
             });
         }
+        // Cluster mode: the last releases, and the node leaves the cluster
+        // (one last non-blocking write; what the socket does not take is
+        // left to the survivors' cleanup after the node TTL).
+        self.guarded(Subject::Loop, |s| s.core.leave_cluster());
         info!("stopped");
     }
 }
@@ -63,8 +82,9 @@ impl Core {
         let Some(c) = self.clients.get(conn) else {
             return true; // already gone: nothing to end
         };
-        // Mid-way through an HTTP request there is no one to say it to.
-        if matches!(c.transport, Transport::Handshake) {
+        // Mid-way through an HTTP request, or a TLS handshake, there is no
+        // one to say it to.
+        if !c.speaks_xml() {
             return false;
         }
         let websocket = c.is_websocket();

@@ -11,7 +11,7 @@ use mio::{Events, Interest};
 use slab::Slab;
 
 use crate::clock::Micros;
-use crate::server::conn::{ClientConn, ConnRef, GENERATION_MASK};
+use crate::server::conn::{ClientConn, ConnRef, Transport, GENERATION_MASK};
 use crate::server::fanout::{Broadcast, Fanout};
 use crate::server::outbound::{Outbound, Overflow, Prepared, WriteFailed};
 use crate::writeq::Flushed;
@@ -80,6 +80,50 @@ impl Clients {
         Ok(conn)
     }
 
+    /// The connections another process handed over (an upgrade), each at
+    /// its own key and generation, so every `ConnRef` held elsewhere (the
+    /// registry, presence, the wheel) still names it; each socket is
+    /// registered as [`Clients::insert`] does. Registration reports a socket
+    /// already readable or writable at once, so bytes that arrived during
+    /// the hand-over are read and queued ones flushed.
+    pub fn restore(
+        &mut self,
+        conns: Vec<(ConnRef, ClientConn)>,
+        next_generation: u32,
+        registry: &mio::Registry,
+    ) -> io::Result<()> {
+        let mut slab = Vec::with_capacity(conns.len());
+        for (conn, mut c) in conns {
+            registry.register(
+                &mut c.stream,
+                conn.token(),
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
+            slab.push((conn.key as usize, c));
+        }
+        self.slab = slab.into_iter().collect();
+        self.next_generation = next_generation & GENERATION_MASK;
+        Ok(())
+    }
+
+    /// The generation the last connection got.
+    pub fn next_generation(&self) -> u32 {
+        self.next_generation
+    }
+
+    /// Every live connection with its reference.
+    pub fn iter(&self) -> impl Iterator<Item = (ConnRef, &ClientConn)> {
+        self.slab.iter().map(|(key, c)| {
+            (
+                ConnRef {
+                    key: key as u32,
+                    generation: c.generation,
+                },
+                c,
+            )
+        })
+    }
+
     /// The live connection `conn` names; `None` for one that ended (and
     /// for a slot since reused by a later connection).
     pub fn get(&self, conn: ConnRef) -> Option<&ClientConn> {
@@ -99,16 +143,17 @@ impl Clients {
     }
 
     /// `Connected` → `LoggedIn`; the broadcasts accepted before are not for it.
-    pub fn log_in(&mut self, conn: ConnRef, id: std::rc::Rc<str>) {
-        if let Some(c) = self
+    /// Returns the connection when it logged in.
+    pub fn log_in(&mut self, conn: ConnRef, id: std::rc::Rc<str>) -> Option<&mut ClientConn> {
+        let c = self
             .slab
             .get_mut(conn.key as usize)
-            .filter(|c| c.generation == conn.generation)
-        {
-            if c.log_in(id) {
-                c.broadcast_seq = self.fanout.last_seq();
-            }
+            .filter(|c| c.generation == conn.generation)?;
+        if !c.log_in(id) {
+            return None;
         }
+        c.broadcast_seq = self.fanout.last_seq();
+        Some(c)
     }
 
     /// Takes the connection out of the table; dropping it closes the socket
@@ -127,6 +172,25 @@ impl Clients {
                 generation: c.generation,
             })
             .collect()
+    }
+
+    /// Connections by transport (in `metrics::TRANSPORTS` order) and the
+    /// bytes queued for them, counted by walking the table: for a scrape,
+    /// never per frame.
+    pub fn census(&self) -> ([usize; 4], usize) {
+        let mut transports = [0; 4];
+        let mut buffered = 0;
+        for (_, c) in &self.slab {
+            let i = match c.transport {
+                Transport::Sniffing => 0,
+                Transport::Raw => 1,
+                Transport::Handshake => 2,
+                Transport::WebSocket(_) => 3,
+            };
+            transports[i] += 1;
+            buffered += c.outbound.len();
+        }
+        (transports, buffered)
     }
 
     /// Loads the slab entry of every client in the batch before any is
@@ -148,6 +212,48 @@ impl Clients {
 
     // ------------------------------------------------------------ outbound
 
+    /// The outbound path and the live connection `conn` names.
+    fn live(&mut self, conn: ConnRef) -> Option<(&mut Outbound, &mut ClientConn)> {
+        let c = self
+            .slab
+            .get_mut(conn.key as usize)
+            .filter(|c| c.generation == conn.generation)?;
+        Some((&mut self.out, c))
+    }
+
+    /// [`Clients::live`], once `conn` has been handed the broadcasts still
+    /// being sent that it is owed (see `server::fanout`): a frame sent now
+    /// must not overtake them. Replies to the connection being served are
+    /// not held up: they answer what it sent.
+    fn live_caught_up(
+        &mut self,
+        conn: ConnRef,
+    ) -> Result<Option<(&mut Outbound, &mut ClientConn)>, Overflow> {
+        let Some(c) = self
+            .slab
+            .get_mut(conn.key as usize)
+            .filter(|c| c.generation == conn.generation)
+        else {
+            return Ok(None);
+        };
+        if self.fanout.owes(c) && !self.out.is_serving(conn) {
+            self.fanout.catch_up(conn, c, &mut self.out)?;
+        }
+        Ok(Some((&mut self.out, c)))
+    }
+
+    /// Hands the ciphertext read from `conn` (being served) to its TLS
+    /// state; `None` for a connection without one.
+    pub fn tls_receive(
+        &mut self,
+        conn: ConnRef,
+        bytes: &mut [u8],
+        plain: &mut Vec<u8>,
+    ) -> Option<Result<crate::server::tls::Received, crate::server::tls::TlsFailed>> {
+        let (out, c) = self.live(conn)?;
+        out.tls_receive(c, bytes, plain)
+    }
+
     /// Sends a frame to `conn` through the one outbound path. A connection
     /// that is gone takes nothing; `Err(Overflow)` leaves the caller to end
     /// a slow consumer.
@@ -156,14 +262,9 @@ impl Clients {
         conn: ConnRef,
         encode: impl FnOnce(&mut Vec<u8>),
     ) -> Result<(), Overflow> {
-        match self.slab.get_mut(conn.key as usize) {
-            Some(c) if c.generation == conn.generation => {
-                if self.fanout.owes(c) && !self.out.is_serving(conn) {
-                    self.fanout.catch_up(conn, c, &mut self.out)?;
-                }
-                self.out.send(conn, c, encode)
-            }
-            _ => Ok(()),
+        match self.live_caught_up(conn)? {
+            Some((out, c)) => out.send(conn, c, encode),
+            None => Ok(()),
         }
     }
 
@@ -173,9 +274,9 @@ impl Clients {
         conn: ConnRef,
         encode: impl FnOnce(&mut Vec<u8>),
     ) -> Result<(), Overflow> {
-        match self.slab.get_mut(conn.key as usize) {
-            Some(c) if c.generation == conn.generation => self.out.send_framed(conn, c, encode),
-            _ => Ok(()),
+        match self.live(conn) {
+            Some((out, c)) => out.send_framed(conn, c, encode),
+            None => Ok(()),
         }
     }
 
@@ -186,14 +287,9 @@ impl Clients {
         frame: &mut Prepared,
         push: bool,
     ) -> Result<(), Overflow> {
-        match self.slab.get_mut(conn.key as usize) {
-            Some(c) if c.generation == conn.generation => {
-                if self.fanout.owes(c) && !self.out.is_serving(conn) {
-                    self.fanout.catch_up(conn, c, &mut self.out)?;
-                }
-                self.out.send_prepared(conn, c, frame, push)
-            }
-            _ => Ok(()),
+        match self.live_caught_up(conn)? {
+            Some((out, c)) => out.send_prepared(conn, c, frame, push),
+            None => Ok(()),
         }
     }
 
@@ -225,18 +321,17 @@ impl Clients {
 
     /// The one write of everything a served connection was answered.
     pub fn finish_serving(&mut self, conn: ConnRef) -> Result<(), WriteFailed> {
-        let c = self
-            .slab
-            .get_mut(conn.key as usize)
-            .filter(|c| c.generation == conn.generation);
-        self.out.finish_serving(c)
+        match self.live(conn) {
+            Some((out, c)) => out.finish_serving(Some(c)),
+            None => self.out.finish_serving(None),
+        }
     }
 
     /// Flushes `conn`'s queue on its writable edge.
     pub fn flush(&mut self, conn: ConnRef) -> Result<Flushed, WriteFailed> {
-        match self.slab.get_mut(conn.key as usize) {
-            Some(c) if c.generation == conn.generation => self.out.flush(c),
-            _ => Ok(Flushed::Done),
+        match self.live(conn) {
+            Some((out, c)) => out.flush(c),
+            None => Ok(Flushed::Done),
         }
     }
 
@@ -252,6 +347,12 @@ impl Clients {
 
     pub fn outbound_stats(&self) -> crate::server::outbound::OutboundStats {
         self.out.stats
+    }
+
+    /// The pushes the process this one took over from had delivered (an
+    /// upgrade): the push counters go on.
+    pub fn resume_pushes_delivered(&mut self, delivered: u64) {
+        self.out.stats.pushes_delivered = delivered;
     }
 
     /// After a caught panic: forget the half-served connection's replies.

@@ -101,28 +101,22 @@ impl ServerProc {
 
     /// Waits for a log line containing `needle`.
     pub fn wait_log(&self, needle: &str, timeout: Duration) -> Option<String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(line) = self.log.lock().unwrap().iter().find(|l| l.contains(needle)) {
-                return Some(line.clone());
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        poll_until(timeout, || {
+            self.log
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+                .cloned()
+        })
     }
 
     /// Waits until `n` log lines contain `needle`; returns how many did.
     pub fn wait_count(&self, needle: &str, n: usize, timeout: Duration) -> usize {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let count = self.count_log(needle);
-            if count >= n || Instant::now() >= deadline {
-                return count;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        poll_until(timeout, || {
+            Some(self.count_log(needle)).filter(|&count| count >= n)
+        })
+        .unwrap_or_else(|| self.count_log(needle))
     }
 
     pub fn count_log(&self, needle: &str) -> usize {
@@ -143,16 +137,7 @@ impl ServerProc {
 
     /// Waits for the process to exit; returns its exit code.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.code();
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        poll_until(timeout, || self.child.try_wait().ok().flatten())?.code()
     }
 
     pub fn connect(&self) -> Client {
@@ -177,6 +162,85 @@ impl Drop for ServerProc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// How often the waits below look again.
+const POLL_EVERY: Duration = Duration::from_millis(5);
+
+/// Polls `check` until it gives `Some`, which is returned, or `None` once
+/// `timeout` has passed. Every wait in these tests is this loop: it looks
+/// for the condition itself, never sleeps a fixed time and hopes.
+pub fn poll_until<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(POLL_EVERY);
+    }
+}
+
+/// Polls until `check` gives `Some`; panics naming `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, check: impl FnMut() -> Option<T>) -> T {
+    poll_until(timeout, check)
+        .unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}"))
+}
+
+/// Polls until `check` holds; panics naming `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    wait_for(what, timeout, || check().then_some(()))
+}
+
+/// The send and receive queues, in bytes, of this network namespace's TCP
+/// socket from `local` to `remote` (IPv4), as /proc/net/tcp shows them:
+/// output the peer has not acknowledged, and input its owner has not read.
+/// `None` when there is no such socket.
+pub fn tcp_queues(local: SocketAddr, remote: SocketAddr) -> Option<(u64, u64)> {
+    let hex = |a: SocketAddr| match a {
+        // The kernel prints the address as the native-endian u32 of its bytes.
+        SocketAddr::V4(a) => Some(format!(
+            "{:08X}:{:04X}",
+            u32::from_ne_bytes(a.ip().octets()),
+            a.port()
+        )),
+        SocketAddr::V6(_) => None,
+    };
+    let (local, remote) = (hex(local)?, hex(remote)?);
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if *fields.get(1)? != local || *fields.get(2)? != remote {
+            return None;
+        }
+        let (tx, rx) = fields.get(4)?.split_once(':')?;
+        Some((
+            u64::from_str_radix(tx, 16).ok()?,
+            u64::from_str_radix(rx, 16).ok()?,
+        ))
+    })
+}
+
+/// Waits until the server has read every byte written so far on `stream`
+/// (a loopback connection): first none of it is unacknowledged on this side,
+/// so all of it is in the server's socket; then, looked at afterwards, the
+/// server's socket holds none of it unread. This is the evidence that bytes
+/// written next reach the server in another read (a frame cut between reads).
+/// False if that did not happen within `timeout`.
+pub fn wait_server_read(stream: &TcpStream, timeout: Duration) -> bool {
+    let ours = stream.local_addr().expect("local address");
+    let theirs = stream.peer_addr().expect("peer address");
+    poll_until(timeout, || {
+        let (unacknowledged, _) = tcp_queues(ours, theirs)?;
+        if unacknowledged > 0 {
+            return None;
+        }
+        let (_, unread) = tcp_queues(theirs, ours)?;
+        (unread == 0).then_some(())
+    })
+    .is_some()
 }
 
 /// A ureq agent for the server's admin API, and its base URL: statuses are
@@ -219,6 +283,15 @@ impl Client {
         }
     }
 
+    /// A client on a socket connected some other way (socket options set
+    /// before connecting).
+    pub fn from_stream(stream: TcpStream) -> Client {
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
     pub fn send(&mut self, text: &str) {
         self.send_bytes(text.as_bytes());
     }
@@ -230,6 +303,16 @@ impl Client {
 
     pub fn send_bytes(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).expect("send");
+    }
+
+    /// Waits until the server has read everything sent so far (see
+    /// [`wait_server_read`]), so what is sent next comes in another read;
+    /// panics after `WAIT`.
+    pub fn wait_read(&self) {
+        assert!(
+            wait_server_read(&self.stream, WAIT),
+            "the server did not read what was sent within {WAIT:?}"
+        );
     }
 
     /// The next complete top-level frame within `WAIT`; panics otherwise.

@@ -22,10 +22,32 @@ function clientFor(t, options) {
   return { client, seen };
 }
 
-test('the server serves this very file as /lifeline.js', async (t) => {
+/** A file of the package, as it is on disk. */
+const packageFile = (file) => readFile(new URL(`../${file}`, import.meta.url), 'utf8');
+
+/** The client's modules: the entry, and every module it imports by relative path, transitively. */
+async function clientModules() {
+  const files = ['lifeline.js'];
+  for (let i = 0; i < files.length; i += 1) {
+    for (const [, file] of (await packageFile(files[i])).matchAll(/from '\.\/([^']+)'/g)) {
+      if (!files.includes(file)) files.push(file);
+    }
+  }
+  return files;
+}
+
+test('the server serves every module of the client as these very files, and the package ships them', async (t) => {
   const server = await startServer(t);
-  const served = await (await fetch(`http://${server.addr}/lifeline.js`)).text();
-  assert.equal(served, await readFile(new URL('../lifeline.js', import.meta.url), 'utf8'));
+  const files = await clientModules();
+  assert.ok(files.length > 1, `lifeline.js imports its sibling modules: ${files}`);
+  for (const file of files) {
+    const res = await fetch(`http://${server.addr}/${file}`);
+    assert.equal(res.status, 200, file);
+    assert.equal(res.headers.get('content-type'), 'text/javascript; charset=utf-8', file);
+    assert.equal(await res.text(), await packageFile(file), file);
+  }
+  const { files: shipped } = JSON.parse(await packageFile('package.json'));
+  for (const file of files) assert.ok(shipped.includes(file), `package.json "files" lacks ${file}`);
 });
 
 test('start() resolves online; send() goes out at once; messages and pushes arrive and are acked', async (t) => {
@@ -189,6 +211,50 @@ test('start() rejects on auth-failed; the right token logs in', async (t) => {
   const { client: carol } = clientFor(t, { url: server.url, id: 'carol', token });
   await carol.start();
   assert.equal(carol.state, 'online');
+});
+
+test('an expiring token logs in until its exp; the granted interval is the one asked for, clamped', async (t) => {
+  const server = await startServer(t, {
+    LIFELINE_AUTH_SECRET: 'new,old',
+    LIFELINE_HEARTBEAT_MIN_MS: '200',
+    LIFELINE_HEARTBEAT_MAX_MS: '20000',
+  });
+  const now = Math.floor(Date.now() / 1000);
+  const mint = (secret, id, exp) => createHmac('sha256', secret).update(`${id}|${exp}`).digest('hex');
+  const { client: phone } = clientFor(t, {
+    url: server.url, id: 'phone', token: mint('old', 'phone', now + 600), exp: now + 600, interval: 15000,
+  });
+  await phone.start();
+  assert.equal(phone.interval, 15000);
+  const { client: greedy } = clientFor(t, {
+    url: server.url, id: 'greedy', token: mint('new', 'greedy', now + 600), exp: now + 600, interval: 3600000,
+  });
+  await greedy.start();
+  assert.equal(greedy.interval, 20000);
+  const { client: stale, seen } = clientFor(t, {
+    url: server.url, id: 'stale', token: mint('new', 'stale', now - 1), exp: now - 1,
+  });
+  await assert.rejects(stale.start(), (err) => err instanceof LifelineError && err.reason === 'auth-failed');
+  assert.match(seen.errors[0].text, /expired/);
+});
+
+test('an at-least-once push redelivered after a reconnect is dispatched once', async (t) => {
+  const server = await startServer(t);
+  const { client, seen } = clientFor(t, { url: server.url, autoAck: false, backoffBaseMs: 20, backoffCapMs: 50 });
+  await client.start();
+  const pushId = await server.push('alice', 'must arrive', '?queue_ttl_ms=60000');
+  await waitFor(() => seen.messages.find((m) => m.id === pushId), 'the push');
+  // The server ends the connection before the app acked (a slow-consumer cut
+  // would do the same): the push is handed back and sent after the next welcome.
+  const kicked = await server.adminCall('DELETE', '/clients/alice');
+  assert.equal(kicked.status, 204);
+  await waitFor(async () => (await server.receipt(pushId)) === 'queued', 'the push to be handed back');
+  await stateReached(client, 'stopped'); // kicked is terminal...
+  await client.start(); // ...so the app starts it again
+  await waitFor(async () => (await server.receipt(pushId)) === 'sent', 'the redelivery');
+  client.ack(pushId);
+  await waitFor(async () => (await server.receipt(pushId)) === 'acked', 'the ack of the redelivery');
+  assert.deepEqual(seen.messages.map((m) => m.id), [pushId], 'dispatched once');
 });
 
 test('start() rejects on bad-id', async (t) => {

@@ -16,6 +16,8 @@ test('escapes text and attributes', () => {
   assert.equal(frames.msg('b', 'x < y & "z"', 'm1'), '<msg to="b" id="m1">x &lt; y &amp; &quot;z&quot;</msg>');
   assert.equal(frames.login('a@b', ''), '<login id="a@b"/>');
   assert.equal(frames.login('a', 'f00'), '<login id="a" token="f00"/>');
+  assert.equal(frames.login('a', 'f00', 1700000000, 30000), '<login id="a" token="f00" exp="1700000000" interval="30000"/>');
+  assert.equal(frames.login('a', null, null, 500), '<login id="a" interval="500"/>');
   assert.equal(frames.pong(null), '<heartbeat mode="pong"/>');
   assert.equal(frames.ping(7), '<heartbeat mode="ping" seq="7"/>');
   assert.equal(frames.ack('m1'), '<ack id="m1"/>');
@@ -330,6 +332,22 @@ test('options are checked up front', () => {
   assert.throws(() => new LifelineClient({ id: 'a', WebSocket: FakeSocket }), /options\.url is required/);
   assert.throws(() => new LifelineClient({ url: 'ws://h/', id: 'a', WebSocket: FakeSocket, maxQueued: -1 }), /maxQueued/);
   assert.throws(() => new LifelineClient({ url: 'ws://h/', id: 'a', WebSocket: null }), /experimental-websocket/);
+  for (const exp of [-1, 1.5, '1700000000', NaN]) {
+    assert.throws(() => new LifelineClient({ url: 'ws://h/', id: 'a', WebSocket: FakeSocket, exp }), /options\.exp/, String(exp));
+  }
+  for (const interval of [0, -5, 2.5, '5000', Infinity]) {
+    assert.throws(() => new LifelineClient({ url: 'ws://h/', id: 'a', WebSocket: FakeSocket, interval }), /options\.interval/, String(interval));
+  }
+});
+
+test('logs in with exp and the interval asked for, and reports the granted one', async () => {
+  const { c } = client({ exp: 1900000000, interval: 60000 });
+  assert.equal(c.interval, null, 'nothing granted before a welcome');
+  const { ws, started } = welcome(c, 'interval="30000" misses="5" phase-ms="10"');
+  assert.deepEqual(ws.sent, ['<login id="a" token="t" exp="1900000000" interval="60000"/>']);
+  await started;
+  assert.equal(c.interval, 30000, 'the server clamped what was asked');
+  c.stop();
 });
 
 test('a WebSocket that cannot be built is retried with backoff', () => {

@@ -11,6 +11,9 @@ pub enum ErrorCode {
     NotLoggedIn,
     AlreadyLoggedIn,
     Offline,
+    /// Cluster mode: the recipient may be on another node, which cannot be
+    /// reached now (Redis is down).
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -24,6 +27,7 @@ impl ErrorCode {
             ErrorCode::NotLoggedIn => "not-logged-in",
             ErrorCode::AlreadyLoggedIn => "already-logged-in",
             ErrorCode::Offline => "offline",
+            ErrorCode::Unavailable => "unavailable",
         }
     }
 }

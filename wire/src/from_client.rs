@@ -24,7 +24,7 @@ use crate::ids::{is_valid_id, is_valid_message_id};
 
 /// More attributes than this on one element is refused: it bounds the
 /// duplicate check of attributes the protocol does not define, and no frame of
-/// the protocol has more than three.
+/// the protocol has more than four.
 pub const MAX_ATTRIBUTES: usize = 16;
 
 /// One decoded client frame; strings and bodies borrow from the read buffer.
@@ -33,6 +33,12 @@ pub enum Frame<'a> {
     Login {
         id: &'a str,
         token: Option<&'a str>,
+        /// Version 1.2: the token expires at this Unix second (the token is
+        /// then the MAC of `ID|exp`).
+        exp: Option<u64>,
+        /// Version 1.2: the heartbeat interval the client asks for, in ms
+        /// (the server grants it within its range).
+        interval: Option<u64>,
     },
     /// A client-initiated heartbeat (`mode="ping"`): answered with a pong.
     Ping {
@@ -406,6 +412,8 @@ fn known_attribute(key: &str) -> Option<usize> {
         "mode" => Some(2),
         "seq" => Some(3),
         "to" => Some(4),
+        "exp" => Some(5),
+        "interval" => Some(6),
         _ => None,
     }
 }
@@ -416,7 +424,7 @@ fn known_attribute(key: &str) -> Option<usize> {
 /// copies showed in the heartbeat profile).
 #[derive(Default)]
 struct Attrs<'a> {
-    known: [Option<&'a str>; 5],
+    known: [Option<&'a str>; 7],
 }
 
 impl<'a> Attrs<'a> {
@@ -483,6 +491,14 @@ fn check_attribute_value(value: &str) -> Result<(), WireError> {
     Ok(())
 }
 
+/// A plain decimal number: digits only (no sign, no space), within u64.
+fn decimal(v: &str) -> Option<u64> {
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    v.parse().ok()
+}
+
 fn frame_from<'a>(name: &'a str, attrs: &Attrs<'a>, body: &'a str) -> Result<Frame<'a>, WireError> {
     let required = |frame: &'static str, attr: &'static str| {
         attrs
@@ -502,9 +518,18 @@ fn frame_from<'a>(name: &'a str, attrs: &Attrs<'a>, body: &'a str) -> Result<Fra
             if !is_valid_id(id) {
                 return Err(WireError::BadId);
             }
+            let number = |attr: &'static str| match attrs.get(attr) {
+                None => Ok(None),
+                Some(v) => decimal(v).map(Some).ok_or(WireError::InvalidAttribute {
+                    frame: "login",
+                    attr,
+                }),
+            };
             Frame::Login {
                 id,
                 token: attrs.get("token"),
+                exp: number("exp")?,
+                interval: number("interval")?,
             }
         }
         "heartbeat" => {

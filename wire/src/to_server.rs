@@ -5,15 +5,48 @@
 
 use std::borrow::Cow;
 
-use crate::to_client::encode_heartbeat;
+use crate::to_client::{encode_heartbeat, push_decimal};
+
+/// What a `login` says besides the id; every part optional.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LoginOptions<'a> {
+    /// The login token (hex), when the server checks them.
+    pub token: Option<&'a str>,
+    /// Version 1.2: the Unix second the token expires at (it is then minted
+    /// with [`crate::token::mint_expiring`]).
+    pub exp: Option<u64>,
+    /// Version 1.2: the heartbeat interval asked for, in ms.
+    pub interval_ms: Option<u64>,
+}
 
 /// `<login id="ID" token="T"/>` (the token only when there is one).
 pub fn encode_login(out: &mut Vec<u8>, id: &str, token: Option<&str>) {
+    encode_login_with(
+        out,
+        id,
+        LoginOptions {
+            token,
+            ..LoginOptions::default()
+        },
+    );
+}
+
+/// `<login id="ID" token="T" exp="E" interval="MS"/>`, each attribute after
+/// `id` only when given.
+pub fn encode_login_with(out: &mut Vec<u8>, id: &str, options: LoginOptions<'_>) {
     out.extend_from_slice(b"<login id=\"");
     out.extend_from_slice(id.as_bytes());
-    if let Some(token) = token {
+    if let Some(token) = options.token {
         out.extend_from_slice(b"\" token=\"");
         out.extend_from_slice(token.as_bytes());
+    }
+    if let Some(exp) = options.exp {
+        out.extend_from_slice(b"\" exp=\"");
+        push_decimal(out, exp);
+    }
+    if let Some(interval) = options.interval_ms {
+        out.extend_from_slice(b"\" interval=\"");
+        push_decimal(out, interval);
     }
     out.extend_from_slice(b"\"/>");
 }
@@ -72,6 +105,23 @@ mod tests {
         let mut out = Vec::new();
         encode_login(&mut out, "a", None);
         encode_login(&mut out, "a", Some("ff00"));
+        encode_login_with(
+            &mut out,
+            "a",
+            LoginOptions {
+                token: Some("ff00"),
+                exp: Some(1_700_000_000),
+                interval_ms: Some(30_000),
+            },
+        );
+        encode_login_with(
+            &mut out,
+            "a",
+            LoginOptions {
+                interval_ms: Some(500),
+                ..LoginOptions::default()
+            },
+        );
         encode_ping(&mut out, Some(3));
         encode_ping(&mut out, None);
         encode_pong(&mut out, Some(9));
@@ -84,6 +134,8 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "<login id=\"a\"/><login id=\"a\" token=\"ff00\"/>\
+             <login id=\"a\" token=\"ff00\" exp=\"1700000000\" interval=\"30000\"/>\
+             <login id=\"a\" interval=\"500\"/>\
              <heartbeat mode=\"ping\" seq=\"3\"/><heartbeat mode=\"ping\"/>\
              <heartbeat mode=\"pong\" seq=\"9\"/>\
              <msg to=\"b\" id=\"m1\">x &amp; y</msg><msg to=\"b\"></msg>\
@@ -94,7 +146,15 @@ mod tests {
     #[test]
     fn the_server_reads_what_a_client_writes() {
         let mut out = Vec::new();
-        encode_login(&mut out, "a", Some("ff00"));
+        encode_login_with(
+            &mut out,
+            "a",
+            LoginOptions {
+                token: Some("ff00"),
+                exp: Some(7),
+                interval_ms: Some(250),
+            },
+        );
         encode_ping(&mut out, Some(3));
         encode_pong(&mut out, None);
         encode_msg(&mut out, "b", Some("m1"), "x &amp; y");
@@ -108,7 +168,7 @@ mod tests {
         assert_eq!(
             frames,
             [
-                r#"Login { id: "a", token: Some("ff00") }"#,
+                r#"Login { id: "a", token: Some("ff00"), exp: Some(7), interval: Some(250) }"#,
                 "Ping { seq: Some(3) }",
                 "Pong { seq: None }",
                 r#"Msg { to: "b", id: Some("m1"), body: "x &amp; y" }"#,

@@ -23,7 +23,7 @@ mod decoder;
 mod frame;
 mod handshake;
 
-pub use decoder::{Decoder, Inbound};
+pub use decoder::{Decoder, DecoderParts, Inbound};
 pub use frame::{
     begin_text, decode_header, end_text, is_valid_close_code, unmask, wrap_text, write_close,
     write_frame, write_pong, write_text, CloseCode, FrameHeader, Opcode, WsError,

@@ -90,9 +90,11 @@ impl Client {
         })
     }
 
-    /// Confirms that message `id` was processed. Dropped silently when not
-    /// logged in: the server only counts acks, and the message it confirms
-    /// arrived on a connection that no longer exists.
+    /// Confirms that message `id` was processed. Sent at once when logged
+    /// in; either way the client remembers it, so that when the server sends
+    /// the message again after a reconnect (an at-least-once push whose ack
+    /// did not reach it), the copy is acked for the app instead of being
+    /// handed to it twice.
     pub fn ack(&self, id: &str) -> Result<(), ClientError> {
         if !is_valid_message_id(id) {
             return Err(ClientError::BadMessageId(id.to_string()));

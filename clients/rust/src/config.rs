@@ -3,6 +3,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::tls::ClientTls;
+
 #[cfg(doc)]
 use crate::ClientEvent;
 
@@ -16,6 +18,15 @@ pub struct ClientConfig {
     /// a back end that holds the server's secret
     /// (`lifeline_wire::token::mint`), so the app never ships the secret.
     pub token: Option<String>,
+    /// When `token` expires, in Unix seconds (protocol 1.2): the token is
+    /// then minted for `ID|exp` (`lifeline_wire::token::mint_expiring`) and
+    /// sent with `exp`. The back end hands the app a fresh pair before it
+    /// runs out; a login with an expired token is refused (`auth-failed`).
+    pub exp: Option<u64>,
+    /// The heartbeat interval to ask for (protocol 1.2). The server grants
+    /// one within its range (the welcome says which, and
+    /// [`ClientEvent::Connected`] reports it); `None`: the server's own.
+    pub interval: Option<Duration>,
     /// Ceiling of the first reconnect delay; it doubles per failed attempt.
     pub backoff_base: Duration,
     /// No reconnect delay is longer than this.
@@ -27,6 +38,9 @@ pub struct ClientConfig {
     /// Unsent bytes the client holds before it refuses more messages
     /// (reported as [`ClientEvent::NotSent`]).
     pub max_outbound: usize,
+    /// Speak TLS (`None`: plaintext), e.g.
+    /// `ClientTls::builder("push.example.com").build()?`.
+    pub tls: Option<ClientTls>,
 }
 
 impl ClientConfig {
@@ -38,11 +52,14 @@ impl ClientConfig {
             addr,
             id: id.into(),
             token: None,
+            exp: None,
+            interval: None,
             backoff_base: Duration::from_millis(500),
             backoff_cap: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             max_frame: 1 << 20,
             max_outbound: 1 << 20,
+            tls: None,
         }
     }
 }
@@ -54,11 +71,14 @@ impl std::fmt::Debug for ClientConfig {
             .field("addr", &self.addr)
             .field("id", &self.id)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("exp", &self.exp)
+            .field("interval", &self.interval)
             .field("backoff_base", &self.backoff_base)
             .field("backoff_cap", &self.backoff_cap)
             .field("connect_timeout", &self.connect_timeout)
             .field("max_frame", &self.max_frame)
             .field("max_outbound", &self.max_outbound)
+            .field("tls", &self.tls.is_some())
             .finish()
     }
 }

@@ -11,11 +11,14 @@ use crate::{Client, ClientConfig};
 /// What the client thread reports, in order.
 #[derive(Debug)]
 pub enum ClientEvent {
-    /// Logged in; the server's heartbeat parameters.
+    /// Logged in; the heartbeat parameters the server granted (the interval
+    /// asked for in [`ClientConfig::interval`], clamped into its range).
     Connected { interval: Duration, misses: u32 },
     /// A message for us. `body` is the element's text with the predefined
     /// entities and character references expanded (`&amp;` → `&`); markup
     /// inside it, if a sender put any there, is passed through as written.
+    /// A message whose `id` was reported recently is not reported again
+    /// (the server resends an unacked at-least-once push after a reconnect).
     Message {
         from: String,
         id: Option<String>,

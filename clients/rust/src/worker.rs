@@ -17,6 +17,7 @@ use crate::config::ClientConfig;
 use crate::events::{ClientEvent, Disconnect, ProtocolError, StopReason};
 use crate::heartbeat::Heartbeat;
 use crate::link::{Link, ReadOutcome};
+use crate::recent::{Arrival, RecentIds, RECENT_IDS};
 
 /// The handle's waker; connections take the tokens below it.
 pub(crate) const WAKER: Token = Token(usize::MAX);
@@ -74,6 +75,8 @@ pub(crate) struct Worker {
     /// Each connection gets its own token, so a readiness event left over
     /// from a closed socket is recognised and ignored.
     generation: usize,
+    /// Recent message ids, to drop (or re-ack) a redelivered copy.
+    recent: RecentIds,
 }
 
 impl Worker {
@@ -95,6 +98,7 @@ impl Worker {
             },
             failures: 0,
             generation: 0,
+            recent: RecentIds::new(RECENT_IDS),
         }
     }
 
@@ -184,8 +188,14 @@ impl Worker {
                     to_server::encode_msg(&mut link.outbound, &to, Some(&id), &body);
                 }
                 (Command::Msg { to, id, .. }, _) => self.emit(ClientEvent::NotSent { to, id }),
-                (Command::Ack { id }, Some(link)) => to_server::encode_ack(&mut link.outbound, &id),
-                (Command::Ack { .. }, None) => {}
+                (Command::Ack { id }, link) => {
+                    // Remembered even when not logged in: a redelivery after
+                    // the reconnect is then acked for the app.
+                    self.recent.acked(&id);
+                    if let Some(link) = link {
+                        to_server::encode_ack(&mut link.outbound, &id);
+                    }
+                }
             }
         }
         match self.link() {
@@ -273,7 +283,20 @@ impl Worker {
             }
             ServerFrame::Pong { .. } | ServerFrame::Unknown => {}
             ServerFrame::Msg { from, id, body } => {
-                self.emit(ClientEvent::Message { from, id, body });
+                let arrival = id
+                    .as_deref()
+                    .map_or(Arrival::New, |id| self.recent.arrived(id));
+                match (arrival, id) {
+                    (Arrival::New, id) => self.emit(ClientEvent::Message { from, id, body }),
+                    // The ack went out on a connection that ended first.
+                    (Arrival::AckedBefore, Some(id)) => {
+                        if let Some(link) = self.link() {
+                            to_server::encode_ack(&mut link.outbound, &id);
+                        }
+                    }
+                    // The app has it and will ack it.
+                    (Arrival::Pending | Arrival::AckedBefore, _) => {}
+                }
             }
             ServerFrame::Bye {
                 reason,
@@ -341,12 +364,21 @@ impl Worker {
             .registry()
             .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
             .map_err(failed)?;
+        let tls = match &self.config.tls {
+            None => None,
+            Some(tls) => Some(tls.connection().map_err(|e| failed(io::Error::other(e)))?),
+        };
         let mut login = Vec::new();
         let config = &self.config;
-        to_server::encode_login(&mut login, &config.id, config.token.as_deref());
+        let options = to_server::LoginOptions {
+            token: config.token.as_deref(),
+            exp: config.exp,
+            interval_ms: config.interval.map(|i| i.as_millis() as u64),
+        };
+        to_server::encode_login_with(&mut login, &config.id, options);
         debug!("connecting to {} as {}", config.addr, config.id);
         self.state = State::Connecting {
-            link: Link::new(stream, token, login),
+            link: Link::new(stream, token, login, tls),
             deadline: now + config.connect_timeout,
         };
         Ok(())

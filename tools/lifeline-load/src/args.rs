@@ -33,6 +33,19 @@ pub enum Mode {
     /// log in) and the tool triggers broadcasts, one in flight, at
     /// --broadcast-rate; measures each one's first and last delivery.
     Fanout,
+    /// As restart, but the server is upgraded in place: SIGUSR2 to
+    /// --server-pid when the warmup ends, the new pid followed through
+    /// --admin's /healthz; reports reconnects, missed heartbeats and the
+    /// longest ping→pong pause (goals: 0, 0, one tick + 50 ms).
+    Upgrade,
+}
+
+impl Mode {
+    /// Connections reconnect by themselves when the server closes them
+    /// (and are counted doing so).
+    pub fn reconnects(self) -> bool {
+        matches!(self, Mode::Restart | Mode::Upgrade)
+    }
 }
 
 /// Load generator for Lifeline and its peers (redis PING, MQTT PINGREQ; PUBLISH fan-out).
@@ -55,6 +68,10 @@ pub struct Args {
     /// Connects per second (all workers together).
     #[arg(long, default_value_t = 2000.0)]
     pub ramp: f64,
+    /// Login ids are PREFIX-W-I: several load processes against one cluster
+    /// need different prefixes, or they replace each other's clients.
+    #[arg(long, default_value = "load")]
+    pub id_prefix: String,
     /// Ping interval in ms [default: the server's welcome interval, else 1000].
     #[arg(long)]
     pub interval_ms: Option<u64>,
@@ -114,7 +131,8 @@ pub struct Args {
     #[command(flatten)]
     pub fanout: FanoutArgs,
     /// Server process to measure (CPU per round trip over the window, RSS at the end);
-    /// restart mode only hands it to --restart-cmd as LIFELINE_SERVER_PID.
+    /// restart mode only hands it to --restart-cmd as LIFELINE_SERVER_PID; upgrade mode
+    /// sends it SIGUSR2.
     #[arg(long)]
     pub server_pid: Option<u32>,
     /// Restart mode: shell command run once when the warmup ends (by `sh -c`,
@@ -138,6 +156,8 @@ pub struct Args {
     /// Print the final result as a JSON object instead of the RESULT line.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
     /// Internal: run as worker I of --workers.
     #[arg(long, hide = true)]
     pub worker_index: Option<u32>,
@@ -168,6 +188,8 @@ pub struct Config {
     pub conns: u32,
     pub first_conn: u32,
     pub source_ips: Vec<IpAddr>,
+    /// Login ids are `PREFIX-W-I`.
+    pub id_prefix: String,
     /// This process's share of the rates.
     pub ramp: f64,
     pub churn_rate: f64,
@@ -177,6 +199,8 @@ pub struct Config {
     pub warmup: Duration,
     pub proto: Proto,
     pub transport: Transport,
+    /// `--tls`: what every connection's TLS session starts from.
+    pub tls: Option<crate::tls::TlsSetup>,
     pub mode: Mode,
     pub auth_secret: Option<Vec<u8>>,
     pub silent_fraction: f64,
@@ -270,6 +294,12 @@ impl Config {
         if args.restart_cmd.is_some() && args.mode != Mode::Restart {
             return Err(bad("restart-cmd", "only restart mode runs it"));
         }
+        if args.mode == Mode::Upgrade && args.server_pid.is_none() {
+            return Err(bad(
+                "server-pid",
+                "upgrade mode sends SIGUSR2 to the server: give its pid",
+            ));
+        }
         if args.backoff_base_ms == 0 || args.backoff_base_ms > args.backoff_cap_ms {
             return Err(bad(
                 "backoff-base-ms",
@@ -329,6 +359,17 @@ impl Config {
             }
             Role::Single | Role::Parent => (total_conns, 0, 1.0),
         };
+        let prefix_ok = (1..=32).contains(&args.id_prefix.len())
+            && args
+                .id_prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.:@-".contains(&b));
+        if !prefix_ok {
+            return Err(bad(
+                "id-prefix",
+                "1 to 32 of A-Z a-z 0-9 _ . : @ - (it starts every login id)",
+            ));
+        }
         let measures_server = matches!(role, Role::Single | Role::Worker(0));
 
         Ok(Config {
@@ -339,6 +380,7 @@ impl Config {
             conns,
             first_conn,
             source_ips,
+            id_prefix: args.id_prefix.clone(),
             ramp: args.ramp * share,
             churn_rate: args.churn_rate * share,
             interval: args.interval_ms.map(Duration::from_millis),
@@ -347,6 +389,7 @@ impl Config {
             warmup,
             proto: args.proto,
             transport: args.transport,
+            tls: crate::tls::setup(&args.tls).map_err(|e| bad("tls", e))?,
             mode: args.mode,
             auth_secret: args.auth_secret.as_ref().map(|s| s.as_bytes().to_vec()),
             silent_fraction: args.silent_fraction,
@@ -428,155 +471,4 @@ pub fn parse_source_ips(spec: &str) -> Result<Vec<IpAddr>, ArgsError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn config(extra: &[&str]) -> Result<Config, ArgsError> {
-        let mut argv = vec!["lifeline-load"];
-        argv.extend_from_slice(extra);
-        Config::from_args(&Args::parse_from(argv))
-    }
-
-    #[test]
-    fn source_ips_accept_counts_ranges_and_lists() {
-        let ips = parse_source_ips("3").unwrap();
-        assert_eq!(ips.len(), 3);
-        assert_eq!(ips[2], IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)));
-        let ips = parse_source_ips("127.0.0.1-127.0.0.20").unwrap();
-        assert_eq!(ips.len(), 20);
-        assert_eq!(ips[19], IpAddr::V4(Ipv4Addr::new(127, 0, 0, 20)));
-        assert_eq!(
-            parse_source_ips("10.0.0.1, 127.0.0.2-127.0.0.3")
-                .unwrap()
-                .len(),
-            3
-        );
-        assert!(parse_source_ips("127.0.0.9-127.0.0.1").is_err());
-        assert!(parse_source_ips("0").is_err());
-        assert!(parse_source_ips("localhost").is_err());
-    }
-
-    #[test]
-    fn workers_split_connections_and_rates() {
-        let shares: Vec<(u32, u32)> = (0..3)
-            .map(|i| {
-                let c = config(&[
-                    "--conns",
-                    "10",
-                    "--workers",
-                    "3",
-                    "--worker-index",
-                    &i.to_string(),
-                ])
-                .unwrap();
-                (c.conns, c.first_conn)
-            })
-            .collect();
-        assert_eq!(shares, vec![(4, 0), (3, 4), (3, 7)]);
-        let c = config(&[
-            "--conns",
-            "10",
-            "--workers",
-            "2",
-            "--worker-index",
-            "1",
-            "--server-pid",
-            "1",
-        ])
-        .unwrap();
-        assert_eq!(c.ramp, 1000.0);
-        assert_eq!(c.server_pid, None, "only worker 0 measures the server");
-        assert_eq!(
-            config(&["--conns", "10", "--workers", "2"]).unwrap().role,
-            Role::Parent
-        );
-    }
-
-    #[test]
-    fn bad_values_are_rejected() {
-        assert!(config(&["--conns", "0"]).is_err());
-        assert!(config(&["--warmup", "5", "--duration", "5"]).is_err());
-        assert!(config(&["--silent-fraction", "1.5"]).is_err());
-        assert!(config(&["--target", "no-port"]).is_err());
-        assert!(config(&["--workers", "4", "--conns", "2"]).is_err());
-        assert!(config(&["--mode", "push"]).is_err(), "push needs --admin");
-        assert!(config(&[
-            "--mode",
-            "push",
-            "--admin",
-            "http://127.0.0.1:1",
-            "--push-rate",
-            "0"
-        ])
-        .is_err());
-        assert!(config(&[
-            "--mode",
-            "push",
-            "--admin",
-            "http://127.0.0.1:1",
-            "--proto",
-            "redis"
-        ])
-        .is_err());
-        assert!(config(&["--transport", "ws", "--proto", "mqtt"]).is_err());
-        assert!(
-            config(&["--restart-cmd", "true"]).is_err(),
-            "restart mode only"
-        );
-        assert!(config(&["--mode", "restart", "--backoff-base-ms", "0"]).is_err());
-        assert!(config(&[
-            "--mode",
-            "restart",
-            "--backoff-base-ms",
-            "2000",
-            "--backoff-cap-ms",
-            "1000"
-        ])
-        .is_err());
-    }
-
-    #[test]
-    fn only_the_measuring_process_runs_the_restart_command() {
-        let argv = |index: &str| {
-            config(&[
-                "--mode",
-                "restart",
-                "--restart-cmd",
-                "true",
-                "--conns",
-                "4",
-                "--workers",
-                "2",
-                "--worker-index",
-                index,
-            ])
-            .unwrap()
-        };
-        assert_eq!(argv("0").restart_cmd.as_deref(), Some("true"));
-        assert_eq!(argv("1").restart_cmd, None);
-        let c = config(&["--transport", "ws", "--mode", "restart"]).unwrap();
-        assert_eq!(c.transport, Transport::Ws);
-        assert_eq!(c.backoff_base, Duration::from_millis(500));
-    }
-
-    #[test]
-    fn push_rate_is_split_between_workers() {
-        let c = config(&[
-            "--mode",
-            "push",
-            "--admin",
-            "http://127.0.0.1:1",
-            "--push-rate",
-            "500",
-            "--conns",
-            "10",
-            "--workers",
-            "2",
-            "--worker-index",
-            "0",
-        ])
-        .unwrap();
-        assert_eq!(c.push_rate, 250.0);
-        assert_eq!(c.push_conns, 8);
-    }
-}
+mod tests;

@@ -24,6 +24,7 @@ use crate::restart;
 use crate::sched::{Bucket, Rng, Timers, Window};
 use crate::session::{Close, Conn, Ctx, Fate, Phase};
 use crate::stats::Results;
+use crate::upgrade;
 
 /// One read takes at most this much; a short read means the socket is drained.
 const SCRATCH_BYTES: usize = 64 * 1024;
@@ -74,6 +75,8 @@ pub struct Engine {
     probe: Option<ServerProbe>,
     /// Restart mode: the `--restart-cmd` while it runs.
     restart_cmd: Option<Child>,
+    /// Upgrade mode: following the server's pid after SIGUSR2.
+    upgrade: Option<upgrade::Follower>,
     window_open: bool,
     next_progress: Instant,
     last_round_trips: u64,
@@ -137,9 +140,10 @@ impl Engine {
             // The restarted server is another process: nothing to measure.
             probe: cfg
                 .server_pid
-                .filter(|_| cfg.mode != Mode::Restart)
+                .filter(|_| !cfg.mode.reconnects())
                 .map(ServerProbe::new),
             restart_cmd: None,
+            upgrade: None,
             window_open: false,
             next_progress: started + Duration::from_secs(1),
             last_round_trips: 0,
@@ -219,7 +223,7 @@ impl Engine {
     /// waiting to reconnect.
     fn finished(&self) -> bool {
         let all_ended =
-            self.open == 0 && self.connect_queue.is_empty() && self.ctx.cfg.mode != Mode::Restart;
+            self.open == 0 && self.connect_queue.is_empty() && !self.ctx.cfg.mode.reconnects();
         let silent_done = self.silent_slots > 0 && self.silent_left == 0;
         all_ended || silent_done
     }
@@ -232,6 +236,13 @@ impl Engine {
         // Fanout mode measures from its first broadcast on.
         if self.publisher.is_none() {
             self.begin_probe();
+        }
+        if let (Mode::Upgrade, Some(pid)) = (self.ctx.cfg.mode, self.ctx.cfg.server_pid) {
+            let at = now.saturating_duration_since(self.ctx.window.started);
+            match upgrade::Follower::start(pid, self.ctx.cfg.admin.clone(), at) {
+                Ok(follower) => self.upgrade = Some(follower),
+                Err(e) => eprintln!("lifeline-load: cannot signal pid {pid}: {e}"),
+            }
         }
         if let Some(command) = &self.ctx.cfg.restart_cmd {
             eprintln!("lifeline-load: running --restart-cmd");
@@ -350,10 +361,11 @@ impl Engine {
         };
         let conns = &self.conns;
         let worker = self.ctx.worker;
+        let prefix = self.ctx.cfg.id_prefix.clone();
         pusher.run_due(self.poll.registry(), now, &mut self.ctx, |rng| {
             (0..TARGET_TRIES).find_map(|_| {
                 let slot = (rng.next_u64() % conns.len() as u64) as usize;
-                conns[slot].online_id(worker)
+                conns[slot].online_id(&prefix, worker)
             })
         });
     }
@@ -389,7 +401,7 @@ impl Engine {
             return;
         };
         let reconnect = match self.ctx.cfg.mode {
-            Mode::Restart => conn.reconnect_delay(&cause, &mut self.ctx.backoff),
+            Mode::Restart | Mode::Upgrade => conn.reconnect_delay(&cause, &mut self.ctx.backoff),
             _ => None,
         };
         if let Some(stream) = conn.finish(&cause, now, &mut self.ctx) {
@@ -476,6 +488,9 @@ impl Engine {
         if self.restart_cmd.is_some() {
             // Not killed: it may be the one starting the server again.
             eprintln!("lifeline-load: --restart-cmd still running at the end of the run");
+        }
+        if let Some(follower) = self.upgrade.take() {
+            self.ctx.results.upgrade = Some(follower.finish());
         }
         if let Some(probe) = &self.probe {
             match probe.end() {

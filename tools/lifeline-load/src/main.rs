@@ -48,6 +48,8 @@ mod restart;
 mod sched;
 mod session;
 mod stats;
+mod tls;
+mod upgrade;
 mod workers;
 mod wsclient;
 

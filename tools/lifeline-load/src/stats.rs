@@ -10,6 +10,7 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Map, Value};
 
 use crate::fanout::FanoutResults;
+use crate::upgrade::UpgradeOutcome;
 
 /// Highest round trip the histogram tracks exactly (larger ones saturate): 10 min.
 const RTT_MAX_US: u64 = 600_000_000;
@@ -71,6 +72,12 @@ counters! {
     upgrade_errors,
     /// WebSocket Pings from the server answered with a Pong.
     ws_pings_answered,
+    /// TLS handshakes completed in full.
+    tls_full_handshakes,
+    /// TLS handshakes that resumed a session (a ticket from an earlier connection).
+    tls_resumed_handshakes,
+    /// Connections that TLS failed (handshake refused, bad record).
+    tls_errors,
     /// `<bye reason="shutdown"/>` received.
     shutdown_byes,
     /// `<bye/>` carrying `retry-ms` received.
@@ -205,6 +212,8 @@ pub struct Results {
     pub all_back_us: Option<u64>,
     /// Fanout mode (one process only, so never merged or encoded).
     pub fanout: FanoutResults,
+    /// Upgrade: the SIGUSR2 and what followed (the measuring process only).
+    pub upgrade: Option<UpgradeOutcome>,
 }
 
 /// A worker line that could not be read back.
@@ -243,6 +252,7 @@ impl Default for Results {
             relogins_us: Vec::new(),
             all_back_us: None,
             fanout: FanoutResults::default(),
+            upgrade: None,
         }
     }
 }
@@ -301,6 +311,7 @@ impl Results {
             (Some(a), Some(b)) => Some(a.max(b)),
             _ => None,
         };
+        self.upgrade = self.upgrade.or(other.upgrade);
     }
 
     /// One JSON line for the parent (see `decode`).
@@ -354,6 +365,9 @@ impl Results {
         let relogins: Vec<String> = self.relogins_us.iter().map(u64::to_string).collect();
         map.insert("relogins".into(), relogins.join(",").into());
         map.insert("all_back_us".into(), self.all_back_us.into());
+        if let Some(u) = &self.upgrade {
+            map.insert("upgrade".into(), u.encode());
+        }
         Value::Object(map).to_string()
     }
 
@@ -414,6 +428,10 @@ impl Results {
                 .ok_or(DecodeError::Field("relogins"))?,
             all_back_us: uint(map, "all_back_us"),
             fanout: FanoutResults::default(),
+            upgrade: match map.get("upgrade") {
+                None => None,
+                Some(v) => Some(UpgradeOutcome::decode(v).ok_or(DecodeError::Field("upgrade"))?),
+            },
         };
         Ok((worker, results))
     }

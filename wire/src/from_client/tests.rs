@@ -41,7 +41,7 @@ fn decodes_every_frame_kind() {
     assert_eq!(
         frames,
         vec![
-            r#"Login { id: "a.b@c", token: Some("ff") }"#,
+            r#"Login { id: "a.b@c", token: Some("ff"), exp: None, interval: None }"#,
             "Ping { seq: Some(7) }",
             "Pong { seq: None }",
             r#"Msg { to: "bob", id: Some("m1"), body: "héllo &amp; &#x263A; <![CDATA[<x>]]><b>bold</b>" }"#,
@@ -50,6 +50,33 @@ fn decodes_every_frame_kind() {
             "Bye",
         ]
     );
+}
+
+#[test]
+fn login_carries_exp_and_interval_as_numbers() {
+    let frames =
+        decode_all("<login id=\"a\" token=\"ff\" exp=\"1700000000\" interval=\"30000\"/>").unwrap();
+    assert_eq!(
+        frames,
+        vec![
+            r#"Login { id: "a", token: Some("ff"), exp: Some(1700000000), interval: Some(30000) }"#
+        ]
+    );
+    for bad in [
+        "<login id=\"a\" exp=\"\"/>",
+        "<login id=\"a\" exp=\"-1\"/>",
+        "<login id=\"a\" exp=\"+1\"/>",
+        "<login id=\"a\" exp=\"1.5\"/>",
+        "<login id=\"a\" exp=\"18446744073709551616\"/>",
+        "<login id=\"a\" interval=\"x\"/>",
+        "<login id=\"a\" interval=\" 5\"/>",
+        "<login id=\"a\" interval=\"1\" interval=\"2\"/>",
+    ] {
+        assert_eq!(decode_all(bad).unwrap_err(), "bad-frame", "{bad}");
+    }
+    // Defined on login only: elsewhere they are ignored like any unknown attribute.
+    let frames = decode_all("<heartbeat mode=\"ping\" exp=\"x\" interval=\"y\"/>").unwrap();
+    assert_eq!(frames, vec!["Ping { seq: None }"]);
 }
 
 #[test]

@@ -60,6 +60,43 @@ impl Decoder {
         Decoder::default()
     }
 
+    /// Everything the decoder holds, as plain fields: a live connection
+    /// handed to another process (Lifeline's upgrade) takes its decoder
+    /// with it, mid-frame and mid-message.
+    pub fn parts(&self) -> DecoderParts {
+        DecoderParts {
+            remaining: self.remaining,
+            message_len: self.message_len,
+            mask: self.mask,
+            mask_phase: self.mask_phase,
+            fin: self.fin,
+            in_message: self.in_message,
+            utf8_pending: self.utf8.pending,
+            utf8_pending_len: self.utf8.pending_len,
+        }
+    }
+
+    /// The decoder [`Decoder::parts`] described; `None` for parts no
+    /// decoder can have (a mask phase past 3, more than 3 bytes of a cut
+    /// character).
+    pub fn from_parts(p: DecoderParts) -> Option<Decoder> {
+        if p.mask_phase > 3 || p.utf8_pending_len > 3 {
+            return None;
+        }
+        Some(Decoder {
+            remaining: p.remaining,
+            message_len: p.message_len,
+            mask: p.mask,
+            mask_phase: p.mask_phase,
+            fin: p.fin,
+            in_message: p.in_message,
+            utf8: Utf8Check {
+                pending: p.utf8_pending,
+                pending_len: p.utf8_pending_len,
+            },
+        })
+    }
+
     /// True between the first frame of a text message and the end of its
     /// final frame, i.e. while the XML stream may end mid-message.
     pub fn in_message(&self) -> bool {
@@ -203,6 +240,19 @@ pub(super) fn close_payload(payload: &[u8]) -> Result<(Option<u16>, &str), WsErr
             Ok((Some(code), reason))
         }
     }
+}
+
+/// A [`Decoder`]'s state as plain fields (see [`Decoder::parts`]).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DecoderParts {
+    pub remaining: u64,
+    pub message_len: u64,
+    pub mask: [u8; 4],
+    pub mask_phase: u8,
+    pub fin: bool,
+    pub in_message: bool,
+    pub utf8_pending: [u8; 3],
+    pub utf8_pending_len: u8,
 }
 
 /// Incremental UTF-8 validation of one text message. A character cut by a

@@ -391,6 +391,49 @@ fn server_frames_are_byte_exact() {
     assert_eq!(out.len(), 2 + 125);
 }
 
+/// A decoder taken apart and rebuilt at every cut of a fragmented message
+/// with a character split across frames (a connection handed to another
+/// process mid-message) decodes exactly what one decoder does.
+#[test]
+fn a_decoder_rebuilt_from_its_parts_carries_on() {
+    // The first frame ends inside the two bytes of the 'é'.
+    let text = "<msg>h\u{e9}llo</msg>".as_bytes();
+    let mut stream = masked(false, Opcode::Text, &text[..7]);
+    stream.extend(masked(true, Opcode::Continuation, &text[7..]));
+    let whole = feed_whole(&stream).unwrap();
+    for cut in 0..=stream.len() {
+        let mut decoder = Decoder::new();
+        let mut input = stream[..cut].to_vec();
+        let mut message = Vec::new();
+        let mut pos = 0;
+        let mut drive = |decoder: &mut Decoder, input: &mut Vec<u8>, pos: &mut usize| loop {
+            match decoder.decode(&mut input[*pos..], 1 << 20).unwrap() {
+                Inbound::NeedMore => break,
+                Inbound::Text {
+                    consumed, payload, ..
+                } => {
+                    message.extend_from_slice(payload);
+                    *pos += consumed;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        };
+        drive(&mut decoder, &mut input, &mut pos);
+        let mut rebuilt = Decoder::from_parts(decoder.parts()).unwrap();
+        input.drain(..pos);
+        pos = 0;
+        input.extend_from_slice(&stream[cut..]);
+        drive(&mut rebuilt, &mut input, &mut pos);
+        assert!(!rebuilt.in_message(), "cut {cut}");
+        assert_eq!(vec![Event::Message(message)], whole, "cut {cut}");
+    }
+    let impossible = DecoderParts {
+        mask_phase: 4,
+        ..DecoderParts::default()
+    };
+    assert!(Decoder::from_parts(impossible).is_none());
+}
+
 #[test]
 fn decoder_state_is_small() {
     assert!(std::mem::size_of::<Decoder>() <= 32);

@@ -58,6 +58,10 @@ impl Report {
             Mode::Push => report.push(cfg, results),
             Mode::Restart => report.restart(cfg, results),
             Mode::Fanout => report.fanout(cfg, results),
+            Mode::Upgrade => {
+                report.upgrade(results);
+                report.restart(cfg, results);
+            }
             Mode::Steady | Mode::Max => {}
         }
         report.online(online);

@@ -155,6 +155,54 @@ impl Report {
         self.latency("push_answer", "push answer", &results.push_answer_us);
     }
 
+    /// Upgrade mode: the pid change, and what the clients noticed of it —
+    /// each against the goal (0 reconnects, 0 missed heartbeats, the longest
+    /// ping→pong pause within one tick + 50 ms).
+    pub(super) fn upgrade(&mut self, results: &Results) {
+        let c = &results.counters;
+        let longest_ms = (!results.rtt_us.is_empty()).then(|| results.rtt_us.max() as f64 / 1e3);
+        // `reconnects` itself is in the restart section that follows.
+        self.put("missed_heartbeats", c.pings_unanswered.into());
+        self.put(
+            "longest_pause_ms",
+            longest_ms.map_or(Value::Null, |ms| float(ms, 1)),
+        );
+        let Some(u) = results.upgrade else {
+            self.put("upgrade", "not-signalled".into());
+            self.summary
+                .push("  upgrade     SIGUSR2 was not sent (see the messages above)".into());
+            return;
+        };
+        let after_ms = u.new_pid_after_us.map(|us| us as f64 / 1e3);
+        self.put("old_pid", u.old_pid.into());
+        self.put("new_pid", u.new_pid.map_or(Value::Null, Value::from));
+        self.put(
+            "new_pid_after_ms",
+            after_ms.map_or(Value::Null, |ms| float(ms, 1)),
+        );
+        self.put("old_exited", u.old_exited.into());
+        self.summary.push(format!(
+            "  upgrade     SIGUSR2 to pid {} at {:.2} s; {}; old process {}",
+            u.old_pid,
+            u.signalled_us as f64 / 1e6,
+            match (u.new_pid, after_ms) {
+                (Some(pid), Some(ms)) => format!("pid {pid} serving after {ms:.1} ms"),
+                _ => "no other pid seen serving (/healthz via --admin)".to_string(),
+            },
+            if u.old_exited {
+                "exited"
+            } else {
+                "STILL RUNNING"
+            },
+        ));
+        self.summary.push(format!(
+            "  noticed     {} reconnects (goal 0), {} missed heartbeats (goal 0), longest ping->pong {} (goal: one tick + 50 ms)",
+            c.reconnects,
+            c.pings_unanswered,
+            longest_ms.map_or("-".to_string(), |ms| format!("{ms:.1} ms")),
+        ));
+    }
+
     pub(super) fn restart(&mut self, cfg: &Config, results: &Results) {
         let c = &results.counters;
         self.put_counts(&[

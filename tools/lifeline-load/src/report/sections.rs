@@ -72,7 +72,16 @@ impl Report {
             ("server_errors", c.server_errors),
             ("protocol_errors", c.protocol_errors),
             ("upgrade_errors", c.upgrade_errors),
+            ("tls_full_handshakes", c.tls_full_handshakes),
+            ("tls_resumed_handshakes", c.tls_resumed_handshakes),
+            ("tls_errors", c.tls_errors),
         ]);
+        if c.tls_full_handshakes + c.tls_resumed_handshakes + c.tls_errors > 0 {
+            self.summary.push(format!(
+                "  tls         {} full handshakes, {} resumed, {} failed",
+                c.tls_full_handshakes, c.tls_resumed_handshakes, c.tls_errors
+            ));
+        }
         self.summary.push(format!(
             "  connects    {} ok, {} errors; logins {} ok, {} refused, {} timed out",
             c.connects_ok, c.connect_errors, c.logins, c.login_errors, c.login_timeouts

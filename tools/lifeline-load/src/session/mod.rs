@@ -142,6 +142,10 @@ pub struct Conn {
     timeout_bye: bool,
     /// WebSocket state; `None` on the raw TCP transport.
     ws: Option<WsConn>,
+    /// `--tls`: the TLS session between the socket and everything above.
+    tls: Option<Box<rustls::ClientConnection>>,
+    /// Its handshake was counted.
+    tls_counted: bool,
     /// Restart mode: attempts that failed since the last login.
     failures: u32,
     /// The `retry-ms` of the server's last goodbye.
@@ -173,6 +177,8 @@ impl Conn {
             deadline: None,
             timeout_bye: false,
             ws: None,
+            tls: None,
+            tls_counted: false,
             failures: 0,
             retry_after: None,
             terminal_bye: false,
@@ -184,15 +190,17 @@ impl Conn {
     /// client does.
     fn login_id(&self, ctx: &Ctx) -> String {
         match ctx.cfg.mode {
-            Mode::Restart => session_id(ctx.worker, self.slot, 0),
-            _ => session_id(ctx.worker, self.slot, self.sessions),
+            Mode::Restart | Mode::Upgrade => {
+                session_id(&ctx.cfg.id_prefix, ctx.worker, self.slot, 0)
+            }
+            _ => session_id(&ctx.cfg.id_prefix, ctx.worker, self.slot, self.sessions),
         }
     }
 
     /// The id this connection is logged in with, while it is.
-    pub fn online_id(&self, worker: u32) -> Option<String> {
+    pub fn online_id(&self, prefix: &str, worker: u32) -> Option<String> {
         (self.phase == Phase::Active && self.sessions > 0)
-            .then(|| session_id(worker, self.slot, self.sessions - 1))
+            .then(|| session_id(prefix, worker, self.slot, self.sessions - 1))
     }
 
     /// Logged in (whatever it does now).
@@ -211,6 +219,12 @@ impl Conn {
         self.generation = self.generation.wrapping_add(1);
         self.phase = Phase::Connecting;
         self.ws = WsConn::for_transport(ctx);
+        self.tls = ctx.cfg.tls.as_ref().and_then(|tls| {
+            rustls::ClientConnection::new(tls.config.clone(), tls.name.clone())
+                .ok()
+                .map(Box::new)
+        });
+        self.tls_counted = false;
         self.arm(now + ctx.cfg.login_timeout, &mut ctx.timers);
     }
 
@@ -330,7 +344,7 @@ impl Conn {
             (Close::Peer, Phase::Leaving) => counters.leaves_clean += 1,
             (Close::Peer, Phase::Silent) => self.record_silent_close(now, results),
             // What restart mode is about: counted, not an error.
-            (Close::Peer, Phase::Active) if mode == Mode::Restart => {
+            (Close::Peer, Phase::Active) if mode.reconnects() => {
                 counters.server_closes += 1;
                 if results.first_close_us.is_none() {
                     results.first_close_us = Some(micros(now - ctx.window.started));
@@ -390,9 +404,9 @@ impl Conn {
     }
 }
 
-fn session_id(worker: u32, slot: usize, sessions: u32) -> String {
+fn session_id(prefix: &str, worker: u32, slot: usize, sessions: u32) -> String {
     match sessions {
-        0 => format!("load-{worker}-{slot}"),
-        n => format!("load-{worker}-{slot}.{n}"),
+        0 => format!("{prefix}-{worker}-{slot}"),
+        n => format!("{prefix}-{worker}-{slot}.{n}"),
     }
 }

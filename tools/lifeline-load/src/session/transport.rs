@@ -4,8 +4,11 @@
 //! scanner. The connection first upgrades (`Phase::Upgrading`), then sends
 //! every XML frame as one masked text message (`send_frame`) and feeds the
 //! text payloads it receives to the same scanner as TCP does (`absorb_ws`).
+//! With `--tls` a rustls session sits between the socket and all of that:
+//! `outbound` holds plaintext until `flush` hands it to rustls, and what is
+//! read is decrypted before the WebSocket layer or the scanner sees it.
 
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::time::Instant;
 
 use lifeline_wire::ws::KEY_LEN;
@@ -89,6 +92,11 @@ impl Conn {
         scratch: &mut [u8],
         ctx: &mut Ctx,
     ) -> Result<(), Close> {
+        if let Some(mut tls) = self.tls.take() {
+            let read = self.read_tls(&mut tls, now, scratch, ctx);
+            self.tls = Some(tls);
+            return read;
+        }
         loop {
             let Some(stream) = self.stream.as_mut() else {
                 return Err(Close::Peer);
@@ -112,6 +120,86 @@ impl Conn {
                 Err(_) => return Err(Close::Peer),
             }
         }
+    }
+
+    /// TLS: records from the socket through rustls until it is drained;
+    /// the plaintext goes on as a plain read's bytes would.
+    fn read_tls(
+        &mut self,
+        tls: &mut rustls::ClientConnection,
+        now: Instant,
+        scratch: &mut [u8],
+        ctx: &mut Ctx,
+    ) -> Result<(), Close> {
+        loop {
+            let Some(stream) = self.stream.as_mut() else {
+                return Err(Close::Peer);
+            };
+            match tls.read_tls(stream) {
+                Ok(0) => return Err(Close::Peer),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return Err(Close::Peer),
+            }
+            if let Err(e) = tls.process_new_packets() {
+                ctx.results.counters.tls_errors += 1;
+                ctx.results.last_error = Some(format!("TLS: {e}"));
+                // The alert saying why, best effort.
+                if let Some(stream) = self.stream.as_mut() {
+                    let _ = tls.write_tls(stream);
+                }
+                return Err(Close::Protocol);
+            }
+            if !self.tls_counted && !tls.is_handshaking() {
+                self.tls_counted = true;
+                match tls.handshake_kind() {
+                    Some(rustls::HandshakeKind::Resumed) => {
+                        ctx.results.counters.tls_resumed_handshakes += 1
+                    }
+                    _ => ctx.results.counters.tls_full_handshakes += 1,
+                }
+            }
+            loop {
+                match tls.reader().read(scratch) {
+                    Ok(0) => return Err(Close::Peer), // close_notify
+                    Ok(n) if self.ws.is_some() => self.absorb_ws(&scratch[..n], now, ctx)?,
+                    Ok(n) => self.absorb(&scratch[..n], now, ctx)?,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => return Err(Close::Peer),
+                }
+            }
+            // Handshake flights and plaintext written meanwhile go out now.
+            if self.flush_tls(tls) != Fate::Open {
+                return Err(Close::Peer);
+            }
+        }
+    }
+
+    /// TLS: plaintext into rustls (held until the handshake is done), then
+    /// records out until the socket stops taking them.
+    fn flush_tls(&mut self, tls: &mut rustls::ClientConnection) -> Fate {
+        let Some(stream) = self.stream.as_mut() else {
+            return Fate::Closed(Close::Peer);
+        };
+        if !self.outbound.is_empty() {
+            match tls.writer().write(&self.outbound) {
+                Ok(n) => {
+                    self.outbound.drain(..n);
+                }
+                Err(_) => return Fate::Closed(Close::Peer),
+            }
+        }
+        while tls.wants_write() {
+            match tls.write_tls(stream) {
+                Ok(0) => return Fate::Closed(Close::Peer),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Fate::Closed(Close::Peer),
+            }
+        }
+        Fate::Open
     }
 
     /// WebSocket: decodes `data` after whatever raw bytes are pending (the
@@ -226,6 +314,11 @@ impl Conn {
 
     /// Writes pending output until the socket stops taking it.
     pub(super) fn flush(&mut self) -> Fate {
+        if let Some(mut tls) = self.tls.take() {
+            let fate = self.flush_tls(&mut tls);
+            self.tls = Some(tls);
+            return fate;
+        }
         if self.outbound.is_empty() {
             return Fate::Open;
         }

@@ -9,8 +9,22 @@ final class ClientFrames {
     private ClientFrames() {}
 
     static String login(String id, String token) {
-        String tokenAttribute = token == null ? "" : " token=\"" + Xml.escapeAttribute(token) + "\"";
-        return "<login id=\"" + Xml.escapeAttribute(id) + "\"" + tokenAttribute + "/>";
+        return login(id, token, null, 0);
+    }
+
+    /** With protocol 1.2's {@code exp} (null: none) and {@code interval} (0: none). */
+    static String login(String id, String token, Long exp, long intervalMillis) {
+        StringBuilder frame = new StringBuilder("<login id=\"").append(Xml.escapeAttribute(id)).append('"');
+        if (token != null) {
+            frame.append(" token=\"").append(Xml.escapeAttribute(token)).append('"');
+        }
+        if (exp != null) {
+            frame.append(" exp=\"").append(exp).append('"');
+        }
+        if (intervalMillis > 0) {
+            frame.append(" interval=\"").append(intervalMillis).append('"');
+        }
+        return frame.append("/>").toString();
     }
 
     static String msg(String to, String messageId, String text) {

@@ -13,9 +13,12 @@ class ClientFramesTest {
     void encodesClientFramesByteExact() {
         assertEquals("<login id=\"a\"/>", ClientFrames.login("a", null));
         assertEquals("<login id=\"a\" token=\"ff00\"/>", ClientFrames.login("a", "ff00"));
+        assertEquals("<login id=\"a\" token=\"ff00\" exp=\"1900000000\" interval=\"60000\"/>",
+                ClientFrames.login("a", "ff00", 1_900_000_000L, 60_000));
+        assertEquals("<login id=\"a\" interval=\"500\"/>", ClientFrames.login("a", null, null, 500));
         assertEquals("<msg to=\"b\" id=\"a-1-x\">x &amp; &lt;y&gt; \"q\" &#13;\n</msg>",
                 ClientFrames.msg("b", "a-1-x", "x & <y> \"q\" \r\n"));
-        assertEquals("<ack id=\"push-7\"/>", ClientFrames.ack("push-7"));
+        assertEquals("<ack id=\"p-lqu5m2o0-7\"/>", ClientFrames.ack("p-lqu5m2o0-7"));
         assertEquals("<heartbeat mode=\"ping\" seq=\"3\"/>", ClientFrames.ping(3));
         assertEquals("<heartbeat mode=\"pong\" seq=\"41\"/>", ClientFrames.pong("41"));
         assertEquals("<heartbeat mode=\"pong\"/>", ClientFrames.pong(null));

@@ -239,6 +239,68 @@ class LifelineClientTest {
         }
     }
 
+    @Test
+    void logsInWithAnExpiringTokenAndTheIntervalItAskedFor() throws Exception {
+        Recorder phone = new Recorder();
+        Recorder stale = new Recorder();
+        long now = System.currentTimeMillis() / 1000;
+        try (ServerProcess server = ServerProcess.start("LIFELINE_AUTH_SECRET", "new,old",
+                        "LIFELINE_HEARTBEAT_MIN_MS", "100", "LIFELINE_HEARTBEAT_MAX_MS", "20000");
+                LifelineClient client = client(server, "phone", phone)
+                        .token(tokenFor("old", "phone|" + (now + 600)), now + 600)
+                        .interval(java.time.Duration.ofSeconds(15)).build();
+                LifelineClient expired = client(server, "stale", stale)
+                        .token(tokenFor("new", "stale|" + (now - 1)), now - 1).build()) {
+            assertEquals(0, client.intervalMillis(), "nothing granted before a welcome");
+            client.start();
+            expired.start();
+            phone.awaitState(ONLINE, 0, WAIT_MILLIS);
+            assertEquals(15_000, client.intervalMillis());
+            assertNotNull(server.waitLog("online id=phone", WAIT_MILLIS), "log: " + server.logLines());
+            assertEquals("auth-failed", stale.awaitState(STOPPED, 0, WAIT_MILLIS).reason);
+        }
+    }
+
+    /** An at-least-once push the app has not acked comes again after a reconnect: once to the app. */
+    @Test
+    void anUnackedAtLeastOncePushIsRedeliveredButHandedToTheAppOnce() throws Exception {
+        Recorder recorder = new Recorder();
+        try (ServerProcess server = ServerProcess.start();
+                LifelineClient client = client(server, "alice", recorder).backoffBaseMillis(20)
+                        .backoffCapMillis(50).build()) {
+            client.start();
+            recorder.awaitState(ONLINE, 0, WAIT_MILLIS);
+            Admin.Reply pushed = Admin.request(server.admin, "POST", "/clients/alice/push?queue_ttl_ms=60000", "keep");
+            String pushId = pushed.field("id");
+            recorder.awaitMessage(pushId, 0, WAIT_MILLIS);
+            int mark = recorder.mark();
+            client.networkChanged(); // the connection ends before the ack
+            recorder.awaitState(ONLINE, mark, WAIT_MILLIS);
+            awaitReceipt(server, pushId, "sent", 1);
+            assertEquals(1, recorder.count(e -> pushId.equals(e.id)), "events: " + recorder.events());
+            client.ack(pushId);
+            awaitReceipt(server, pushId, "acked", 1);
+        }
+    }
+
+    /** Polls the receipt of {@code pushId} until its status and redelivered count are these. */
+    static void awaitReceipt(ServerProcess server, String pushId, String status, int redelivered)
+            throws Exception {
+        String count = "\"redelivered\":" + redelivered;
+        long deadline = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(WAIT_MILLIS);
+        Admin.Reply receipt;
+        while (true) {
+            receipt = Admin.request(server.admin, "GET", "/messages/" + pushId, null);
+            boolean there = status.equals(receipt.field("status")) && receipt.body.contains(count);
+            if (there || System.nanoTime() >= deadline) {
+                break;
+            }
+            Thread.sleep(10); // between polls of a condition that has a deadline
+        }
+        assertEquals(status, receipt.field("status"), receipt.toString());
+        assertTrue(receipt.body.contains(count), receipt.toString());
+    }
+
     static String tokenFor(String secret, String id) throws Exception {
         Mac mac = Mac.getInstance("HmacSHA256");
         mac.init(new SecretKeySpec(secret.getBytes(StandardCharsets.UTF_8), "HmacSHA256"));
@@ -280,5 +342,9 @@ class LifelineClientTest {
         assertThrows(IllegalArgumentException.class, () -> LifelineClient.builder("h", 0, "a").build());
         assertThrows(IllegalArgumentException.class,
                 () -> LifelineClient.builder("h", 7070, "a").backoffBaseMillis(5000).backoffCapMillis(1000).build());
+        assertThrows(IllegalArgumentException.class,
+                () -> LifelineClient.builder("h", 7070, "a").token("ff", -1).build());
+        assertThrows(IllegalArgumentException.class,
+                () -> LifelineClient.builder("h", 7070, "a").interval(java.time.Duration.ZERO));
     }
 }

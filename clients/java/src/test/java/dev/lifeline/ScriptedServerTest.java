@@ -200,6 +200,33 @@ class ScriptedServerTest {
         }
     }
 
+    @Test
+    void anAckedMessageRedeliveredBeforeTheWelcomeIsAckedAndTheClientGoesOn() throws Exception {
+        Recorder recorder = new Recorder();
+        try (FakeServer server = new FakeServer();
+                LifelineClient client = client(server, recorder).backoffBaseMillis(50).backoffCapMillis(100).build()) {
+            client.start();
+            try (RawPeer first = server.acceptLogin("alice", WAIT_MILLIS)) {
+                first.send("<welcome id=\"alice\" interval=\"5000\" misses=\"5\"/><msg from=\"admin\" id=\"push-1\">one</msg>");
+                recorder.awaitMessage("push-1", 0, WAIT_MILLIS);
+                client.ack("push-1");
+                assertEquals("push-1", first.expect("ack", WAIT_MILLIS).attribute("id"));
+                first.send("<bye reason=\"shutdown\" retry-ms=\"0\"/>");
+            }
+            int mark = recorder.mark();
+            try (RawPeer second = server.acceptLogin("alice", WAIT_MILLIS)) {
+                // Out of order (the protocol sends nothing before the welcome), so only
+                // a broken or hostile server does it: there is no loss deadline yet.
+                second.send("<msg from=\"admin\" id=\"push-1\">one</msg>");
+                assertEquals("push-1", second.expect("ack", WAIT_MILLIS).attribute("id"));
+                second.send("<welcome id=\"alice\" interval=\"5000\" misses=\"5\"/>");
+                recorder.awaitState(ONLINE, mark, WAIT_MILLIS);
+                assertEquals(0, recorder.count(e -> e.state == STOPPED), "events: " + recorder.events());
+                assertEquals(1, recorder.count(e -> "push-1".equals(e.id)), "events: " + recorder.events());
+            }
+        }
+    }
+
     private static void dribble(RawPeer peer, String xml) throws Exception {
         for (byte b : xml.getBytes(StandardCharsets.UTF_8)) {
             peer.sendBytes(new byte[] {b});

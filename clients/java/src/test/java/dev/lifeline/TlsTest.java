@@ -15,6 +15,7 @@ import java.nio.file.Files;
 import java.nio.file.Path;
 import java.security.KeyStore;
 import java.security.cert.Certificate;
+import java.util.Base64;
 import java.util.concurrent.TimeUnit;
 import javax.net.ssl.KeyManagerFactory;
 import javax.net.ssl.SSLContext;
@@ -24,8 +25,8 @@ import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.io.TempDir;
 
 /**
- * The TLS path against a scripted TLS server (the Lifeline server has no TLS
- * yet), with throwaway certificates from the JDK's keytool.
+ * The TLS path against a scripted TLS server and against the real Lifeline
+ * server with TLS on, with throwaway certificates from the JDK's keytool.
  */
 @Timeout(value = 60, unit = TimeUnit.SECONDS)
 class TlsTest {
@@ -34,10 +35,17 @@ class TlsTest {
 
     /** A PKCS12 key store with one self-signed key pair whose certificate names {@code subjectAltName}. */
     static KeyStore selfSigned(Path dir, String subjectAltName) throws Exception {
-        File store = dir.resolve("server-" + subjectAltName.replaceAll("[^a-z0-9]", "_") + ".p12").toFile();
+        return selfSigned(dir, subjectAltName, "EC", "-groupname", "secp256r1");
+    }
+
+    /** As above, with the key algorithm and its size or curve given. */
+    static KeyStore selfSigned(Path dir, String subjectAltName, String keyalg, String sizeFlag, String size)
+            throws Exception {
+        File store = dir.resolve("server-" + keyalg + "-" + subjectAltName.replaceAll("[^a-z0-9]", "_") + ".p12")
+                .toFile();
         String keytool = System.getProperty("java.home") + File.separator + "bin" + File.separator + "keytool";
-        Process process = new ProcessBuilder(keytool, "-genkeypair", "-alias", "server", "-keyalg", "EC",
-                "-groupname", "secp256r1", "-dname", "CN=lifeline test", "-ext", "san=" + subjectAltName,
+        Process process = new ProcessBuilder(keytool, "-genkeypair", "-alias", "server", "-keyalg", keyalg,
+                sizeFlag, size, "-dname", "CN=lifeline test", "-ext", "san=" + subjectAltName,
                 "-validity", "2", "-storetype", "PKCS12", "-keystore", store.getPath(),
                 "-storepass", new String(PASSWORD), "-keypass", new String(PASSWORD))
                 .redirectErrorStream(true).start();
@@ -113,6 +121,35 @@ class TlsTest {
                 assertNull(peer.next(WAIT_MILLIS), "the client logged in to a server for another name");
             }
             assertEquals("connect-failed", recorder.awaitState(WAITING, 0, WAIT_MILLIS).reason);
+        }
+    }
+
+    /** Writes {@code der} as one PEM block of {@code type}. */
+    static Path pem(Path file, String type, byte[] der) throws Exception {
+        String body = Base64.getMimeEncoder(64, "\n".getBytes()).encodeToString(der);
+        Files.writeString(file, "-----BEGIN " + type + "-----\n" + body + "\n-----END " + type + "-----\n");
+        return file;
+    }
+
+    @Test
+    void logsInToTheRealServerOverTls(@TempDir Path dir) throws Exception {
+        // RSA: the JDK writes EC private keys without their public key, which
+        // the server's crypto (ring) requires; openssl's EC keys carry it.
+        KeyStore keys = selfSigned(dir, "ip:127.0.0.1", "RSA", "-keysize", "2048");
+        Path cert = pem(dir.resolve("server.pem"), "CERTIFICATE", keys.getCertificate("server").getEncoded());
+        Path key = pem(dir.resolve("server.key"), "PRIVATE KEY", keys.getKey("server", PASSWORD).getEncoded());
+        Recorder recorder = new Recorder();
+        try (ServerProcess server = ServerProcess.start(
+                        "LIFELINE_TLS_CERT", cert.toString(), "LIFELINE_TLS_KEY", key.toString());
+                LifelineClient client = LifelineClient.builder("127.0.0.1", server.address.getPort(), "java-tls")
+                        .tls(trusting(keys).getSocketFactory()).listener(recorder).build()) {
+            client.start();
+            recorder.awaitState(ONLINE, 0, WAIT_MILLIS);
+            // A message to itself crosses the server and comes back over TLS.
+            String id = client.send("java-tls", "round trip over TLS");
+            assertEquals("round trip over TLS", recorder.awaitMessage(id, 0, WAIT_MILLIS).text);
+            client.close();
+            assertEquals(STOPPED, client.state());
         }
     }
 }

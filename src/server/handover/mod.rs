@@ -1,0 +1,519 @@
+//! Upgrading without disconnecting: the running process hands every socket
+//! and its state to a new binary, and clients see nothing.
+//!
+//! The old process, on `SIGUSR2`:
+//! 1. starts the new binary (`binary.rs`) with its own arguments and
+//!    environment, plus the end of a Unix socket pair (`channel.rs`), and
+//!    keeps serving while the new process starts up;
+//! 2. when the new process says `Hello`, at the end of that loop iteration
+//!    (every reply written, every flush done), stops serving: it drains its
+//!    heartbeat wheel, writes the state record (`state.rs`, `export.rs`) and
+//!    sends it with the listening sockets and every connection's socket
+//!    (`SCM_RIGHTS`, 253 per message);
+//! 3. waits for `Ack` (the new process imported everything, `import.rs`),
+//!    tells each TLS connection goodbye (see below), answers `Go`, waits
+//!    for `Serving` (the new process told systemd it is the main process
+//!    now) and exits 0, without telling systemd it stops.
+//!
+//! Nothing is closed, shut down or written to a plaintext client on the
+//! way: the descriptors the old process holds are duplicates of the ones in
+//! flight, and closing them on exit leaves the sockets open. If anything
+//! fails (the binary does not start, exits, refuses the state, or misses
+//! the timeout) the old process puts its wheel back and serves on; whatever
+//! arrived meanwhile waits in the sockets and is read as usual. The new
+//! process touches no socket before `Go`, so the two never serve at once.
+//!
+//! TLS connections are not handed over: a rustls session (keys, sequence
+//! numbers) cannot be exported. The TLS listener is (it holds no session),
+//! and the new process reads the TLS files again with its configuration.
+//! Only once the new process has acknowledged does the old one end each
+//! TLS connection through `Core::end` with reason `shutdown`: an encrypted
+//! `<bye reason="shutdown" retry-ms=…/>`, then close_notify. So a failed
+//! upgrade costs TLS clients nothing, and their reconnects wait in the
+//! listen backlog for the new process. The state names them, and the new
+//! process records their ends (presence, unacked pushes handed back).
+//!
+//! Not handed over: admin API connections (they close when the old process
+//! exits; an event stream resumes with `Last-Event-ID`), and so the admin
+//! requests waiting for an ack (the push's receipt moves and still records
+//! the ack). Pending registry lookups (cluster mode) are waited out first.
+
+mod binary;
+mod channel;
+pub mod command;
+mod export;
+mod import;
+pub mod state;
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use log::{info, warn};
+use mio::unix::SourceFd;
+use mio::{Interest, Token};
+
+use crate::config::Config;
+use crate::registry::Registry;
+use crate::server::conn::{CloseReason, ConnRef};
+use crate::server::{Server, ServerError, Subject};
+pub use binary::remember_start_path;
+use channel::{Channel, ChannelError, Kind, FDS_PER_MESSAGE, MAX_PAYLOAD};
+pub use import::ImportError;
+use state::FormatError;
+
+/// The environment variable that gives the new process its end of the
+/// upgrade socket (a descriptor number).
+pub const UPGRADE_FD_ENV: &str = "LIFELINE_UPGRADE_FD";
+/// Test-only fault injection, read by the new process
+/// (`exit-after-import`, `pause-after-import=MS`) or the old one
+/// (`state-version=N`). Never set it in production.
+pub const TEST_HOOK_ENV: &str = "LIFELINE_TEST_UPGRADE";
+
+/// The token of the upgrade socket in the old process's poll.
+pub(super) const UPGRADE: Token = Token(5);
+
+/// Why a hand-over did not happen (the old process serves on).
+#[derive(Debug, thiserror::Error)]
+pub enum HandoverError {
+    #[error("{0}")]
+    Channel(#[from] ChannelError),
+    #[error("{0}")]
+    Format(#[from] FormatError),
+    #[error("refused the state: {0}")]
+    Refused(String),
+    #[error("sent {0:?} where {1} was expected")]
+    Unexpected(Kind, &'static str),
+    #[error("{0}")]
+    Import(#[from] Box<ImportError>),
+    #[error("the old process kept its clients (it said no Go): {0}")]
+    NoGo(ChannelError),
+    #[error("the listeners are closed: a shutdown began")]
+    ShuttingDown,
+    #[error("{UPGRADE_FD_ENV}={0:?} is not a descriptor this process was given")]
+    BadFd(String),
+}
+
+/// The new process acknowledged the state.
+struct Acked {
+    conns: usize,
+    online: usize,
+    /// The TLS connections, to be ended before `Go`.
+    tls: Vec<ConnRef>,
+    deadline: Instant,
+}
+
+/// An upgrade under way in the old process.
+pub(super) struct Upgrade {
+    child: Child,
+    channel: Channel,
+    /// When waiting for `Hello` gives up.
+    deadline: Instant,
+    timeout: Duration,
+    /// The new process said `Hello`: hand over at the end of this iteration.
+    ready: bool,
+}
+
+impl Upgrade {
+    /// Starts the new binary with this process's arguments and environment
+    /// and its end of the upgrade socket.
+    fn start(config: &Config, poll: &mio::Registry) -> Result<Upgrade, String> {
+        let program = binary::upgrade_target(config.upgrade_bin.as_deref())?;
+        let (channel, theirs) =
+            Channel::pair().map_err(|e| format!("cannot make the upgrade socket: {e}"))?;
+        let mut command = Command::new(&program);
+        command
+            .args(std::env::args_os().skip(1))
+            .env(UPGRADE_FD_ENV, theirs.as_raw_fd().to_string());
+        // Settings the new process must not derive afresh: a cluster node id
+        // defaulted from host and pid would change with the pid, and the
+        // node's presence entries in Redis name it.
+        if let Some(cluster) = &config.cluster {
+            command.env("LIFELINE_NODE_ID", &cluster.node);
+        }
+        let child = command
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
+        drop(theirs); // the child's copy is the only one: its exit reads as EOF here
+        poll.register(
+            &mut SourceFd(&channel.raw_fd()),
+            UPGRADE,
+            Interest::READABLE,
+        )
+        .map_err(|e| format!("cannot watch the upgrade socket: {e}"))?;
+        info!(
+            "upgrade: started {} as pid {}; pid {} serves until it is ready",
+            program.display(),
+            child.id(),
+            std::process::id()
+        );
+        Ok(Upgrade {
+            child,
+            channel,
+            deadline: Instant::now() + config.upgrade_timeout,
+            timeout: config.upgrade_timeout,
+            ready: false,
+        })
+    }
+}
+
+impl Server {
+    /// SIGUSR2: start an upgrade, unless one is under way or the server is
+    /// shutting down.
+    pub(super) fn begin_upgrade(&mut self) {
+        let me = std::process::id();
+        if let Some(u) = &self.upgrade {
+            info!(
+                "SIGUSR2 ignored: the upgrade to pid {} is under way",
+                u.child.id()
+            );
+            return;
+        }
+        if self.drain_until.is_some() {
+            info!("SIGUSR2 ignored: shutting down");
+            return;
+        }
+        match Upgrade::start(&self.core.config, self.poll.registry()) {
+            Ok(u) => self.upgrade = Some(u),
+            Err(why) => warn!("upgrade failed: {why}; pid {me} serves on"),
+        }
+    }
+
+    /// The upgrade socket is readable: `Hello`, or the new process is gone.
+    pub(super) fn on_upgrade_ready(&mut self) {
+        let Some(u) = &mut self.upgrade else {
+            return;
+        };
+        loop {
+            match u.channel.try_recv() {
+                Ok(None) => return,
+                Ok(Some(m)) if m.kind == Kind::Hello => u.ready = true,
+                Ok(Some(m)) if m.kind == Kind::Refuse => {
+                    let why = String::from_utf8_lossy(&m.payload).into_owned();
+                    return self.abandon_upgrade(HandoverError::Refused(why).to_string());
+                }
+                Ok(Some(m)) => {
+                    let why = HandoverError::Unexpected(m.kind, "Hello").to_string();
+                    return self.abandon_upgrade(why);
+                }
+                Err(e) => {
+                    return self.abandon_upgrade(format!("was not ready: {e}"));
+                }
+            }
+        }
+    }
+
+    /// At the end of an iteration: hand over if the new process is ready,
+    /// give up if it is late. True when the hand-over is done and this
+    /// process is to exit.
+    pub(super) fn upgrade_step(&mut self, now: Instant) -> bool {
+        let Some(u) = &self.upgrade else {
+            return false;
+        };
+        // A message waiting for the registry (cluster mode) is routed first.
+        if u.ready && self.core.pending.is_empty() {
+            return self.hand_over();
+        }
+        if now >= u.deadline {
+            let why = format!("was not ready within {} ms", u.timeout.as_millis());
+            self.abandon_upgrade(why);
+        }
+        false
+    }
+
+    /// When the upgrade next needs the loop (its deadline).
+    pub(super) fn upgrade_deadline(&self) -> Option<Instant> {
+        self.upgrade.as_ref().map(|u| u.deadline)
+    }
+
+    /// Stops serving and hands everything over. True when the new process
+    /// took it and said it serves; false when this one serves on.
+    fn hand_over(&mut self) -> bool {
+        let stopped = Instant::now();
+        let checks: HashMap<_, _> = self.liveness.drain().into_iter().collect();
+        let result = self
+            .transfer(&checks, stopped)
+            .and_then(|acked| self.go(acked));
+        let Some(u) = self.upgrade.take() else {
+            return false;
+        };
+        match result {
+            Ok(acked) => {
+                info!(
+                    "upgrade: handed {} connections ({} logged in) and the listeners to pid {} \
+                     in {:.1} ms; {} TLS connections told to reconnect; pid {} exits",
+                    acked.conns,
+                    acked.online,
+                    u.child.id(),
+                    stopped.elapsed().as_secs_f64() * 1e3,
+                    acked.tls.len(),
+                    std::process::id()
+                );
+                true
+            }
+            Err(e) => {
+                for (conn, at) in checks {
+                    self.liveness.watch(conn, at);
+                }
+                self.upgrade = Some(u);
+                let why = match e {
+                    HandoverError::Refused(_) => e.to_string(),
+                    e => format!("did not take over: {e}"),
+                };
+                self.abandon_upgrade(why);
+                false
+            }
+        }
+    }
+
+    /// Sends the state and the descriptors and waits for `Ack`.
+    fn transfer(
+        &self,
+        checks: &HashMap<ConnRef, Instant>,
+        stopped: Instant,
+    ) -> Result<Acked, HandoverError> {
+        let Some(u) = &self.upgrade else {
+            return Err(HandoverError::Channel(ChannelError::Closed));
+        };
+        let deadline = Instant::now() + u.timeout;
+        let version = test_hook()
+            .and_then(|h| h.strip_prefix("state-version=").map(str::to_string))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(state::VERSION);
+        let stopped_at = self.core.clock().micros(stopped);
+        let export = export::export(self, checks, stopped_at, version)
+            .ok_or(HandoverError::ShuttingDown)??;
+        let pieces = export
+            .record
+            .len()
+            .div_ceil(MAX_PAYLOAD)
+            .max(export.fds.len().div_ceil(FDS_PER_MESSAGE))
+            .max(1);
+        let mut chunks = export.record.chunks(MAX_PAYLOAD);
+        let mut batches = export.fds.chunks(FDS_PER_MESSAGE);
+        for i in 0..pieces {
+            let kind = if i + 1 == pieces {
+                Kind::StateEnd
+            } else {
+                Kind::State
+            };
+            let data = chunks.next().unwrap_or_default();
+            let fds = batches.next().unwrap_or_default();
+            u.channel.send(kind, data, fds, deadline)?;
+        }
+        let answer = u.channel.recv(deadline)?;
+        match answer.kind {
+            Kind::Ack => {}
+            Kind::Refuse => {
+                let why = String::from_utf8_lossy(&answer.payload).into_owned();
+                return Err(HandoverError::Refused(why));
+            }
+            other => return Err(HandoverError::Unexpected(other, "Ack")),
+        }
+        Ok(Acked {
+            conns: export.conns,
+            online: export.online,
+            tls: export.tls,
+            deadline,
+        })
+    }
+
+    /// The new process has everything: the TLS connections are told
+    /// goodbye (their reconnects wait in the listen backlog for the new
+    /// process), then `Go`; then waits for the new process to say it
+    /// serves, so that it has told systemd it is the main process before
+    /// this one exits.
+    fn go(&mut self, acked: Acked) -> Result<Acked, HandoverError> {
+        for &conn in &acked.tls {
+            self.guarded(Subject::Client(conn), |s| {
+                s.core.end(conn, CloseReason::Shutdown)
+            });
+        }
+        let Some(u) = &self.upgrade else {
+            return Err(HandoverError::Channel(ChannelError::Closed));
+        };
+        u.channel.send(Kind::Go, &[], &[], acked.deadline)?;
+        match u.channel.recv(acked.deadline) {
+            Ok(m) if m.kind == Kind::Serving => {}
+            // Committed: the new process has the sockets either way.
+            Ok(m) => warn!("upgrade: pid {} sent {:?} after Go", u.child.id(), m.kind),
+            Err(e) => warn!("upgrade: pid {} did not confirm: {e}", u.child.id()),
+        }
+        Ok(acked)
+    }
+
+    /// The upgrade failed: stop the new process if it still runs, and serve on.
+    pub(super) fn abandon_upgrade(&mut self, why: String) {
+        let Some(mut u) = self.upgrade.take() else {
+            return;
+        };
+        let _ = self
+            .poll
+            .registry()
+            .deregister(&mut SourceFd(&u.channel.raw_fd()));
+        let pid = u.child.id();
+        let status = stop(&mut u.child);
+        warn!(
+            "upgrade failed: pid {pid} {why} ({status}); pid {} serves on, every client kept",
+            std::process::id()
+        );
+    }
+}
+
+/// Ends a new process that failed (it gets a moment to exit by itself) and
+/// says how it ended.
+fn stop(child: &mut Child) -> String {
+    let until = Instant::now() + Duration::from_millis(200);
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status.to_string(),
+            Ok(None) if Instant::now() < until => std::thread::sleep(Duration::from_millis(5)),
+            Ok(None) => {
+                let _ = child.kill();
+                return match child.wait() {
+                    Ok(status) => format!("stopped: {status}"),
+                    Err(e) => format!("could not be stopped: {e}"),
+                };
+            }
+            Err(e) => return format!("exit status unknown: {e}"),
+        }
+    }
+}
+
+fn test_hook() -> Option<String> {
+    std::env::var(TEST_HOOK_ENV).ok().filter(|v| !v.is_empty())
+}
+
+/// The upgrade socket a parent left this process, if it was started by an
+/// upgrade. The variable is removed so it is not passed on.
+fn inherited_channel() -> Result<Option<Channel>, HandoverError> {
+    let Some(value) = std::env::var_os(UPGRADE_FD_ENV) else {
+        return Ok(None);
+    };
+    std::env::remove_var(UPGRADE_FD_ENV);
+    let text = value.to_string_lossy().into_owned();
+    let fd: i32 = text
+        .parse()
+        .ok()
+        .filter(|&fd| fd > 2)
+        .ok_or_else(|| HandoverError::BadFd(text.clone()))?;
+    // Only a socket counts: a number that names some other file (or none)
+    // was not left by an upgrade.
+    let is_socket = std::fs::metadata(format!("/proc/self/fd/{fd}"))
+        .map(|m| std::os::unix::fs::FileTypeExt::is_socket(&m.file_type()))
+        .unwrap_or(false);
+    if !is_socket {
+        return Err(HandoverError::BadFd(text));
+    }
+    // SAFETY: the descriptor was inherited from the parent for this purpose
+    // (named by UPGRADE_FD_ENV, checked above to be an open socket), and
+    // nothing else in this process owns it: the variable is read once.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(Some(Channel::adopt(fd).map_err(ChannelError::Io)?))
+}
+
+/// What an ordinary start builds from (given back when no upgrade started
+/// this process).
+pub(super) type Start = (Config, Box<dyn Registry>);
+
+/// Started by an upgrade: takes the old process's state and sockets;
+/// otherwise gives the configuration back for an ordinary start.
+pub(super) fn take_over(
+    config: Config,
+    registry: Box<dyn Registry>,
+) -> Result<Result<Server, Start>, ServerError> {
+    let Some(channel) = inherited_channel()? else {
+        return Ok(Err((config, registry)));
+    };
+    let timeout = config.upgrade_timeout;
+    match receive(&channel, config, registry, timeout) {
+        Ok(server) => Ok(Ok(server)),
+        Err(e) => {
+            // Best effort: the old process also sees this process exit.
+            let why = e.to_string();
+            let _ = channel.send(
+                Kind::Refuse,
+                &why.as_bytes()[..why.len().min(MAX_PAYLOAD)],
+                &[],
+                Instant::now() + timeout,
+            );
+            Err(e.into())
+        }
+    }
+}
+
+fn receive(
+    channel: &Channel,
+    config: Config,
+    registry: Box<dyn Registry>,
+    timeout: Duration,
+) -> Result<Server, HandoverError> {
+    let deadline = Instant::now() + timeout;
+    channel.send(Kind::Hello, &state::VERSION.to_le_bytes(), &[], deadline)?;
+    // The old process waits for Hello up to its timeout, then has as long
+    // again to send: allow both.
+    let deadline = deadline + timeout;
+    let mut record = Vec::new();
+    let mut fds = Vec::new();
+    loop {
+        let m = channel.recv(deadline)?;
+        record.extend_from_slice(&m.payload);
+        fds.extend(m.fds);
+        // An unknown version is refused on its first bytes.
+        state::record_len(&record)?;
+        match m.kind {
+            Kind::State => {}
+            Kind::StateEnd => break,
+            other => return Err(HandoverError::Unexpected(other, "State")),
+        }
+    }
+    let state = state::decode(&record)?;
+    drop(record);
+    let from = state.from_pid;
+    let stopped_at = state.stopped_at;
+    let mut server = import::import(config, registry, state, fds).map_err(Box::new)?;
+    match test_hook().as_deref() {
+        Some("exit-after-import") => {
+            warn!("{TEST_HOOK_ENV}=exit-after-import: exiting without an answer");
+            std::process::exit(3);
+        }
+        Some(h) if h.starts_with("pause-after-import=") => {
+            let ms = h["pause-after-import=".len()..].parse().unwrap_or(0);
+            warn!("{TEST_HOOK_ENV}: pausing {ms} ms before the answer");
+            std::thread::sleep(Duration::from_millis(ms));
+        }
+        _ => {}
+    }
+    channel.send(Kind::Ack, &[], &[], deadline)?;
+    match channel.recv(deadline) {
+        Ok(m) if m.kind == Kind::Go => {}
+        Ok(m) => return Err(HandoverError::Unexpected(m.kind, "Go")),
+        Err(e) => return Err(HandoverError::NoGo(e)),
+    }
+    // Under systemd this process is the service's main process now; it says
+    // so before the old one exits (which waits for `Serving`), or systemd
+    // would take that exit for the end of the service.
+    crate::notify::notify(&format!(
+        "MAINPID={}\nREADY=1\nSTATUS=took over from pid {from}; listening on {}",
+        std::process::id(),
+        server.local_addr()
+    ));
+    if let Err(e) = channel.send(Kind::Serving, &[], &[], deadline) {
+        warn!("upgrade: could not tell pid {from} this process serves: {e}");
+    }
+    server.taken_over_from = Some(from);
+    let now = server.core.clock_mut().read();
+    let unserved = server.core.clock().micros(now).saturating_sub(stopped_at);
+    info!(
+        "upgrade: pid {} took over {} connections ({} logged in) from pid {from}, listening on {}; \
+         clients went unserved for {:.1} ms",
+        std::process::id(),
+        server.core.clients().len(),
+        server.core.online(),
+        server.local_addr(),
+        unserved as f64 / 1e3
+    );
+    server.catching_up = true;
+    Ok(server)
+}
