@@ -8,11 +8,13 @@
 
 mod common;
 mod fanout_kit;
+mod tls_kit;
 
 use std::time::{Duration, Instant};
 
 use common::{attr, Closed, ServerProc, WAIT};
 use fanout_kit::{admin_msg, log_in_many, Admin, Ws};
+use tls_kit::{ClientOpts, Pki, TlsClient};
 
 /// No probes during a test: a heartbeat interval longer than any test.
 const QUIET: &[(&str, &str)] = &[("LIFELINE_HEARTBEAT_MS", "60000")];
@@ -221,5 +223,52 @@ fn websocket_and_raw_clients_get_the_same_broadcasts() {
             (two.clone(), "two".into()),
             "{id}"
         );
+    }
+}
+
+/// TLS seals every frame for its own session, so a broadcast's shared frame
+/// is sealed for each TLS client apart. 520 TLS clients (more than a slice)
+/// get two broadcasts and, to the one that sorts last, a push posted
+/// between them: each in order, readable, and the sessions still work.
+#[test]
+fn tls_clients_get_each_broadcast_sealed_for_their_own_session_in_order() {
+    let pki = Pki::new();
+    let mut env = pki.server_env();
+    env.push(("LIFELINE_HEARTBEAT_MS", "60000".into()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let server = ServerProc::start(&env);
+    let admin = Admin::new(&server);
+    // One config: later handshakes resume the first session (cheaper).
+    let opts = ClientOpts::new(&pki).shared();
+    let mut clients: Vec<(String, TlsClient)> = (0..520)
+        .map(|i| {
+            let id = format!("t{i:04}");
+            let client = TlsClient::login(server.addr, &opts, &id);
+            (id, client)
+        })
+        .collect();
+    let one = admin.broadcast("one & <all>");
+    let push = admin.push("t0519", "just you");
+    let two = admin.broadcast("two");
+    for (id, client) in clients.iter_mut() {
+        assert_eq!(
+            admin_msg(&client.expect_frame()),
+            (one.clone(), "one &amp; &lt;all&gt;".to_string()),
+            "{id}"
+        );
+        if id == "t0519" {
+            assert_eq!(
+                admin_msg(&client.expect_frame()),
+                (push.clone(), "just you".to_string())
+            );
+        }
+        assert_eq!(
+            admin_msg(&client.expect_frame()),
+            (two.clone(), "two".to_string()),
+            "{id}"
+        );
+    }
+    for (seq, i) in [0, 260, 519].into_iter().enumerate() {
+        clients[i].1.ping(seq as u32);
     }
 }

@@ -23,9 +23,11 @@
 //! served are not held up this way: they answer what it sent.
 //!
 //! Cost per recipient: the frame is encoded once (and framed once for
-//! WebSocket); each recipient costs one `write` straight from the shared
-//! bytes ([`Outbound::send_shared`]), and a copy only of what its socket did
-//! not take. A recipient with bytes already queued gets the frame appended
+//! WebSocket); each plaintext recipient costs one `write` straight from the
+//! shared bytes ([`Outbound::send_shared`]), and a copy only of what its
+//! socket did not take. A TLS recipient has its own keys and record
+//! sequence: its copy is sealed for it alone, then written with one `write`
+//! too. A recipient with bytes already queued gets the frame appended
 //! behind them; one whose queue would pass `max_outbound` is a slow consumer
 //! and is cut off.
 

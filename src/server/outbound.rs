@@ -232,7 +232,9 @@ impl Outbound {
     /// Sends a frame many connections get (a broadcast) from its shared
     /// bytes. With nothing queued before it, it is written straight to the
     /// socket: one `write`, and a copy only of what the socket did not take.
-    /// Behind queued bytes it is appended, keeping its place after them.
+    /// On TLS the shared bytes are sealed for this connection first (its own
+    /// keys and record sequence), then written the same way. Behind queued
+    /// bytes it is appended, keeping its place after them.
     pub fn send_shared(
         &mut self,
         conn: ConnRef,
@@ -248,9 +250,22 @@ impl Outbound {
                 .map_err(|Overflow| WriteFailed::Overflow);
         }
         let bytes = frame.for_transport(c.is_websocket());
+        let sent = match &mut c.tls {
+            None => writeq::send(&mut c.stream, &mut c.outbound, bytes),
+            Some(tls) => {
+                let mut sealing = std::mem::take(&mut self.sealing);
+                sealing.clear();
+                let sealed = tls.seal(bytes, &mut sealing);
+                let sent = sealed
+                    .is_ok()
+                    .then(|| writeq::send(&mut c.stream, &mut c.outbound, &sealing));
+                self.sealing = sealing;
+                // A record that cannot be sealed leaves a stream that cannot go on.
+                sent.ok_or(WriteFailed::Tls)?
+            }
+        };
         self.stats.frames += 1;
         c.pushes_unwritten = c.pushes_unwritten.saturating_add(1);
-        let sent = writeq::send(&mut c.stream, &mut c.outbound, bytes);
         self.settle(c, sent)
     }
 
