@@ -252,3 +252,66 @@ fn clients_kick_and_broadcast_answer_for_the_whole_cluster() {
     assert_eq!(status, 404);
     assert_eq!(admin_a.metric("lifeline_cluster_up"), 1.0);
 }
+
+/// A broadcast another node took is sent to this node's clients in slices
+/// as its own are, in order with everything else they are sent: 600
+/// clients on node A (more than a slice) and two on node B get two
+/// broadcasts posted through B; a push through A to the client of A that
+/// sorts last, posted once the first client of A has the first broadcast
+/// (so A has taken it), comes after it. Nothing is dropped.
+#[test]
+fn a_broadcast_from_another_node_reaches_hundreds_in_order_with_their_pushes() {
+    let quiet = [("LIFELINE_HEARTBEAT_MS", "60000")];
+    let redis = RedisProc::start();
+    let a = node(&redis.url(), "node-a", TTL, &quiet);
+    let b = node(&redis.url(), "node-b", TTL, &quiet);
+    let mut on_a: Vec<_> = (0..600).map(|i| a.login(&format!("a{i:04}"))).collect();
+    let mut on_b: Vec<_> = ["b1", "b2"].iter().map(|id| b.login(id)).collect();
+    let (admin_a, admin_b) = (Admin::new(&a), Admin::new(&b));
+    let broadcast = |text: &str| {
+        let (status, reply) = admin_b.post("/broadcast", text);
+        assert_eq!(status, 202, "{reply}");
+        assert_eq!(reply["recipients"], 2, "counted on the node that took it");
+        assert_eq!(reply["nodes"], 2);
+        reply["id"].as_str().expect("a push id").to_string()
+    };
+    let one = broadcast("one");
+    let first = on_a[0].expect_frame();
+    assert_eq!(attr(&first, "id").as_deref(), Some(one.as_str()), "{first}");
+    let (status, reply) = admin_a.post("/clients/a0599/push", "after one");
+    assert_eq!(status, 202, "{reply}");
+    let pushed = reply["id"].as_str().expect("a push id").to_string();
+    let two = broadcast("two");
+    for (i, c) in on_a.iter_mut().enumerate() {
+        let mut expected = vec![(one.clone(), "one")];
+        if i == 599 {
+            expected.push((pushed.clone(), "after one"));
+        }
+        expected.push((two.clone(), "two"));
+        for (n, (id, text)) in expected.into_iter().enumerate() {
+            let frame = if i == 0 && n == 0 {
+                first.clone()
+            } else {
+                c.expect_frame()
+            };
+            assert_eq!(attr(&frame, "id"), Some(id), "a{i:04}: {frame}");
+            assert!(frame.ends_with(&format!(">{text}</msg>")), "{frame}");
+        }
+    }
+    for c in on_b.iter_mut() {
+        for (id, text) in [(&one, "one"), (&two, "two")] {
+            let frame = c.expect_frame();
+            assert_eq!(attr(&frame, "id").as_ref(), Some(id), "{frame}");
+            assert!(frame.ends_with(&format!(">{text}</msg>")), "{frame}");
+        }
+    }
+    on_a[300].send("<heartbeat mode=\"ping\" seq=\"7\"/>");
+    assert_eq!(
+        on_a[300].expect_frame(),
+        "<heartbeat mode=\"pong\" seq=\"7\"/>"
+    );
+    assert_eq!(
+        admin_a.metric("lifeline_cluster_broadcasts_dropped_total"),
+        0.0
+    );
+}

@@ -537,6 +537,10 @@ impl Registry for Cluster {
     fn for_each_local(&self, f: &mut dyn FnMut(ConnRef)) {
         self.local.for_each_local(f)
     }
+
+    fn visit_local(&self, from: Option<&str>, visit: &mut dyn FnMut(&Rc<str>, ConnRef) -> bool) {
+        self.local.visit_local(from, visit)
+    }
 }
 
 /// Unix milliseconds now (cluster bookkeeping only; never on the heartbeat path).

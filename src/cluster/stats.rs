@@ -21,6 +21,8 @@ pub struct ClusterStats {
     pub reasserts: u64,
     /// Clients of dead nodes this node removed from presence.
     pub node_lost_removed: u64,
+    /// Broadcasts from other nodes dropped here: too many still being sent.
+    pub broadcasts_dropped: u64,
 }
 
 /// Values read at scrape time.
@@ -77,6 +79,11 @@ impl ClusterStats {
                 "lifeline_cluster_node_lost_removed_total",
                 "Clients of dead nodes this node removed from presence.",
                 self.node_lost_removed,
+            ),
+            (
+                "lifeline_cluster_broadcasts_dropped_total",
+                "Broadcasts from other nodes dropped here: 1024 were still being sent.",
+                self.broadcasts_dropped,
             ),
         ];
         for (name, help, value) in counters {

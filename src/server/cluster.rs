@@ -13,6 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use log::warn;
 use redis_protocol::resp2::types::OwnedFrame;
 
 use crate::admin::{AdminRef, Answer, Backend};
@@ -21,7 +22,6 @@ use crate::cluster::{resp, Inbound};
 use crate::presence::PresenceKind;
 use crate::server::conn::{CloseReason, ConnRef};
 use crate::server::core::Core;
-use crate::server::outbound::Prepared;
 use lifeline_wire::{self as wire, ErrorCode};
 
 /// A question to another node (a forwarded push, a kick) that has no
@@ -289,14 +289,18 @@ impl Core {
                 let ok = self.kick(&id);
                 self.tell(&origin, &Note::Kicked { q, ok });
             }
-            Note::Broadcast { frame, .. } => {
-                let mut frame = Prepared::new(frame.into_bytes());
-                let clients = &mut self.clients;
-                self.registry.for_each_local(&mut |conn| {
-                    if clients.has_room(conn, frame.raw().len()) {
-                        let _ = clients.send_prepared(conn, &mut frame, true);
+            Note::Broadcast { mid, frame, origin } => {
+                // Sent in slices, as this node's own (server/fanout.rs).
+                if !self.accept_remote_broadcast(&Rc::from(mid.as_str()), frame.into_bytes()) {
+                    warn!(
+                        "cluster: broadcast {mid} from {origin} dropped: {} broadcasts are \
+                         still being sent here",
+                        super::fanout::MAX_QUEUED
+                    );
+                    if let Some(cluster) = self.registry.shared() {
+                        cluster.stats.broadcasts_dropped += 1;
                     }
-                });
+                }
             }
             Note::Pushed { q, outcome } => self.on_pushed(q, &outcome, now),
             Note::Kicked { q, ok } => {

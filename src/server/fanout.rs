@@ -30,6 +30,12 @@
 //! too. A recipient with bytes already queued gets the frame appended
 //! behind them; one whose queue would pass `max_outbound` is a slow consumer
 //! and is cut off.
+//!
+//! Limits. This node's admin API accepts at most [`MAX_PENDING`] broadcasts
+//! not yet sent to everyone (then `503 busy`). In cluster mode a broadcast
+//! another node accepted joins the same queue whatever that limit (the
+//! other node has answered already), up to [`MAX_QUEUED`]; beyond that it
+//! is dropped here, with a warning and a count.
 
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -47,12 +53,15 @@ const SLICE_RECIPIENTS: usize = 512;
 /// The time one slice may take; looked at every [`CLOCK_EVERY`] recipients.
 const SLICE_TIME: Duration = Duration::from_micros(1000);
 const CLOCK_EVERY: usize = 32;
-/// Broadcasts accepted and not yet sent to everyone, at most: each holds its
-/// frame (up to `max_frame` bytes) until it is done.
+/// Broadcasts this node's admin API accepted that are not yet sent to
+/// everyone, at most: each holds its frame (up to `max_frame` bytes) until
+/// it is done.
 pub const MAX_PENDING: usize = 64;
+/// Broadcasts queued at most, counting those from other nodes (cluster mode).
+pub const MAX_QUEUED: usize = 1024;
 
 /// A broadcast's place in the order they were accepted. It wraps: a
-/// logged-in connection is never more than [`MAX_PENDING`] behind the newest
+/// logged-in connection is never more than [`MAX_QUEUED`] behind the newest
 /// (every broadcast reaches it or it is cut off), far less than half the
 /// range, and 16 bits keep `ClientConn` within its size.
 pub type BroadcastSeq = u16;
@@ -106,6 +115,18 @@ impl Fanout {
         self.last_seq
     }
 
+    fn push(&mut self, message: &Rc<str>, frame: Vec<u8>) {
+        self.last_seq = self.last_seq.wrapping_add(1);
+        self.jobs.push_back(Broadcast {
+            seq: self.last_seq,
+            message: message.clone(),
+            frame: Prepared::new(frame),
+            resume: None,
+            handed: 0,
+            slices: 0,
+        });
+    }
+
     /// Whether `c` is owed a broadcast that is still being sent.
     pub fn owes(&self, c: &ClientConn) -> bool {
         !self.jobs.is_empty() && c.session().is_some() && before(c.broadcast_seq, self.last_seq)
@@ -132,32 +153,41 @@ impl Fanout {
 }
 
 impl Core {
-    /// Accepts a broadcast of `frame` to every client logged in now.
+    /// Accepts a broadcast of `frame` (this node's admin API) to every
+    /// client logged in here now.
     pub(super) fn accept_broadcast(
         &mut self,
         message: &Rc<str>,
         frame: Vec<u8>,
     ) -> Result<(), Refused> {
         let fanout = &mut self.clients.fanout;
+        let busy = |detail: String| Refused {
+            status: 503,
+            error: "busy",
+            detail,
+        };
         if fanout.jobs.len() >= MAX_PENDING {
-            return Err(Refused {
-                status: 503,
-                error: "busy",
-                detail: format!(
-                    "{MAX_PENDING} broadcasts are still being sent; try again when they are done"
-                ),
-            });
+            return Err(busy(format!(
+                "{MAX_PENDING} broadcasts are still being sent; try again when they are done"
+            )));
         }
-        fanout.last_seq = fanout.last_seq.wrapping_add(1);
-        fanout.jobs.push_back(Broadcast {
-            seq: fanout.last_seq,
-            message: message.clone(),
-            frame: Prepared::new(frame),
-            resume: None,
-            handed: 0,
-            slices: 0,
-        });
+        fanout.push(message, frame);
         Ok(())
+    }
+
+    /// Cluster mode: another node accepted broadcast `message`; it goes to
+    /// the clients logged in here now, in slices like this node's own.
+    /// False when it was dropped ([`MAX_QUEUED`] broadcasts still queued).
+    pub(super) fn accept_remote_broadcast(&mut self, message: &Rc<str>, frame: Vec<u8>) -> bool {
+        if self.registry.local_len() == 0 {
+            return true; // nobody here to send it to
+        }
+        let fanout = &mut self.clients.fanout;
+        if fanout.jobs.len() >= MAX_QUEUED {
+            return false;
+        }
+        fanout.push(message, frame);
+        true
     }
 
     /// Whether a broadcast is still being sent (the loop then polls without
