@@ -9,12 +9,15 @@
 mod common;
 mod fanout_kit;
 mod tls_kit;
+mod upgrade_kit;
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use common::{attr, Closed, ServerProc, WAIT};
 use fanout_kit::{admin_msg, log_in_many, Admin, Ws};
 use tls_kit::{ClientOpts, Pki, TlsClient};
+use upgrade_kit::{http, Upgraded};
 
 /// No probes during a test: a heartbeat interval longer than any test.
 const QUIET: &[(&str, &str)] = &[("LIFELINE_HEARTBEAT_MS", "60000")];
@@ -271,4 +274,117 @@ fn tls_clients_get_each_broadcast_sealed_for_their_own_session_in_order() {
     for (seq, i) in [0, 260, 519].into_iter().enumerate() {
         clients[i].1.ping(seq as u32);
     }
+}
+
+/// What a publisher learned of one broadcast it posted.
+enum Posted {
+    Accepted(String),
+    Busy,
+    /// No answer: the request met the hand-over (admin connections are not
+    /// handed over); it may or may not have been accepted.
+    Unknown,
+}
+
+/// Broadcasts posted one after another, before, during and after an
+/// upgrade, to 1,200 clients (three slices each): the old process hands
+/// over only once every broadcast it accepted was sent to everyone
+/// (meanwhile new ones are `503 busy`), and the new one's broadcasts reach
+/// every imported connection (their marks agree with its fresh count).
+/// Every client gets every accepted broadcast once, in order, none refused,
+/// and a push after the last broadcast still comes after it.
+#[test]
+fn broadcasts_around_an_upgrade_reach_everyone_once_in_order() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let mut server = Upgraded::start(QUIET);
+    let mut clients = log_in_many(&server.first, "u", 1200);
+    let (admin, upgraded, taken) = (
+        server.admin,
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    let publisher = {
+        let (upgraded, taken) = (upgraded.clone(), taken.clone());
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let (mut posted, mut after) = (Vec::new(), 0);
+            // Until ten more are accepted once the new process serves.
+            while after < 10 && posted.len() < 3000 && Instant::now() < deadline {
+                let text = format!("n{}", posted.len());
+                let was_upgraded = upgraded.load(Ordering::SeqCst);
+                let outcome = match http(admin, "POST", "/broadcast", &text) {
+                    Ok((202, body)) => {
+                        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+                        taken.fetch_add(1, Ordering::SeqCst);
+                        after += usize::from(was_upgraded);
+                        Posted::Accepted(json["id"].as_str().unwrap().to_string())
+                    }
+                    Ok((503, body)) if body.contains("\"busy\"") => Posted::Busy,
+                    Ok((status, body)) => panic!("POST /broadcast {text}: {status} {body}"),
+                    Err(_) => Posted::Unknown,
+                };
+                posted.push((text, outcome));
+            }
+            posted
+        })
+    };
+    common::wait_until("5 broadcasts accepted", WAIT, || {
+        taken.load(Ordering::SeqCst) >= 5
+    });
+    let old_pid = server.first.pid();
+    assert_ne!(server.upgrade(), old_pid);
+    upgraded.store(true, Ordering::SeqCst);
+    let posted = publisher.join().expect("the publisher");
+    let accepted: Vec<(String, String)> = posted
+        .iter()
+        .filter_map(|(text, p)| match p {
+            Posted::Accepted(id) => Some((id.clone(), text.clone())),
+            _ => None,
+        })
+        .collect();
+    let unknown: HashSet<&str> = posted
+        .iter()
+        .filter_map(|(text, p)| matches!(p, Posted::Unknown).then_some(text.as_str()))
+        .collect();
+    let busy = posted.iter().filter(|(_, p)| matches!(p, Posted::Busy));
+    eprintln!(
+        "{} posted: {} accepted, {} busy, {} unanswered",
+        posted.len(),
+        accepted.len(),
+        busy.count(),
+        unknown.len()
+    );
+    assert!(accepted.len() >= 15, "{} accepted", accepted.len());
+    let last = server.post("/broadcast", None, "final");
+    assert_eq!(last.status, 202, "{:?}", last.json);
+    let push = server.push("u1199", "after final");
+    for (id, client) in clients.iter_mut() {
+        // Up to the final broadcast; an unanswered one may be among them, once.
+        let mut got = Vec::new();
+        let mut seen_unknown = HashSet::new();
+        loop {
+            let (mid, text) = admin_msg(&client.expect_frame());
+            if text == "final" {
+                assert_eq!(mid, last.id(), "{id}");
+                break;
+            }
+            if unknown.contains(text.as_str()) {
+                assert!(seen_unknown.insert(text.clone()), "{id} got {text} twice");
+                continue;
+            }
+            got.push((mid, text));
+        }
+        assert!(got == accepted, "client {id} got {got:?}");
+        if id == "u1199" {
+            assert_eq!(
+                admin_msg(&client.expect_frame()),
+                (push.clone(), "after final".to_string())
+            );
+        }
+    }
+    assert_eq!(
+        server.first.count_log("offline id="),
+        0,
+        "nobody went offline"
+    );
 }

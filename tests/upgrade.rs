@@ -480,6 +480,12 @@ fn a_failed_upgrade_changes_nothing(env: &[(&str, &str)], why: &str) -> Upgraded
     assert_eq!(wendy.expect_text(), "<heartbeat mode=\"pong\" seq=\"3\"/>");
     server.push("wendy", "still here");
     assert_eq!(body(&wendy.expect_text()), "still here");
+    // Broadcasts, refused `busy` once the new process was ready, are taken again.
+    let all = server.post("/broadcast", None, "to all");
+    assert_eq!(all.status, 202, "{:?}", all.json);
+    assert_eq!(body(&next(&mut alice)), "to all");
+    assert_eq!(body(&next(&mut bob)), "to all");
+    assert_eq!(body(&wendy.expect_text()), "to all");
     assert_eq!(server.serving_pid(), Some(pid));
     assert!(
         server.first.exited().is_none(),

@@ -35,7 +35,10 @@
 //! not yet sent to everyone (then `503 busy`). In cluster mode a broadcast
 //! another node accepted joins the same queue whatever that limit (the
 //! other node has answered already), up to [`MAX_QUEUED`]; beyond that it
-//! is dropped here, with a warning and a count.
+//! is dropped here, with a warning and a count. An upgrade waits until the
+//! queue is empty before it hands over (the jobs are not part of the
+//! state), and from the moment the new process is ready this node's admin
+//! API refuses new broadcasts (`503 busy`) so that the wait ends.
 
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -63,7 +66,9 @@ pub const MAX_QUEUED: usize = 1024;
 /// A broadcast's place in the order they were accepted. It wraps: a
 /// logged-in connection is never more than [`MAX_QUEUED`] behind the newest
 /// (every broadcast reaches it or it is cut off), far less than half the
-/// range, and 16 bits keep `ClientConn` within its size.
+/// range, and 16 bits keep `ClientConn` within its size. A new process (an
+/// upgrade) starts at 0 with every connection it imported marked 0 and no
+/// job (the old one handed over only once its queue was empty): consistent.
 pub type BroadcastSeq = u16;
 
 /// Whether broadcast `a` was accepted before `b`.
@@ -104,6 +109,8 @@ pub struct Fanout {
     jobs: VecDeque<Broadcast>,
     /// The newest broadcast accepted.
     last_seq: BroadcastSeq,
+    /// An upgrade waits for the queue to empty: accept no more here.
+    held: bool,
 }
 
 impl Fanout {
@@ -113,6 +120,12 @@ impl Fanout {
 
     pub fn last_seq(&self) -> BroadcastSeq {
         self.last_seq
+    }
+
+    /// While an upgrade waits to hand over, this node's admin API accepts
+    /// no broadcast (`503 busy`).
+    pub fn hold(&mut self, held: bool) {
+        self.held = held;
     }
 
     fn push(&mut self, message: &Rc<str>, frame: Vec<u8>) {
@@ -166,6 +179,13 @@ impl Core {
             error: "busy",
             detail,
         };
+        if fanout.held {
+            return Err(busy(
+                "an upgrade is under way: the new process takes over once the broadcasts \
+                 being sent are done; try again in a moment"
+                    .into(),
+            ));
+        }
         if fanout.jobs.len() >= MAX_PENDING {
             return Err(busy(format!(
                 "{MAX_PENDING} broadcasts are still being sent; try again when they are done"
@@ -188,6 +208,12 @@ impl Core {
         }
         fanout.push(message, frame);
         true
+    }
+
+    /// While an upgrade waits for the queue to empty, this node's admin API
+    /// accepts no broadcast.
+    pub(super) fn hold_broadcasts(&mut self, held: bool) {
+        self.clients.fanout.hold(held);
     }
 
     /// Whether a broadcast is still being sent (the loop then polls without

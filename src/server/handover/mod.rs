@@ -36,7 +36,12 @@
 //! Not handed over: admin API connections (they close when the old process
 //! exits; an event stream resumes with `Last-Event-ID`), and so the admin
 //! requests waiting for an ack (the push's receipt moves and still records
-//! the ack). Pending registry lookups (cluster mode) are waited out first.
+//! the ack). Pending registry lookups (cluster mode) are waited out first,
+//! and so are broadcasts still being sent (`server/fanout.rs`): from `Hello`
+//! on, this node's admin API answers a new broadcast `503 busy`, so the
+//! queue empties and the hand-over follows (or, if other nodes' broadcasts
+//! keep it busy past the deadline, the upgrade is given up and nothing is
+//! lost).
 
 mod binary;
 mod channel;
@@ -188,7 +193,10 @@ impl Server {
         loop {
             match u.channel.try_recv() {
                 Ok(None) => return,
-                Ok(Some(m)) if m.kind == Kind::Hello => u.ready = true,
+                Ok(Some(m)) if m.kind == Kind::Hello => {
+                    u.ready = true;
+                    self.core.hold_broadcasts(true);
+                }
                 Ok(Some(m)) if m.kind == Kind::Refuse => {
                     let why = String::from_utf8_lossy(&m.payload).into_owned();
                     return self.abandon_upgrade(HandoverError::Refused(why).to_string());
@@ -211,8 +219,9 @@ impl Server {
         let Some(u) = &self.upgrade else {
             return false;
         };
-        // A message waiting for the registry (cluster mode) is routed first.
-        if u.ready && self.core.pending.is_empty() {
+        // A message waiting for the registry (cluster mode) is routed
+        // first, and a broadcast being sent reaches everyone first.
+        if u.ready && self.core.pending.is_empty() && !self.core.broadcasting() {
             return self.hand_over();
         }
         if now >= u.deadline {
@@ -348,6 +357,7 @@ impl Server {
         let Some(mut u) = self.upgrade.take() else {
             return;
         };
+        self.core.hold_broadcasts(false);
         let _ = self
             .poll
             .registry()
