@@ -2,7 +2,10 @@
 //! each one exactly once and in order with the other frames it is sent; a
 //! broadcast to thousands is written in slices between other clients'
 //! reads; a subscriber that does not read is cut off without costing the
-//! others a message; WebSocket and raw clients get the same text.
+//! others a message; WebSocket and raw clients get the same text, and TLS
+//! clients too (each copy sealed for its own session); beyond 64 waiting a
+//! broadcast is `503 busy` and none accepted is lost; an upgrade hands over
+//! only once the broadcasts being sent reached everyone.
 //!
 //! Every wait polls with a deadline; nothing sleeps and hopes.
 
@@ -15,7 +18,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use common::{attr, Closed, ServerProc, WAIT};
-use fanout_kit::{admin_msg, log_in_many, Admin, Ws};
+use fanout_kit::{admin_msg, log_in_many, pipelined_posts, Admin, Ws};
 use tls_kit::{ClientOpts, Pki, TlsClient};
 use upgrade_kit::{http, Upgraded};
 
@@ -273,6 +276,52 @@ fn tls_clients_get_each_broadcast_sealed_for_their_own_session_in_order() {
     }
     for (seq, i) in [0, 260, 519].into_iter().enumerate() {
         clients[i].1.ping(seq as u32);
+    }
+}
+
+/// 200 broadcasts to 1,100 clients (three slices each) in one write: the
+/// admin API takes them faster than they are sent, so once 64 wait, the
+/// next are `503 busy`. Every accepted one reaches every client once and in
+/// order, no refused one does, and once the queue drains a broadcast is
+/// accepted again.
+#[test]
+fn a_broadcast_beyond_64_waiting_is_refused_busy_and_none_accepted_is_lost() {
+    let server = ServerProc::start(QUIET);
+    let admin = Admin::new(&server);
+    let mut clients = log_in_many(&server, "b", 1100);
+    let bodies: Vec<String> = (0..200).map(|i| format!("n{i}")).collect();
+    let answers = pipelined_posts(server.admin.expect("admin"), "/broadcast", &bodies);
+    let mut accepted = Vec::new();
+    let mut busy = 0;
+    for (body, (status, json)) in bodies.iter().zip(&answers) {
+        match status {
+            202 => {
+                assert_eq!(json["recipients"], 1100, "{json}");
+                let id = json["id"].as_str().expect("a push id").to_string();
+                accepted.push((id, body.clone()));
+            }
+            503 => {
+                assert_eq!(json["error"], "busy", "{json}");
+                let detail = json["detail"].as_str().unwrap_or_default();
+                assert!(detail.contains("64 broadcasts"), "{json}");
+                busy += 1;
+            }
+            _ => panic!("POST /broadcast {body}: {status} {json}"),
+        }
+    }
+    assert!(accepted.len() >= 64, "only {} accepted", accepted.len());
+    assert!(busy > 0, "200 broadcasts in one write, none refused busy");
+    let last = common::wait_for("a broadcast accepted again", WAIT, || {
+        let (status, json) = admin.post("/broadcast", "last");
+        (status == 202).then(|| json["id"].as_str().expect("a push id").to_string())
+    });
+    accepted.push((last, "last".to_string()));
+    for (id, client) in clients.iter_mut() {
+        let got: Vec<(String, String)> = accepted
+            .iter()
+            .map(|_| admin_msg(&client.expect_frame()))
+            .collect();
+        assert!(got == accepted, "client {id} got {got:?}");
     }
 }
 

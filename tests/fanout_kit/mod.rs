@@ -1,9 +1,10 @@
 //! The fan-out tests' kit: the admin API as a broadcaster, pushes as
-//! clients see them, many logged-in clients, a small WebSocket client.
+//! clients see them, many logged-in clients, a small WebSocket client, and
+//! pipelined raw HTTP.
 #![allow(dead_code)]
 
 use std::io::Write;
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use lifeline_wire::ws::{self, Opcode};
@@ -158,4 +159,63 @@ impl Ws {
             );
         }
     }
+}
+
+/// POSTs each of `bodies` to `path` on one admin connection, all in one
+/// write (pipelined, so the server reads them together); the status and
+/// JSON answer of each, in order.
+pub fn pipelined_posts(admin: SocketAddr, path: &str, bodies: &[String]) -> Vec<(u16, Value)> {
+    let mut stream = TcpStream::connect(admin).expect("connect to the admin API");
+    let mut batch = String::new();
+    for body in bodies {
+        batch.push_str(&format!(
+            "POST {path} HTTP/1.1\r\nHost: lifeline\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ));
+    }
+    stream
+        .write_all(batch.as_bytes())
+        .expect("send the requests");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut buf = Vec::new();
+    let mut answers = Vec::new();
+    while answers.len() < bodies.len() {
+        if let Some((answer, len)) = http_response(&buf) {
+            buf.drain(..len);
+            answers.push(answer);
+            continue;
+        }
+        assert!(
+            matches!(
+                common::fill(&mut stream, &mut buf, deadline),
+                common::Fill::Data
+            ),
+            "{} of {} answers within 20 s",
+            answers.len(),
+            bodies.len()
+        );
+    }
+    answers
+}
+
+/// A whole HTTP response at the front of `buf`: status and JSON body, and
+/// the bytes it took.
+fn http_response(buf: &[u8]) -> Option<((u16, Value), usize)> {
+    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = std::str::from_utf8(&buf[..head_end]).expect("an ASCII head");
+    let status = head.split(' ').nth(1)?.parse().expect("a status");
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().expect("a length"))
+        })
+        .expect("a Content-Length");
+    let end = head_end + length;
+    if buf.len() < end {
+        return None;
+    }
+    let json = serde_json::from_slice(&buf[head_end..end]).unwrap_or(Value::Null);
+    Some(((status, json), end))
 }

@@ -77,6 +77,9 @@ pub struct FanoutResults {
     /// The recipient count the server gave in its last answer (Lifeline's
     /// `recipients`, Redis's PUBLISH reply, the floor's line).
     pub server_recipients: Option<u64>,
+    /// Lifeline in cluster mode: the nodes its last answer said the
+    /// broadcast reached (`recipients` then counts the node asked only).
+    pub server_nodes: Option<u64>,
     /// Subscribers subscribed when the first broadcast went.
     pub subscribers_at_start: u32,
     /// From a trigger to its first and to its last delivery.
@@ -108,6 +111,7 @@ impl Default for FanoutResults {
             reordered: 0,
             trigger_errors: 0,
             server_recipients: None,
+            server_nodes: None,
             subscribers_at_start: 0,
             first_us: histogram(),
             last_us: histogram(),

@@ -212,6 +212,7 @@ impl Publisher {
                             serde_json::from_slice(&self.inbound[answer.head..answer.len])
                                 .map_err(|e| format!("POST /broadcast answer: {e}"))?;
                         results.server_recipients = body["recipients"].as_u64();
+                        results.server_nodes = body["nodes"].as_u64();
                     } else {
                         results.trigger_errors += 1;
                         ctx.results.last_error =

@@ -33,6 +33,7 @@ impl Report {
         ]);
         self.put("broadcasts_per_s", float(sustained, 3));
         self.put("server_recipients", f.server_recipients.into());
+        self.put("server_nodes", f.server_nodes.into());
         self.summary.push(format!(
             "  fanout      {} subscribers ({} subscribed at the first broadcast), {} bystanders; \
              asked {:.2}/s, sustained {sustained:.2}/s over {window_s:.2} s",
@@ -40,13 +41,15 @@ impl Report {
         ));
         self.summary.push(format!(
             "  broadcasts  {} triggered, {} reached everyone, {} timed out, {} trigger errors; \
-             server said {} recipients",
+             server said {} recipients{}",
             f.triggered,
             f.completed,
             f.timed_out,
             f.trigger_errors,
             f.server_recipients
-                .map_or("-".to_string(), |n| n.to_string())
+                .map_or("-".to_string(), |n| n.to_string()),
+            f.server_nodes
+                .map_or(String::new(), |n| format!(" on the node asked, {n} nodes"))
         ));
         self.summary.push(format!(
             "  deliveries  {}; {} missing from broadcasts given up, {} late, {} duplicated or out of order",
