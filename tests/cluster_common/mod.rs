@@ -109,6 +109,38 @@ impl RedisProc {
         text.lines().next().map(str::to_string)
     }
 
+    /// A bulk string reply's value (`None` for a nil reply).
+    pub fn string(&self, args: &[&str]) -> Option<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).expect("redis answers");
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut req = format!("*{}\r\n", args.len());
+        for a in args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        s.write_all(req.as_bytes()).unwrap();
+        let mut reply = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = s.read(&mut buf).expect("a reply");
+            assert!(n > 0, "redis closed before replying");
+            reply.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&reply).to_string();
+            let Some((head, rest)) = text.split_once("\r\n") else {
+                continue;
+            };
+            let len: i64 = head
+                .strip_prefix('$')
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("not a bulk string reply: {head}"));
+            if len < 0 {
+                return None;
+            }
+            if rest.len() >= len as usize + 2 {
+                return Some(rest[..len as usize].to_string());
+            }
+        }
+    }
+
     /// An integer reply (`:N`).
     pub fn int(&self, args: &[&str]) -> i64 {
         let line = self.try_command(args).expect("redis answers");
