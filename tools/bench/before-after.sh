@@ -54,9 +54,9 @@ stop() { kill "$SPID" 2>/dev/null; wait "$SPID" 2>/dev/null; }
 
 case_cpu() {
     log "cpu: OLD (A) vs NEW (B), same window, $ROUNDS rounds"
-    ROUNDS=$ROUNDS LIFELINE_TARGET=$(dirname "$LOAD") "$HERE/same-window.sh" lifeline "$OLD" lifeline "$NEW"
+    ROUNDS=$ROUNDS LIFELINE_TARGET=$(dirname "$LOAD") bash "$HERE/same-window.sh" lifeline "$OLD" lifeline "$NEW"
     log "cpu: FLOOR (A) vs NEW (B), same window, $ROUNDS rounds"
-    ROUNDS=$ROUNDS LIFELINE_TARGET=$(dirname "$LOAD") "$HERE/same-window.sh" redis "$FLOOR" lifeline "$NEW"
+    ROUNDS=$ROUNDS LIFELINE_TARGET=$(dirname "$LOAD") bash "$HERE/same-window.sh" redis "$FLOOR" lifeline "$NEW"
 }
 
 case_syscalls() {
