@@ -20,6 +20,7 @@ use mio::net::TcpStream;
 use mio::Token;
 
 use crate::clock::Micros;
+use crate::server::fanout::BroadcastSeq;
 use crate::server::tls::TlsConn;
 use lifeline_wire::{ByeReason, StreamPosition};
 
@@ -77,6 +78,11 @@ pub struct Session {
     /// Silent for two intervals (a probe went unanswered); its next frame
     /// makes it `alive` again.
     pub suspect: bool,
+    /// The newest broadcast it has been handed, or that was accepted before
+    /// it logged in (see `server::fanout`). Here, not in `ClientConn`: these
+    /// 16 bits fit the padding of `State`, and only a session is owed
+    /// broadcasts.
+    pub broadcast_seq: BroadcastSeq,
 }
 
 /// How a client connection carries the XML stream. The first byte decides:
@@ -121,10 +127,6 @@ pub struct ClientConn {
     pub outbound: BytesMut,
     /// Pushes in `outbound` not yet fully written (counted as delivered then).
     pub pushes_unwritten: u16,
-    /// The newest broadcast this connection has been handed, or that was
-    /// accepted before it logged in (see `server::fanout`); 16 bits that
-    /// fit the entry's padding.
-    pub broadcast_seq: crate::server::fanout::BroadcastSeq,
     /// The heartbeat interval granted at login, in ms (at most 3600000);
     /// 0 before login, when the server's own interval applies. Four bytes
     /// that fit the entry's padding: the entry stays 168 bytes.
@@ -152,7 +154,6 @@ impl ClientConn {
             inbound: BytesMut::new(),
             outbound: BytesMut::new(),
             pushes_unwritten: 0,
-            broadcast_seq: 0,
             interval_ms: 0,
             read_pending: false,
             tls: None,
@@ -203,13 +204,31 @@ impl ClientConn {
         self.tls.as_ref().is_some_and(|tls| tls.is_handshaking())
     }
 
-    /// `Connected` → `LoggedIn`; `false` (nothing changes) in any other state.
-    pub fn log_in(&mut self, id: Rc<str>) -> bool {
+    /// `Connected` → `LoggedIn`, with the newest broadcast accepted so far
+    /// (not for it); `false` (nothing changes) in any other state.
+    pub fn log_in(&mut self, id: Rc<str>, broadcast_seq: BroadcastSeq) -> bool {
         if self.state != State::Connected {
             return false;
         }
-        self.state = State::LoggedIn(Session { id, suspect: false });
+        self.state = State::LoggedIn(Session {
+            id,
+            suspect: false,
+            broadcast_seq,
+        });
         true
+    }
+
+    /// The newest broadcast a logged-in connection has been handed; `None`
+    /// when it is not logged in (nor owed any).
+    pub fn broadcast_mark(&self) -> Option<BroadcastSeq> {
+        self.session().map(|s| s.broadcast_seq)
+    }
+
+    /// Records that a logged-in connection was handed broadcast `seq`.
+    pub fn set_broadcast_mark(&mut self, seq: BroadcastSeq) {
+        if let State::LoggedIn(session) = &mut self.state {
+            session.broadcast_seq = seq;
+        }
     }
 
     /// Records a sign of life. Returns the id of a suspect client that is
@@ -217,7 +236,7 @@ impl ClientConn {
     pub fn heard(&mut self, now: Micros) -> Option<&Rc<str>> {
         self.last_seen = now;
         match &mut self.state {
-            State::LoggedIn(Session { id, suspect }) if *suspect => {
+            State::LoggedIn(Session { id, suspect, .. }) if *suspect => {
                 *suspect = false;
                 Some(id)
             }
@@ -229,7 +248,7 @@ impl ClientConn {
     /// its id when that is news.
     pub fn suspect(&mut self) -> Option<&Rc<str>> {
         match &mut self.state {
-            State::LoggedIn(Session { id, suspect }) if !*suspect => {
+            State::LoggedIn(Session { id, suspect, .. }) if !*suspect => {
                 *suspect = true;
                 Some(id)
             }

@@ -99,7 +99,8 @@ impl Broadcast {
     /// Whether `c` should get this broadcast: logged in before it was
     /// accepted, and not handed it yet.
     pub fn is_owed(&self, c: &ClientConn) -> bool {
-        c.session().is_some() && before(c.broadcast_seq, self.seq)
+        c.broadcast_mark()
+            .is_some_and(|mark| before(mark, self.seq))
     }
 }
 
@@ -142,7 +143,9 @@ impl Fanout {
 
     /// Whether `c` is owed a broadcast that is still being sent.
     pub fn owes(&self, c: &ClientConn) -> bool {
-        !self.jobs.is_empty() && c.session().is_some() && before(c.broadcast_seq, self.last_seq)
+        !self.jobs.is_empty()
+            && c.broadcast_mark()
+                .is_some_and(|mark| before(mark, self.last_seq))
     }
 
     /// Hands `c` the pending broadcasts it is owed, oldest first, before a
@@ -156,11 +159,11 @@ impl Fanout {
         for job in &mut self.jobs {
             if job.is_owed(c) {
                 out.send_prepared(conn, c, &mut job.frame, true)?;
-                c.broadcast_seq = job.seq;
+                c.set_broadcast_mark(job.seq);
                 job.handed += 1;
             }
         }
-        c.broadcast_seq = self.last_seq;
+        c.set_broadcast_mark(self.last_seq);
         Ok(())
     }
 }

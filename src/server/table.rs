@@ -149,11 +149,7 @@ impl Clients {
             .slab
             .get_mut(conn.key as usize)
             .filter(|c| c.generation == conn.generation)?;
-        if !c.log_in(id) {
-            return None;
-        }
-        c.broadcast_seq = self.fanout.last_seq();
-        Some(c)
+        c.log_in(id, self.fanout.last_seq()).then_some(c)
     }
 
     /// Takes the connection out of the table; dropping it closes the socket
@@ -303,7 +299,7 @@ impl Clients {
     ) -> Result<bool, WriteFailed> {
         match self.slab.get_mut(conn.key as usize) {
             Some(c) if c.generation == conn.generation && job.is_owed(c) => {
-                c.broadcast_seq = job.seq();
+                c.set_broadcast_mark(job.seq());
                 self.out.send_shared(conn, c, job.frame()).map(|()| true)
             }
             _ => Ok(false),

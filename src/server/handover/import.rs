@@ -229,6 +229,9 @@ fn connection(s: ConnState, fd: OwnedFd) -> Result<(ConnRef, ClientConn, u64), I
         Phase::LoggedIn { id, suspect } => ConnPhase::LoggedIn(Session {
             id: Rc::from(id),
             suspect,
+            // The old process handed over with no broadcast pending and
+            // this one's count starts at 0: owed nothing, owed the next.
+            broadcast_seq: 0,
         }),
     };
     c.transport = match s.transport {
