@@ -13,7 +13,7 @@
 //! go meanwhile are simply there or not when the cursor passes.
 //!
 //! Order. Jobs run one after another, so consecutive broadcasts reach each
-//! client in the order they were accepted. Each connection carries the
+//! client in the order they were accepted. Each session carries the
 //! sequence number of the newest broadcast it was handed (stamped at login
 //! with the newest accepted, which is not for it). A frame for a client that
 //! is owed a pending broadcast (a push right after the broadcast, to a
@@ -66,9 +66,10 @@ pub const MAX_QUEUED: usize = 1024;
 /// A broadcast's place in the order they were accepted. It wraps: a
 /// logged-in connection is never more than [`MAX_QUEUED`] behind the newest
 /// (every broadcast reaches it or it is cut off), far less than half the
-/// range, and 16 bits keep `ClientConn` within its size. A new process (an
-/// upgrade) starts at 0 with every connection it imported marked 0 and no
-/// job (the old one handed over only once its queue was empty): consistent.
+/// range, and 16 bits fit the padding of a connection's `State` (the mark
+/// is in its `Session`). A new process (an upgrade) starts at 0 with every
+/// session it imported marked 0 and no job (the old one handed over only
+/// once its queue was empty): consistent.
 pub type BroadcastSeq = u16;
 
 /// Whether broadcast `a` was accepted before `b`.
