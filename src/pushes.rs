@@ -419,6 +419,15 @@ impl Pushes {
         }
     }
 
+    /// Whether [`Pushes::expire`] has something to do at `now`: the loop
+    /// asks every iteration, and most iterations it has not.
+    pub fn expiry_due(&self, now: Micros) -> bool {
+        [self.next_deadline(), self.receipts.next_expiry()]
+            .into_iter()
+            .flatten()
+            .any(|at| at <= now)
+    }
+
     /// When [`Pushes::expire`] next has something to do (receipts aside,
     /// which are swept whenever the loop wakes).
     pub fn next_deadline(&self) -> Option<Micros> {

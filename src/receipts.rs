@@ -112,6 +112,11 @@ impl Receipts {
             .filter_map(|(_, id)| self.by_id.get_key_value(id))
     }
 
+    /// When the oldest receipt's time to live runs out, if any is kept.
+    pub fn next_expiry(&self) -> Option<Micros> {
+        self.order.front().map(|(created, _)| created + self.ttl)
+    }
+
     /// Forgets receipts older than the time to live; O(forgotten).
     pub fn expire(&mut self, now: Micros) {
         while let Some((created, _)) = self.order.front() {

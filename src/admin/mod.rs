@@ -416,6 +416,12 @@ impl Admin {
     /// Each connection's one timer: an event stream gets a keepalive
     /// comment, a lingering close gives up after `LINGER`, an idle
     /// connection closes after `ADMIN_IDLE`; otherwise it is re-armed.
+    /// Whether a connection's timer is due at `now` (the loop asks every
+    /// iteration; with no admin connection open the answer is at hand).
+    pub fn timer_due(&self, now: Micros) -> bool {
+        self.timers.first().is_some_and(|&(at, _, _)| at <= now)
+    }
+
     pub fn on_timers(&mut self, backend: &mut dyn Backend) {
         let now = backend.now();
         while let Some(&(at, key, generation)) = self.timers.first() {

@@ -441,7 +441,10 @@ impl Core {
 
     /// Expires receipts, held pushes and ack waits whose time is up.
     pub fn expire(&mut self) {
-        self.pushes.expire(self.clock.now_us());
+        let now = self.clock.now_us();
+        if self.pushes.expiry_due(now) {
+            self.pushes.expire(now);
+        }
         self.publish_expired();
     }
 

@@ -50,7 +50,7 @@ use crate::config::{Config, FD_RESERVE};
 use crate::presence::PresenceEvent;
 use crate::registry::{LocalRegistry, Registry, Tokens};
 use accept::Listeners;
-use handover::{HandoverError, Upgrade, UPGRADE};
+use handover::{Handover, HandoverError, UPGRADE};
 use liveness::{Liveness, Verdict};
 
 const LISTENER: Token = Token(1);
@@ -108,19 +108,21 @@ pub struct Server {
     read_buf: Vec<u8>,
     /// Clients whose read budget ran out with bytes left unread.
     read_again: Vec<ConnRef>,
-    /// Reused between iterations: connections to flush, events to stream.
-    flushing: Vec<ConnRef>,
-    fresh: Vec<PresenceEvent>,
+    /// Lists reused between iterations, so that none allocates.
+    recycled: Recycled,
     /// Once a shutdown began: when its drain gives up.
     drain_until: Option<Instant>,
-    /// An upgrade under way: the new process is starting.
-    upgrade: Option<Upgrade>,
-    /// Just took over from another process: serve every socket that has
-    /// something before deadlines are looked at (bytes that arrived during
-    /// the hand-over count, as they would have in the old process).
-    catching_up: bool,
-    /// Started by an upgrade: the pid of the process it took over from.
-    taken_over_from: Option<u32>,
+    /// Where this process stands in upgrades: one under way, or one it came from.
+    handover: Handover,
+}
+
+/// Lists the loop fills and empties every iteration, kept for their capacity.
+#[derive(Default)]
+struct Recycled {
+    /// Connections to flush at the end of the iteration.
+    flushing: Vec<ConnRef>,
+    /// Presence events to stream to subscribers.
+    fresh: Vec<PresenceEvent>,
 }
 
 impl Server {
@@ -227,12 +229,9 @@ impl Server {
             core: Core::new(config, clock, capacity, registry),
             read_buf: vec![0; READ_CHUNK],
             read_again: Vec::new(),
-            flushing: Vec::new(),
-            fresh: Vec::new(),
+            recycled: Recycled::default(),
             drain_until: None,
-            upgrade: None,
-            catching_up: false,
-            taken_over_from: None,
+            handover: Handover::default(),
         })
     }
 
@@ -248,7 +247,7 @@ impl Server {
     /// The pid this process took every client over from, when an upgrade
     /// started it (it has then told systemd it is ready already).
     pub fn taken_over_from(&self) -> Option<u32> {
-        self.taken_over_from
+        self.handover.taken_over_from
     }
 
     /// Connections the server accepts before refusing with `overload`.
@@ -280,12 +279,12 @@ impl Server {
                 self.dispatch(event.token(), event.is_writable(), now_us);
             }
             self.read_pending();
-            if self.catching_up && events.iter().count() == EVENTS_CAPACITY {
+            if self.handover.catching_up && events.iter().count() == EVENTS_CAPACITY {
                 continue; // more sockets may have bytes from the hand-over
             }
-            self.catching_up = false;
+            self.handover.catching_up = false;
             self.deferred(now);
-            if self.upgrade.is_some() && self.upgrade_step(now) {
+            if self.handover.upgrade.is_some() && self.upgrade_step(now) {
                 return Ok(()); // handed over: the new process serves
             }
             if now_us >= next_sample {
@@ -366,7 +365,9 @@ impl Server {
         self.check_deadlines(now);
         self.guarded(Subject::Loop, |s| s.core.expire());
         self.wake_admin();
-        self.guarded(Subject::Loop, |s| s.admin.on_timers(&mut s.core));
+        if self.admin.timer_due(self.core.clock().now_us()) {
+            self.guarded(Subject::Loop, |s| s.admin.on_timers(&mut s.core));
+        }
         if self.core.broadcasting() {
             self.guarded(Subject::Loop, |s| s.core.advance_broadcasts());
         }
@@ -394,13 +395,13 @@ impl Server {
     }
 
     fn stream_events(&mut self) {
-        let mut fresh = std::mem::take(&mut self.fresh);
+        let mut fresh = std::mem::take(&mut self.recycled.fresh);
         self.core.take_fresh_events(&mut fresh);
         if !fresh.is_empty() {
             self.guarded(Subject::Loop, |s| s.admin.publish(&fresh, &mut s.core));
         }
         fresh.clear();
-        self.fresh = fresh;
+        self.recycled.fresh = fresh;
     }
 
     /// Acts on the heartbeat entries that came due. This is the only place
@@ -438,13 +439,13 @@ impl Server {
 
     /// One write per connection that was sent something this iteration.
     fn flush_scheduled(&mut self) {
-        let mut list = std::mem::take(&mut self.flushing);
+        let mut list = std::mem::take(&mut self.recycled.flushing);
         self.core.take_scheduled(&mut list);
         for &conn in &list {
             self.guarded(Subject::Client(conn), |s| s.core.flush(conn));
         }
         list.clear();
-        self.flushing = list;
+        self.recycled.flushing = list;
     }
 
     fn accept_clients(&mut self) {
@@ -481,7 +482,7 @@ impl Server {
     /// ack wait or a held push ending, an admin timer, an accept retry, the
     /// drain's end; or at once, when reads or broadcasts are pending.
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.read_again.is_empty() || self.catching_up || self.core.broadcasting() {
+        if !self.read_again.is_empty() || self.handover.catching_up || self.core.broadcasting() {
             return Some(Duration::ZERO);
         }
         let clock = self.core.clock();

@@ -40,7 +40,7 @@ impl Server {
             self.core.clients().len(),
             self.core.online()
         );
-        if self.upgrade.is_some() {
+        if self.handover.upgrade.is_some() {
             self.abandon_upgrade("was stopped: a shutdown began".to_string());
         }
         crate::notify::stopping();

@@ -120,6 +120,19 @@ pub(super) struct Upgrade {
     ready: bool,
 }
 
+/// The server's side of upgrades.
+#[derive(Default)]
+pub(super) struct Handover {
+    /// An upgrade under way: the new process is starting.
+    pub upgrade: Option<Upgrade>,
+    /// Just took over from another process: serve every socket that has
+    /// something before deadlines are looked at (bytes that arrived during
+    /// the hand-over count, as they would have in the old process).
+    pub catching_up: bool,
+    /// Started by an upgrade: the pid of the process it took over from.
+    pub taken_over_from: Option<u32>,
+}
+
 impl Upgrade {
     /// Starts the new binary with this process's arguments and environment
     /// and its end of the upgrade socket.
@@ -168,7 +181,7 @@ impl Server {
     /// shutting down.
     pub(super) fn begin_upgrade(&mut self) {
         let me = std::process::id();
-        if let Some(u) = &self.upgrade {
+        if let Some(u) = &self.handover.upgrade {
             info!(
                 "SIGUSR2 ignored: the upgrade to pid {} is under way",
                 u.child.id()
@@ -180,14 +193,14 @@ impl Server {
             return;
         }
         match Upgrade::start(&self.core.config, self.poll.registry()) {
-            Ok(u) => self.upgrade = Some(u),
+            Ok(u) => self.handover.upgrade = Some(u),
             Err(why) => warn!("upgrade failed: {why}; pid {me} serves on"),
         }
     }
 
     /// The upgrade socket is readable: `Hello`, or the new process is gone.
     pub(super) fn on_upgrade_ready(&mut self) {
-        let Some(u) = &mut self.upgrade else {
+        let Some(u) = &mut self.handover.upgrade else {
             return;
         };
         loop {
@@ -216,7 +229,7 @@ impl Server {
     /// give up if it is late. True when the hand-over is done and this
     /// process is to exit.
     pub(super) fn upgrade_step(&mut self, now: Instant) -> bool {
-        let Some(u) = &self.upgrade else {
+        let Some(u) = &self.handover.upgrade else {
             return false;
         };
         // A message waiting for the registry (cluster mode) is routed
@@ -233,7 +246,7 @@ impl Server {
 
     /// When the upgrade next needs the loop (its deadline).
     pub(super) fn upgrade_deadline(&self) -> Option<Instant> {
-        self.upgrade.as_ref().map(|u| u.deadline)
+        self.handover.upgrade.as_ref().map(|u| u.deadline)
     }
 
     /// Stops serving and hands everything over. True when the new process
@@ -244,7 +257,7 @@ impl Server {
         let result = self
             .transfer(&checks, stopped)
             .and_then(|acked| self.go(acked));
-        let Some(u) = self.upgrade.take() else {
+        let Some(u) = self.handover.upgrade.take() else {
             return false;
         };
         match result {
@@ -265,7 +278,7 @@ impl Server {
                 for (conn, at) in checks {
                     self.liveness.watch(conn, at);
                 }
-                self.upgrade = Some(u);
+                self.handover.upgrade = Some(u);
                 let why = match e {
                     HandoverError::Refused(_) => e.to_string(),
                     e => format!("did not take over: {e}"),
@@ -282,7 +295,7 @@ impl Server {
         checks: &HashMap<ConnRef, Instant>,
         stopped: Instant,
     ) -> Result<Acked, HandoverError> {
-        let Some(u) = &self.upgrade else {
+        let Some(u) = &self.handover.upgrade else {
             return Err(HandoverError::Channel(ChannelError::Closed));
         };
         let deadline = Instant::now() + u.timeout;
@@ -339,7 +352,7 @@ impl Server {
                 s.core.end(conn, CloseReason::Shutdown)
             });
         }
-        let Some(u) = &self.upgrade else {
+        let Some(u) = &self.handover.upgrade else {
             return Err(HandoverError::Channel(ChannelError::Closed));
         };
         u.channel.send(Kind::Go, &[], &[], acked.deadline)?;
@@ -354,7 +367,7 @@ impl Server {
 
     /// The upgrade failed: stop the new process if it still runs, and serve on.
     pub(super) fn abandon_upgrade(&mut self, why: String) {
-        let Some(mut u) = self.upgrade.take() else {
+        let Some(mut u) = self.handover.upgrade.take() else {
             return;
         };
         self.core.hold_broadcasts(false);
@@ -512,7 +525,7 @@ fn receive(
     if let Err(e) = channel.send(Kind::Serving, &[], &[], deadline) {
         warn!("upgrade: could not tell pid {from} this process serves: {e}");
     }
-    server.taken_over_from = Some(from);
+    server.handover.taken_over_from = Some(from);
     let now = server.core.clock_mut().read();
     let unserved = server.core.clock().micros(now).saturating_sub(stopped_at);
     info!(
@@ -524,6 +537,6 @@ fn receive(
         server.local_addr(),
         unserved as f64 / 1e3
     );
-    server.catching_up = true;
+    server.handover.catching_up = true;
     Ok(server)
 }
