@@ -365,7 +365,14 @@ fn slowloris_is_closed_at_its_deadline() {
 #[test]
 fn frames_just_under_at_and_over_max_frame() {
     let _serial = serial();
-    let server = start(&[("LIFELINE_MAX_FRAME", "1024")]);
+    // `edge` sits idle while the four over-limit connections are refused;
+    // with the fast 200 ms interval a slow machine probes it (seen in CI)
+    // and could time it out. This test is about frame sizes, not deadlines,
+    // so the heartbeat is long enough that `edge` is never probed.
+    let server = start(&[
+        ("LIFELINE_MAX_FRAME", "1024"),
+        ("LIFELINE_HEARTBEAT_MS", "60000"),
+    ]);
     let bystander = Bystander::start(&server, "bystander");
 
     // `<msg to="edge">` + body + `</msg>`: 21 bytes of markup.
