@@ -19,7 +19,7 @@ use std::os::unix::net::UnixDatagram;
 use std::time::{Duration, Instant};
 
 use common::{attr, poll_until, wait_until, Closed, WAIT};
-use lifeline::server::handover::state::VERSION;
+use lifeline::server::handover::state::{OLDEST, VERSION};
 use lifeline_wire::ws::Opcode;
 use opskit::TempDir;
 use serde_json::json;
@@ -199,6 +199,79 @@ fn a_silent_client_is_closed_at_its_original_deadline() {
         "closed {closed_after:?} after its last frame, deadline {deadline:?}"
     );
     ping(&mut chatty, 2);
+}
+
+/// While the old process sends the sockets ahead and the new one registers
+/// them, the old one serves on. A client that leaves meanwhile is closed for
+/// its peer at once: the duplicate the new process holds does not keep the
+/// socket open. A client that connects meanwhile (in the slot just freed,
+/// under a new generation) is handed over with the state, and the ones that
+/// stayed are served by the old process, then by the new.
+#[test]
+fn clients_that_come_and_go_while_sockets_are_sent_ahead_are_handed_over_right() {
+    let server = Upgraded::start(&[
+        ("LIFELINE_HEARTBEAT_MS", "5000"),
+        ("LIFELINE_TEST_UPGRADE", "pause-after-sockets=1500"),
+    ]);
+    let mut stays = server.first.login("stays");
+    let mut leaves = server.first.login("leaves");
+    let old = server.first.pid();
+    signal(old, libc::SIGUSR2);
+    server
+        .first
+        .wait_log("pausing 1500 ms with 2 sockets sent ahead", WAIT)
+        .expect("the new process holds the sockets sent ahead");
+
+    ping(&mut stays, 1);
+    leaves.send("<bye/>");
+    let Closed::Yes(_) = leaves.wait_closed(WAIT) else {
+        panic!("the client that said bye was not closed");
+    };
+    assert_eq!(
+        server.first.count_log("sockets sent ahead is over"),
+        0,
+        "closed only when the new process let go of its duplicate"
+    );
+    assert_eq!(server.serving_pid(), Some(old));
+    let mut comes = server.first.login("comes");
+    ping(&mut comes, 2);
+
+    let new = wait_for_pid_change(&server, old);
+    assert_ne!(new, old);
+    ping(&mut stays, 3);
+    ping(&mut comes, 4);
+    assert!(server
+        .first
+        .wait_log("took over 2 connections (2 logged in)", WAIT)
+        .is_some());
+    assert_eq!(server.first.count_log("sent 2 sockets ahead"), 1);
+    assert_eq!(server.first.count_log("offline id=leaves "), 1);
+    assert_eq!(server.first.count_log("offline id=stays "), 0);
+    assert_eq!(server.first.count_log("offline id=comes "), 0);
+}
+
+/// A new process that reads only the format of the release before (its
+/// `Hello` says 3) is sent nothing ahead: every socket goes with a state
+/// record of that format, and clients see nothing either.
+#[test]
+fn a_new_binary_that_reads_the_format_of_the_release_before_gets_everything_with_the_state() {
+    let mut server = Upgraded::start(&[("LIFELINE_TEST_UPGRADE", "hello-version=3")]);
+    let mut a = server.first.login("a");
+    let mut b = server.first.login("b");
+    ping(&mut a, 1);
+    let old = server.first.pid();
+    let new = server.upgrade();
+    assert_ne!(new, old);
+    ping(&mut a, 2);
+    ping(&mut b, 3);
+    a.send("<msg to=\"b\" id=\"x\">after</msg>");
+    assert_eq!(next(&mut b), "<msg from=\"a\" id=\"x\">after</msg>");
+    assert!(server
+        .first
+        .wait_log("took over 2 connections (2 logged in)", WAIT)
+        .is_some());
+    assert_eq!(server.first.count_log("sockets ahead"), 0);
+    assert_eq!(server.first.count_log("offline id="), 0);
 }
 
 /// A heartbeat that arrives while the processes hand over (the old one has
@@ -513,8 +586,8 @@ fn a_state_version_the_new_binary_does_not_know_is_refused_and_changes_nothing()
     a_failed_upgrade_changes_nothing(
         &[("LIFELINE_TEST_UPGRADE", "state-version=99")],
         &format!(
-            "refused the state: state format version 99; this binary reads version {VERSION} only \
-             (exit status: 1)"
+            "refused the state: state format version 99; this binary reads versions {OLDEST} to \
+             {VERSION} (exit status: 1)"
         ),
     );
 }

@@ -134,6 +134,11 @@ pub struct ClientConn {
     /// Its read budget ran out with bytes left in the socket, and the loop
     /// will come back to it (an edge-triggered socket would not say so again).
     pub read_pending: bool,
+    /// Registered for writable readiness too. Only once a write would block:
+    /// most connections never need it, and a socket registered writable
+    /// reports so at once, an event for nothing (for each accept, and for
+    /// every socket an upgrade hands over).
+    pub write_watched: bool,
     /// On a TLS listener, the connection's TLS state: everything above
     /// (transport, buffers) then sees plaintext. Boxed so that a plaintext
     /// connection pays 8 bytes and one predictable branch per read.
@@ -156,6 +161,7 @@ impl ClientConn {
             pushes_unwritten: 0,
             interval_ms: 0,
             read_pending: false,
+            write_watched: false,
             tls: None,
         }
     }

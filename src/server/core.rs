@@ -124,6 +124,7 @@ impl Core {
         clock: Clock,
         capacity: usize,
         mut registry: Box<dyn Registry>,
+        poll: mio::Registry,
     ) -> Core {
         let receipt_ttl = crate::clock::micros(config.receipt_ttl);
         let mut cluster_state = crate::server::cluster::ClusterState::default();
@@ -147,7 +148,7 @@ impl Core {
             pushes.set_clustered();
         }
         Core {
-            clients: Clients::new(capacity, config.max_outbound),
+            clients: Clients::new(capacity, config.max_outbound, poll),
             registry,
             cluster_state,
             presence: PresenceLog::new(config.event_backlog, first_seq),
@@ -164,6 +165,12 @@ impl Core {
 
     pub fn clock(&self) -> &Clock {
         &self.clock
+    }
+
+    /// Whether another process (an upgrade's new one) may hold duplicates
+    /// of the client sockets, which closing ours then does not close.
+    pub fn share_sockets(&mut self, shared: bool) {
+        self.clients.share_sockets(shared);
     }
 
     pub fn clock_mut(&mut self) -> &mut Clock {
@@ -268,6 +275,11 @@ impl Core {
                 ws::write_close(out, reason.ws_close_code(), reason.as_str());
             }
         });
+        if self.clients.sockets_shared() {
+            // An upgrade's new process holds a duplicate of this socket:
+            // dropping ours would not close it, so the peer is told here.
+            let _ = c.stream.shutdown(std::net::Shutdown::Both);
+        }
         self.metrics.closed(reason);
         let lived = Duration::from_micros(self.clock.now_us().saturating_sub(c.connected_at));
         match c.id() {

@@ -21,18 +21,26 @@ use lifeline_wire::{self as wire, Decoded, ErrorCode, FrameReader};
 const READ_BUDGET: usize = 256 * 1024;
 
 impl Core {
-    /// Serves a ready client connection: reads what it sent (on every
-    /// readiness event: a hang-up or an error shows as a read), answers with
+    /// Serves a ready client connection: reads what it sent when it is
+    /// readable (a hang-up or an error shows as a read), answers with
     /// one write, flushes its queue when the socket is writable, delivers
     /// pushes held for it, and ends it if that is its fate. Returns true
     /// when its read budget ran out with bytes left in the socket.
-    pub fn serve(&mut self, conn: ConnRef, writable: bool, buf: &mut [u8]) -> bool {
+    pub fn serve(&mut self, conn: ConnRef, readable: bool, writable: bool, buf: &mut [u8]) -> bool {
         if !self.clients.is_live(conn) {
             return false; // a closed connection's leftover event, or a reused slot
         }
         self.serving = Some((conn, None));
         self.clients.begin_serving(conn);
-        let (mut fate, read_more) = self.read(conn, buf);
+        // A socket that only became writable has nothing to read: the read
+        // would return WouldBlock. Every socket an upgrade hands over
+        // reports writable once, so the new process's first iterations are
+        // mostly such events.
+        let (mut fate, read_more) = if readable {
+            self.read(conn, buf)
+        } else {
+            (Fate::Keep, false)
+        };
         let written = self.clients.finish_serving(conn);
         let asked = self.serving.take().and_then(|(_, end)| end);
         if fate == Fate::Keep {

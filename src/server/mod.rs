@@ -186,6 +186,9 @@ impl Server {
         liveness
             .register(poll.registry(), TICKER)
             .map_err(ServerError::Poll)?;
+        // The outbound path's own handle on the poll (a duplicate of its
+        // descriptor), for the connections whose writes block.
+        let poll_handle = poll.registry().try_clone().map_err(ServerError::Poll)?;
         registry
             .register(poll.registry(), REGISTRY_TOKENS)
             .map_err(ServerError::Poll)?;
@@ -226,7 +229,7 @@ impl Server {
                 config.ops.admin_max_connections,
                 config.receipt_ttl,
             ),
-            core: Core::new(config, clock, capacity, registry),
+            core: Core::new(config, clock, capacity, registry, poll_handle),
             read_buf: vec![0; READ_CHUNK],
             read_again: Vec::new(),
             recycled: Recycled::default(),
@@ -276,13 +279,17 @@ impl Server {
             self.core.metrics_mut().loop_iterations += 1;
             self.core.clients().warm(&events);
             for event in events.iter() {
-                self.dispatch(event.token(), event.is_writable(), now_us);
+                // Hang-ups and errors are found by reading, as data is.
+                let readable = event.is_readable() || event.is_read_closed() || event.is_error();
+                self.dispatch(event.token(), readable, event.is_writable(), now_us);
             }
             self.read_pending();
-            if self.handover.catching_up && events.iter().count() == EVENTS_CAPACITY {
-                continue; // more sockets may have bytes from the hand-over
+            if let Some(catch_up) = &mut self.handover.catching_up {
+                if catch_up.more(events.iter().count(), EVENTS_CAPACITY) {
+                    continue; // more sockets may have bytes from the hand-over
+                }
+                self.handover.catching_up = None;
             }
-            self.handover.catching_up = false;
             self.deferred(now);
             if self.handover.upgrade.is_some() && self.upgrade_step(now) {
                 return Ok(()); // handed over: the new process serves
@@ -301,7 +308,7 @@ impl Server {
         }
     }
 
-    fn dispatch(&mut self, token: Token, writable: bool, now_us: Micros) {
+    fn dispatch(&mut self, token: Token, readable: bool, writable: bool, now_us: Micros) {
         match token {
             LISTENER => self.accept_clients(),
             ADMIN_LISTENER => self.accept_admin(),
@@ -317,7 +324,7 @@ impl Server {
             token => {
                 if let Some(conn) = ConnRef::from_token(token) {
                     self.liveness.served(now_us);
-                    self.serve_client(conn, writable);
+                    self.serve_client(conn, readable, writable);
                 } else if let Some(admin) = AdminRef::from_token(token) {
                     self.guarded(Subject::Admin(admin), |s| {
                         s.admin
@@ -328,9 +335,11 @@ impl Server {
         }
     }
 
-    fn serve_client(&mut self, conn: ConnRef, writable: bool) {
+    fn serve_client(&mut self, conn: ConnRef, readable: bool, writable: bool) {
         self.guarded(Subject::Client(conn), |s| {
-            if s.core.serve(conn, writable, &mut s.read_buf) && s.core.mark_read_pending(conn) {
+            if s.core.serve(conn, readable, writable, &mut s.read_buf)
+                && s.core.mark_read_pending(conn)
+            {
                 s.read_again.push(conn);
             }
         });
@@ -344,7 +353,7 @@ impl Server {
         let list = std::mem::take(&mut self.read_again);
         for &conn in &list {
             self.core.clear_read_pending(conn);
-            self.serve_client(conn, false);
+            self.serve_client(conn, true, false);
         }
     }
 
@@ -482,7 +491,10 @@ impl Server {
     /// ack wait or a held push ending, an admin timer, an accept retry, the
     /// drain's end; or at once, when reads or broadcasts are pending.
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if !self.read_again.is_empty() || self.handover.catching_up || self.core.broadcasting() {
+        if !self.read_again.is_empty()
+            || self.handover.catching_up.is_some()
+            || self.core.broadcasting()
+        {
             return Some(Duration::ZERO);
         }
         let clock = self.core.clock();

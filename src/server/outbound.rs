@@ -114,11 +114,13 @@ pub struct Outbound {
     /// the iteration.
     scheduled: Vec<ConnRef>,
     max_outbound: usize,
+    /// Where a connection whose write would block asks for its writable edge.
+    poll: mio::Registry,
     pub stats: OutboundStats,
 }
 
 impl Outbound {
-    pub fn new(max_outbound: usize) -> Outbound {
+    pub fn new(max_outbound: usize, poll: mio::Registry) -> Outbound {
         Outbound {
             staged: Vec::with_capacity(4096),
             serving: None,
@@ -127,6 +129,7 @@ impl Outbound {
             sealing: Vec::new(),
             scheduled: Vec::new(),
             max_outbound,
+            poll,
             stats: OutboundStats::default(),
         }
     }
@@ -266,7 +269,7 @@ impl Outbound {
         };
         self.stats.frames += 1;
         c.pushes_unwritten = c.pushes_unwritten.saturating_add(1);
-        self.settle(c, sent)
+        self.settle(conn, c, sent)
     }
 
     fn enqueue(&mut self, conn: ConnRef, c: &mut ClientConn, bytes: &[u8]) -> Result<(), Overflow> {
@@ -318,7 +321,11 @@ impl Outbound {
     }
 
     /// Writes the gathered replies with one call.
-    pub fn finish_serving(&mut self, c: Option<&mut ClientConn>) -> Result<(), WriteFailed> {
+    pub fn finish_serving(
+        &mut self,
+        conn: ConnRef,
+        c: Option<&mut ClientConn>,
+    ) -> Result<(), WriteFailed> {
         self.serving = None;
         let Some(c) = c else {
             return Ok(());
@@ -345,7 +352,7 @@ impl Outbound {
         let Some(sent) = sent else {
             return Ok(());
         };
-        self.settle(c, sent)?;
+        self.settle(conn, c, sent)?;
         // The replies a client asked for count against its limit once the
         // socket has taken what it could: a client that sends without reading
         // is a slow consumer.
@@ -357,9 +364,9 @@ impl Outbound {
 
     /// Writes what `c` has queued (its writable edge, or its turn in the
     /// end-of-iteration flush).
-    pub fn flush(&mut self, c: &mut ClientConn) -> Result<Flushed, WriteFailed> {
+    pub fn flush(&mut self, conn: ConnRef, c: &mut ClientConn) -> Result<Flushed, WriteFailed> {
         let flushed = writeq::flush(&mut c.stream, &mut c.outbound);
-        self.settle(c, flushed)?;
+        self.settle(conn, c, flushed)?;
         Ok(if c.outbound.is_empty() {
             Flushed::Done
         } else {
@@ -369,6 +376,7 @@ impl Outbound {
 
     fn settle(
         &mut self,
+        conn: ConnRef,
         c: &mut ClientConn,
         result: std::io::Result<(Flushed, usize)>,
     ) -> Result<(), WriteFailed> {
@@ -376,13 +384,34 @@ impl Outbound {
             Err(_) => Err(WriteFailed::Io),
             Ok((flushed, written)) => {
                 self.stats.bytes += written as u64;
-                if flushed == Flushed::Done {
-                    self.stats.pushes_delivered +=
-                        u64::from(std::mem::take(&mut c.pushes_unwritten));
+                match flushed {
+                    Flushed::Done => {
+                        self.stats.pushes_delivered +=
+                            u64::from(std::mem::take(&mut c.pushes_unwritten));
+                    }
+                    Flushed::Blocked if !c.write_watched => self.watch_writable(conn, c)?,
+                    Flushed::Blocked => {}
                 }
                 Ok(())
             }
         }
+    }
+
+    /// The first write that would block: from now on the socket's writable
+    /// edge flushes the queue. Asked after the write that blocked, so an
+    /// edge in between is not missed (registering reports a socket that is
+    /// writable already).
+    fn watch_writable(&mut self, conn: ConnRef, c: &mut ClientConn) -> Result<(), WriteFailed> {
+        use mio::Interest;
+        self.poll
+            .reregister(
+                &mut c.stream,
+                conn.token(),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .map_err(|_| WriteFailed::Io)?;
+        c.write_watched = true;
+        Ok(())
     }
 
     /// The connections scheduled for the end-of-iteration flush.

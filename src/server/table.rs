@@ -16,6 +16,14 @@ use crate::server::fanout::{Broadcast, Fanout};
 use crate::server::outbound::{Outbound, Overflow, Prepared, WriteFailed};
 use crate::writeq::Flushed;
 
+/// Whether a handed-over socket is in the poll already.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Registered {
+    No,
+    /// Sent ahead and registered readable under its token on arrival.
+    Readable,
+}
+
 pub struct Clients {
     slab: Slab<ClientConn>,
     next_generation: u32,
@@ -24,17 +32,31 @@ pub struct Clients {
     /// Broadcasts being sent: a frame for a client one of them has not
     /// reached yet goes behind it.
     pub(super) fanout: Fanout,
+    /// Another process may hold duplicates of these sockets (an upgrade
+    /// sent them ahead).
+    shared: bool,
 }
 
 impl Clients {
-    pub fn new(capacity: usize, max_outbound: usize) -> Clients {
+    /// `poll`: where a connection whose write would block is registered
+    /// for writable readiness.
+    pub fn new(capacity: usize, max_outbound: usize, poll: mio::Registry) -> Clients {
         Clients {
             slab: Slab::new(),
             next_generation: 0,
             capacity,
-            out: Outbound::new(max_outbound),
+            out: Outbound::new(max_outbound, poll),
             fanout: Fanout::default(),
+            shared: false,
         }
+    }
+
+    pub fn share_sockets(&mut self, shared: bool) {
+        self.shared = shared;
+    }
+
+    pub fn sockets_shared(&self) -> bool {
+        self.shared
     }
 
     pub fn len(&self) -> usize {
@@ -55,7 +77,8 @@ impl Clients {
     }
 
     /// Gives an accepted socket a slot under a fresh generation and
-    /// registers it, readable and writable, edge-triggered: no
+    /// registers it readable, edge-triggered. Writable is added once, by the
+    /// outbound path, the first time a write would block, and then kept: no
     /// re-registration per write, which would cost an `epoll_ctl` per round
     /// trip. On error the socket is dropped.
     pub fn insert(
@@ -71,11 +94,7 @@ impl Clients {
             key: entry.key() as u32,
             generation: self.next_generation,
         };
-        registry.register(
-            &mut stream,
-            conn.token(),
-            Interest::READABLE | Interest::WRITABLE,
-        )?;
+        registry.register(&mut stream, conn.token(), Interest::READABLE)?;
         entry.insert(ClientConn::new(stream, conn.generation, peer, now));
         Ok(conn)
     }
@@ -83,22 +102,37 @@ impl Clients {
     /// The connections another process handed over (an upgrade), each at
     /// its own key and generation, so every `ConnRef` held elsewhere (the
     /// registry, presence, the wheel) still names it; each socket is
-    /// registered as [`Clients::insert`] does. Registration reports a socket
-    /// already readable or writable at once, so bytes that arrived during
-    /// the hand-over are read and queued ones flushed.
+    /// registered as [`Clients::insert`] does, and writable too when bytes
+    /// wait to be written. Registration reports a socket already readable
+    /// (or writable) at once, so bytes that arrived during the hand-over are
+    /// read and queued ones flushed; the sockets with nothing to read or
+    /// write report nothing, so serving resumes with the ones that need it.
     pub fn restore(
         &mut self,
-        conns: Vec<(ConnRef, ClientConn)>,
+        conns: Vec<(ConnRef, ClientConn, Registered)>,
         next_generation: u32,
         registry: &mio::Registry,
     ) -> io::Result<()> {
         let mut slab = Vec::with_capacity(conns.len());
-        for (conn, mut c) in conns {
-            registry.register(
-                &mut c.stream,
-                conn.token(),
-                Interest::READABLE | Interest::WRITABLE,
-            )?;
+        for (conn, mut c, registered) in conns {
+            // Writable too for one with bytes queued: its flush is due.
+            c.write_watched = !c.outbound.is_empty();
+            match (registered, c.write_watched) {
+                (Registered::Readable, false) => {}
+                (Registered::Readable, true) => registry.reregister(
+                    &mut c.stream,
+                    conn.token(),
+                    Interest::READABLE | Interest::WRITABLE,
+                )?,
+                (Registered::No, false) => {
+                    registry.register(&mut c.stream, conn.token(), Interest::READABLE)?
+                }
+                (Registered::No, true) => registry.register(
+                    &mut c.stream,
+                    conn.token(),
+                    Interest::READABLE | Interest::WRITABLE,
+                )?,
+            }
             slab.push((conn.key as usize, c));
         }
         self.slab = slab.into_iter().collect();
@@ -318,15 +352,15 @@ impl Clients {
     /// The one write of everything a served connection was answered.
     pub fn finish_serving(&mut self, conn: ConnRef) -> Result<(), WriteFailed> {
         match self.live(conn) {
-            Some((out, c)) => out.finish_serving(Some(c)),
-            None => self.out.finish_serving(None),
+            Some((out, c)) => out.finish_serving(conn, Some(c)),
+            None => self.out.finish_serving(conn, None),
         }
     }
 
     /// Flushes `conn`'s queue on its writable edge.
     pub fn flush(&mut self, conn: ConnRef) -> Result<Flushed, WriteFailed> {
         match self.live(conn) {
-            Some((out, c)) => out.flush(c),
+            Some((out, c)) => out.flush(conn, c),
             None => Ok(Flushed::Done),
         }
     }

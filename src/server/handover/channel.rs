@@ -28,8 +28,17 @@ pub const MAX_PAYLOAD: usize = 60 * 1024;
 /// What a message is, by its first byte.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// New → old: started, configured, ready to take the state.
+    /// New → old: started, configured, ready to take the state (payload:
+    /// the newest state format it reads, u32 little-endian).
     Hello,
+    /// Old → new, while the old process still serves: connections' sockets
+    /// sent ahead of the state (payload: each one's slab key and generation,
+    /// u32 little-endian pairs, in the order of the descriptors).
+    Sockets,
+    /// Old → new: every socket to be sent ahead was.
+    SocketsEnd,
+    /// New → old: every socket sent ahead is in its poll; hand over.
+    Registered,
     /// Old → new: a piece of the state record (and descriptors); more follow.
     State,
     /// Old → new: the last piece.
@@ -48,6 +57,9 @@ impl Kind {
     fn byte(self) -> u8 {
         match self {
             Kind::Hello => b'H',
+            Kind::Sockets => b'F',
+            Kind::SocketsEnd => b'f',
+            Kind::Registered => b'r',
             Kind::State => b'S',
             Kind::StateEnd => b'E',
             Kind::Ack => b'A',
@@ -60,6 +72,9 @@ impl Kind {
     fn from_byte(b: u8) -> Option<Kind> {
         Some(match b {
             b'H' => Kind::Hello,
+            b'F' => Kind::Sockets,
+            b'f' => Kind::SocketsEnd,
+            b'r' => Kind::Registered,
             b'S' => Kind::State,
             b'E' => Kind::StateEnd,
             b'A' => Kind::Ack,
@@ -89,6 +104,17 @@ impl From<Errno> for ChannelError {
     fn from(e: Errno) -> ChannelError {
         ChannelError::Io(e.into())
     }
+}
+
+/// What became of a message [`Channel::try_send`] offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sent {
+    Yes,
+    /// The socket's buffer is full: it says when it has room (writable).
+    Full,
+    /// Too many descriptors in flight for this user: room comes as the
+    /// other side receives, with no event to say so.
+    TooManyInFlight,
 }
 
 /// One received message.
@@ -139,6 +165,30 @@ impl Channel {
         fds: &[BorrowedFd<'_>],
         deadline: Instant,
     ) -> Result<(), ChannelError> {
+        loop {
+            match self.try_send(kind, payload, fds)? {
+                Sent::Yes => return Ok(()),
+                Sent::Full => self.wait(PollFlags::OUT, deadline)?,
+                // Too many descriptors in flight for this user (unprivileged,
+                // past RLIMIT_NOFILE): they leave the socket as the other side
+                // receives them, which no poll event announces.
+                Sent::TooManyInFlight => {
+                    if Instant::now() >= deadline {
+                        return Err(ChannelError::TimedOut);
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        }
+    }
+
+    /// Sends one message if the socket takes it now.
+    pub fn try_send(
+        &self,
+        kind: Kind,
+        payload: &[u8],
+        fds: &[BorrowedFd<'_>],
+    ) -> Result<Sent, ChannelError> {
         debug_assert!(payload.len() <= MAX_PAYLOAD && fds.len() <= FDS_PER_MESSAGE);
         let head = [kind.byte()];
         let iov = [IoSlice::new(&head), IoSlice::new(payload)];
@@ -149,18 +199,10 @@ impl Channel {
                 return Err(ChannelError::Truncated);
             }
             match sendmsg(&self.fd, &iov, &mut control, SendFlags::NOSIGNAL) {
-                Ok(_) => return Ok(()),
+                Ok(_) => return Ok(Sent::Yes),
                 Err(Errno::INTR) => {}
-                Err(Errno::AGAIN) => self.wait(PollFlags::OUT, deadline)?,
-                // Too many descriptors in flight for this user (unprivileged,
-                // past RLIMIT_NOFILE): they leave the socket as the other side
-                // receives them, which no poll event announces.
-                Err(Errno::TOOMANYREFS) => {
-                    if Instant::now() >= deadline {
-                        return Err(ChannelError::TimedOut);
-                    }
-                    std::thread::sleep(Duration::from_millis(1));
-                }
+                Err(Errno::AGAIN) => return Ok(Sent::Full),
+                Err(Errno::TOOMANYREFS) => return Ok(Sent::TooManyInFlight),
                 Err(Errno::PIPE | Errno::CONNRESET) => return Err(ChannelError::Closed),
                 Err(e) => return Err(e.into()),
             }

@@ -1,7 +1,7 @@
 //! The old process's side: the running server, read (never changed) into a
 //! [`State`] record and the list of descriptors that goes beside it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Instant;
 
@@ -32,11 +32,14 @@ pub struct Export<'a> {
 }
 
 /// Writes down everything the next process needs. `checks`: each
-/// connection's heartbeat entry, drained from the wheel. `None` when there
-/// is nothing to hand over (the listeners are closed: a shutdown began).
+/// connection's heartbeat entry, drained from the wheel; `ahead`: the
+/// connections whose sockets the new process holds already. `None` when
+/// there is nothing to hand over (the listeners are closed: a shutdown
+/// began).
 pub fn export<'a>(
     server: &'a Server,
     checks: &HashMap<ConnRef, Instant>,
+    ahead: &HashSet<ConnRef>,
     stopped_at: Micros,
     version: u32,
 ) -> Option<Result<Export<'a>, FormatError>> {
@@ -78,8 +81,13 @@ pub fn export<'a>(
             continue; // saying goodbye: not handed over (no upgrade runs then)
         };
         online += usize::from(matches!(phase, Phase::LoggedIn { .. }));
-        conns.push(connection(conn, c, fds.len() as u32, check_at, phase));
-        fds.push(c.stream.as_fd());
+        let fd = if ahead.contains(&conn) {
+            state::SENT_AHEAD
+        } else {
+            fds.push(c.stream.as_fd());
+            fds.len() as u32 - 1
+        };
+        conns.push(connection(conn, c, fd, check_at, phase));
     }
     let pushes = &core.pushes;
     let state = State {

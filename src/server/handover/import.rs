@@ -5,12 +5,13 @@
 //! and remembered `Idempotency-Key` answers going on; the ends of the TLS
 //! connections the old process said goodbye to recorded as they happen.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
 
 use bytes::BytesMut;
-use mio::Poll;
+use mio::net::TcpStream;
+use mio::{Interest, Poll};
 
 use crate::clock::Clock;
 use crate::config::Config;
@@ -29,9 +30,11 @@ use crate::server::{Server, ServerError, ADMIN_LISTENER, LISTENER};
 use lifeline_wire::ws::{Decoder, DecoderParts};
 use lifeline_wire::StreamPosition;
 
+use crate::server::table::Registered;
+
 use super::state::{
     ConnState, EndedConn, EventKind, EventState, HeldPush, Phase, Position, ReceiptState, State,
-    StatusState, TransportState,
+    StatusState, TransportState, SENT_AHEAD,
 };
 
 /// Slab keys beyond this are not a table the old process can have had.
@@ -43,6 +46,10 @@ const MAX_INTERVAL_MS: u32 = 3_600_000;
 pub enum ImportError {
     #[error("descriptor {0} named by the state did not arrive (or is named twice)")]
     MissingFd(u32),
+    #[error("connection {key}/{generation} was said to be sent ahead and was not")]
+    NotSentAhead { key: u32, generation: u32 },
+    #[error("{names} bytes of names for {fds} sockets sent ahead (8 bytes each)")]
+    AheadNames { names: usize, fds: usize },
     #[error("the old loop's epoch ({0} µs on CLOCK_MONOTONIC) is not a time on this host")]
     Clock(u64),
     #[error("connection {key}/{generation}: {why}")]
@@ -57,12 +64,48 @@ pub enum ImportError {
     Server(#[from] ServerError),
 }
 
-/// The server the old process ran, from its state and descriptors.
+/// Sockets sent ahead of the state, each registered readable in `poll`
+/// under its connection's token as it arrives, so the pause does not pay
+/// for it; `names`: each one's slab key and generation (u32 LE pairs).
+pub fn sent_ahead(
+    poll: &Poll,
+    names: &[u8],
+    fds: Vec<OwnedFd>,
+    into: &mut HashMap<ConnRef, TcpStream>,
+) -> Result<(), ImportError> {
+    if names.len() != 8 * fds.len() {
+        return Err(ImportError::AheadNames {
+            names: names.len(),
+            fds: fds.len(),
+        });
+    }
+    for (name, fd) in names.chunks_exact(8).zip(fds) {
+        let word =
+            |at: usize| u32::from_le_bytes([name[at], name[at + 1], name[at + 2], name[at + 3]]);
+        let conn = ConnRef {
+            key: word(0),
+            generation: word(4),
+        };
+        check_name(conn)?;
+        let mut stream = stream(fd);
+        poll.registry()
+            .register(&mut stream, conn.token(), Interest::READABLE)
+            .map_err(ServerError::Poll)?;
+        into.insert(conn, stream);
+    }
+    Ok(())
+}
+
+/// The server the old process ran, from its state and descriptors (and
+/// the sockets sent ahead, registered in `poll`; any the state does not
+/// name ended meanwhile, and are closed here).
 pub fn import(
     config: Config,
     registry: Box<dyn Registry>,
     state: State,
     fds: Vec<OwnedFd>,
+    poll: Poll,
+    mut ahead: HashMap<ConnRef, TcpStream>,
 ) -> Result<Server, ImportError> {
     let mut fds: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
     let mut take = |index: u32| {
@@ -72,7 +115,6 @@ pub fn import(
     };
     let clock = Clock::resume(state.epoch_mono_us, state.wall_epoch_ms)
         .ok_or(ImportError::Clock(state.epoch_mono_us))?;
-    let poll = Poll::new().map_err(ServerError::Poll)?;
     let client = listener(take(state.client_listener)?);
     let admin = match state.admin_listener {
         Some(index) => Some(listener(take(index)?)),
@@ -93,13 +135,25 @@ pub fn import(
     let mut checks = Vec::with_capacity(state.conns.len());
     let mut logged_in = Vec::new();
     for s in state.conns {
-        let fd = take(s.fd)?;
-        let (conn, c, check_at) = connection(s, fd)?;
+        let (stream, registered) = if s.fd == SENT_AHEAD {
+            let conn = ConnRef {
+                key: s.key,
+                generation: s.generation,
+            };
+            let stream = ahead.remove(&conn).ok_or(ImportError::NotSentAhead {
+                key: s.key,
+                generation: s.generation,
+            })?;
+            (stream, Registered::Readable)
+        } else {
+            (stream(take(s.fd)?), Registered::No)
+        };
+        let (conn, c, check_at) = connection(s, stream)?;
         if let Some(id) = c.session().map(|session| session.id.clone()) {
             logged_in.push((id, conn));
         }
         checks.push((conn, clock.instant(check_at)));
-        conns.push((conn, c));
+        conns.push((conn, c, registered));
     }
     let core = &mut server.core;
     core.clients
@@ -199,28 +253,41 @@ fn listener(fd: OwnedFd) -> mio::net::TcpListener {
     mio::net::TcpListener::from_std(std::net::TcpListener::from(fd))
 }
 
-fn connection(s: ConnState, fd: OwnedFd) -> Result<(ConnRef, ClientConn, u64), ImportError> {
+/// A key and generation the old process's table can have given.
+fn check_name(conn: ConnRef) -> Result<(), ImportError> {
     let bad = |why| ImportError::Connection {
-        key: s.key,
-        generation: s.generation,
+        key: conn.key,
+        generation: conn.generation,
         why,
     };
-    if s.generation == 0 || s.generation > GENERATION_MASK {
+    if conn.generation == 0 || conn.generation > GENERATION_MASK {
         return Err(bad("a generation no connection can have"));
     }
-    if s.key >= MAX_KEY {
+    if conn.key >= MAX_KEY {
         return Err(bad("a slab key no table can have"));
     }
-    if s.interval_ms > MAX_INTERVAL_MS {
-        return Err(bad("a heartbeat interval no login can be granted"));
-    }
+    Ok(())
+}
+
+/// The descriptor is the same open socket (non-blocking already: that flag
+/// belongs to the socket, not to the descriptor).
+fn stream(fd: OwnedFd) -> TcpStream {
+    TcpStream::from_std(std::net::TcpStream::from(fd))
+}
+
+fn connection(s: ConnState, stream: TcpStream) -> Result<(ConnRef, ClientConn, u64), ImportError> {
     let conn = ConnRef {
         key: s.key,
         generation: s.generation,
     };
-    // The descriptor is the same open socket (non-blocking already: that
-    // flag belongs to the socket, not to the descriptor).
-    let stream = mio::net::TcpStream::from_std(std::net::TcpStream::from(fd));
+    check_name(conn)?;
+    if s.interval_ms > MAX_INTERVAL_MS {
+        return Err(ImportError::Connection {
+            key: s.key,
+            generation: s.generation,
+            why: "a heartbeat interval no login can be granted",
+        });
+    }
     let mut c = ClientConn::new(stream, s.generation, s.peer, s.connected_at);
     c.last_seen = s.last_seen;
     c.interval_ms = s.interval_ms;
@@ -253,7 +320,11 @@ fn connection(s: ConnState, fd: OwnedFd) -> Result<(ConnRef, ClientConn, u64), I
                 utf8_pending: d.utf8_pending,
                 utf8_pending_len: d.utf8_pending_len,
             })
-            .ok_or_else(|| bad("a WebSocket decoder state no decoder can have"))?;
+            .ok_or(ImportError::Connection {
+                key: conn.key,
+                generation: conn.generation,
+                why: "a WebSocket decoder state no decoder can have",
+            })?;
             Transport::WebSocket(Box::new(WsState {
                 decoder,
                 xml_tail: bytes(xml_tail),

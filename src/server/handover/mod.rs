@@ -5,19 +5,34 @@
 //! 1. starts the new binary (`binary.rs`) with its own arguments and
 //!    environment, plus the end of a Unix socket pair (`channel.rs`), and
 //!    keeps serving while the new process starts up;
-//! 2. when the new process says `Hello`, at the end of that loop iteration
-//!    (every reply written, every flush done), stops serving: it drains its
-//!    heartbeat wheel, writes the state record (`state.rs`, `export.rs`) and
-//!    sends it with the listening sockets and every connection's socket
-//!    (`SCM_RIGHTS`, 253 per message);
-//! 3. waits for `Ack` (the new process imported everything, `import.rs`),
+//! 2. when the new process says `Hello`, still serving, sends every
+//!    plaintext connection's socket ahead (`SCM_RIGHTS`, 253 per message,
+//!    as many messages per iteration as the socket takes), each named by
+//!    its key and generation; the new process registers each in its poll as
+//!    it arrives and says `Registered` when it has them all. Passing and
+//!    registering 19,000 sockets is most of a hand-over's work; done here,
+//!    clients do not wait for it. A connection that ends meanwhile is shut
+//!    down, not only closed, since the new process's duplicate would keep
+//!    it open;
+//! 3. on `Registered`, at the end of that loop iteration (every reply
+//!    written, every flush done), stops serving: it drains its heartbeat
+//!    wheel, writes the state record (`state.rs`, `export.rs`) and sends it
+//!    with the listening sockets and the sockets of the connections that
+//!    were not sent ahead (accepted since); the record names the others
+//!    `SENT_AHEAD`, and the new process closes any it holds that the record
+//!    does not name (they ended meanwhile);
+//! 4. waits for `Ack` (the new process imported everything, `import.rs`),
 //!    tells each TLS connection goodbye (see below), answers `Go`, waits
 //!    for `Serving` (the new process told systemd it is the main process
 //!    now) and exits 0, without telling systemd it stops.
 //!
+//! A new process of the release before (its `Hello` says format 3) is sent
+//! nothing ahead: every socket goes with the state, as that release did.
+//!
 //! Nothing is closed, shut down or written to a plaintext client on the
-//! way: the descriptors the old process holds are duplicates of the ones in
-//! flight, and closing them on exit leaves the sockets open. If anything
+//! way (but for the connections that end meanwhile, as they would have
+//! anyway): the descriptors the old process holds are duplicates of the
+//! ones in flight, and closing them on exit leaves the sockets open. If anything
 //! fails (the binary does not start, exits, refuses the state, or misses
 //! the timeout) the old process puts its wheel back and serves on; whatever
 //! arrived meanwhile waits in the sockets and is read as usual. The new
@@ -50,8 +65,8 @@ mod export;
 mod import;
 pub mod state;
 
-use std::collections::HashMap;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -64,7 +79,7 @@ use crate::registry::Registry;
 use crate::server::conn::{CloseReason, ConnRef};
 use crate::server::{Server, ServerError, Subject};
 pub use binary::remember_start_path;
-use channel::{Channel, ChannelError, Kind, FDS_PER_MESSAGE, MAX_PAYLOAD};
+use channel::{Channel, ChannelError, Kind, Sent, FDS_PER_MESSAGE, MAX_PAYLOAD};
 pub use import::ImportError;
 use state::FormatError;
 
@@ -72,8 +87,9 @@ use state::FormatError;
 /// upgrade socket (a descriptor number).
 pub const UPGRADE_FD_ENV: &str = "LIFELINE_UPGRADE_FD";
 /// Test-only fault injection, read by the new process
-/// (`exit-after-import`, `pause-after-import=MS`) or the old one
-/// (`state-version=N`). Never set it in production.
+/// (`exit-after-import`, `pause-after-import=MS`, `pause-after-sockets=MS`,
+/// `hello-version=N`) or the old one (`state-version=N`). Never set it in
+/// production.
 pub const TEST_HOOK_ENV: &str = "LIFELINE_TEST_UPGRADE";
 
 /// The token of the upgrade socket in the old process's poll.
@@ -107,17 +123,66 @@ struct Acked {
     /// The TLS connections, to be ended before `Go`.
     tls: Vec<ConnRef>,
     deadline: Instant,
+    /// Where the unserved time went, for the log line.
+    exported: Duration,
+    sent: Duration,
+    imported: Duration,
 }
 
 /// An upgrade under way in the old process.
 pub(super) struct Upgrade {
     child: Child,
     channel: Channel,
-    /// When waiting for `Hello` gives up.
+    /// When getting the new process ready gives up.
     deadline: Instant,
     timeout: Duration,
-    /// The new process said `Hello`: hand over at the end of this iteration.
-    ready: bool,
+    step: Step,
+    /// The newest state format the new process reads (from its `Hello`).
+    version: u32,
+    /// The connections whose sockets the new process holds already.
+    ahead: HashSet<ConnRef>,
+}
+
+/// Where an upgrade stands in the old process, which serves throughout.
+enum Step {
+    /// The new process is starting.
+    Starting,
+    /// Sending the connections' sockets ahead of the state: `todo[next..]`
+    /// are still to go. The new process registers each in its poll as it
+    /// comes, so that work is not part of the pause.
+    SendingAhead {
+        todo: Vec<ConnRef>,
+        next: usize,
+        since: Instant,
+    },
+    /// Every socket went ahead; the new process is registering them.
+    Registering,
+    /// Hand over at the end of this iteration.
+    Ready,
+}
+
+/// The new process's first iterations, serving what arrived while nobody
+/// served: counted for the log, since their length adds to the pause.
+pub(super) struct CatchUp {
+    since: Instant,
+    events: usize,
+}
+
+impl CatchUp {
+    /// Counts an iteration's events; true while a full batch says more
+    /// sockets may be waiting.
+    pub fn more(&mut self, events: usize, capacity: usize) -> bool {
+        self.events += events;
+        if events == capacity {
+            return true;
+        }
+        info!(
+            "upgrade: served what waited during the hand-over in {:.1} ms ({} events)",
+            self.since.elapsed().as_secs_f64() * 1e3,
+            self.events
+        );
+        false
+    }
 }
 
 /// The server's side of upgrades.
@@ -128,7 +193,7 @@ pub(super) struct Handover {
     /// Just took over from another process: serve every socket that has
     /// something before deadlines are looked at (bytes that arrived during
     /// the hand-over count, as they would have in the old process).
-    pub catching_up: bool,
+    pub catching_up: Option<CatchUp>,
     /// Started by an upgrade: the pid of the process it took over from.
     pub taken_over_from: Option<u32>,
 }
@@ -171,7 +236,9 @@ impl Upgrade {
             channel,
             deadline: Instant::now() + config.upgrade_timeout,
             timeout: config.upgrade_timeout,
-            ready: false,
+            step: Step::Starting,
+            version: state::OLDEST,
+            ahead: HashSet::new(),
         })
     }
 }
@@ -198,30 +265,126 @@ impl Server {
         }
     }
 
-    /// The upgrade socket is readable: `Hello`, or the new process is gone.
+    /// The upgrade socket is ready: `Hello`, `Registered`, room to send
+    /// more sockets ahead, or the new process is gone.
     pub(super) fn on_upgrade_ready(&mut self) {
         let Some(u) = &mut self.handover.upgrade else {
             return;
         };
         loop {
             match u.channel.try_recv() {
-                Ok(None) => return,
-                Ok(Some(m)) if m.kind == Kind::Hello => {
-                    u.ready = true;
+                Ok(None) => break,
+                Ok(Some(m)) if m.kind == Kind::Hello && matches!(u.step, Step::Starting) => {
+                    u.version = hello_version(&m.payload);
                     self.core.hold_broadcasts(true);
+                    if u.version < state::SENDS_AHEAD {
+                        u.step = Step::Ready;
+                        continue;
+                    }
+                    // A rustls session cannot be exported: TLS connections
+                    // stay here (see the module comment).
+                    let todo = self
+                        .core
+                        .clients()
+                        .iter()
+                        .filter(|(_, c)| c.tls.is_none())
+                        .map(|(conn, _)| conn)
+                        .collect();
+                    u.step = Step::SendingAhead {
+                        todo,
+                        next: 0,
+                        since: Instant::now(),
+                    };
+                    // From the first socket sent on, a connection that ends
+                    // here must end for its peer too (see `Core::end`).
+                    self.core.share_sockets(true);
+                }
+                Ok(Some(m))
+                    if m.kind == Kind::Registered && matches!(u.step, Step::Registering) =>
+                {
+                    u.step = Step::Ready;
                 }
                 Ok(Some(m)) if m.kind == Kind::Refuse => {
                     let why = String::from_utf8_lossy(&m.payload).into_owned();
                     return self.abandon_upgrade(HandoverError::Refused(why).to_string());
                 }
                 Ok(Some(m)) => {
-                    let why = HandoverError::Unexpected(m.kind, "Hello").to_string();
+                    let expected = match u.step {
+                        Step::Starting => "Hello",
+                        _ => "Registered",
+                    };
+                    let why = HandoverError::Unexpected(m.kind, expected).to_string();
                     return self.abandon_upgrade(why);
                 }
                 Err(e) => {
                     return self.abandon_upgrade(format!("was not ready: {e}"));
                 }
             }
+        }
+        if let Err(e) = self.send_ahead() {
+            self.abandon_upgrade(format!("did not take the sockets sent ahead: {e}"));
+        }
+    }
+
+    /// Sends connections' sockets ahead while serving, as many messages as
+    /// the upgrade socket takes now; the rest when it has room again (its
+    /// writable event, or the next iteration).
+    fn send_ahead(&mut self) -> Result<(), ChannelError> {
+        let Some(u) = &mut self.handover.upgrade else {
+            return Ok(());
+        };
+        let Step::SendingAhead { todo, next, since } = &mut u.step else {
+            return Ok(());
+        };
+        let clients = self.core.clients();
+        let mut names = Vec::with_capacity(8 * FDS_PER_MESSAGE);
+        let mut batch = Vec::with_capacity(FDS_PER_MESSAGE);
+        loop {
+            names.clear();
+            batch.clear();
+            let mut end = *next;
+            let mut fds = Vec::with_capacity(FDS_PER_MESSAGE);
+            while end < todo.len() && fds.len() < FDS_PER_MESSAGE {
+                let conn = todo[end];
+                end += 1;
+                // One that ended meanwhile is not sent.
+                if let Some(c) = clients.get(conn) {
+                    names.extend_from_slice(&conn.key.to_le_bytes());
+                    names.extend_from_slice(&conn.generation.to_le_bytes());
+                    fds.push(c.stream.as_fd());
+                    batch.push(conn);
+                }
+            }
+            let last = fds.is_empty();
+            let kind = if last {
+                Kind::SocketsEnd
+            } else {
+                Kind::Sockets
+            };
+            let watch = match u.channel.try_send(kind, &names, &fds)? {
+                Sent::Yes if last => Interest::READABLE,
+                Sent::Yes => {
+                    u.ahead.extend(batch.iter().copied());
+                    *next = end;
+                    continue;
+                }
+                Sent::Full => Interest::READABLE | Interest::WRITABLE,
+                // Room comes with no event: the next iteration tries again.
+                Sent::TooManyInFlight => return Ok(()),
+            };
+            if last {
+                info!(
+                    "upgrade: sent {} sockets ahead to pid {} in {:.1} ms while serving",
+                    u.ahead.len(),
+                    u.child.id(),
+                    since.elapsed().as_secs_f64() * 1e3
+                );
+                u.step = Step::Registering;
+            }
+            self.poll
+                .registry()
+                .reregister(&mut SourceFd(&u.channel.raw_fd()), UPGRADE, watch)?;
+            return Ok(());
         }
     }
 
@@ -234,9 +397,19 @@ impl Server {
         };
         // A message waiting for the registry (cluster mode) is routed
         // first, and a broadcast being sent reaches everyone first.
-        if u.ready && self.core.pending.is_empty() && !self.core.broadcasting() {
+        let ready = matches!(u.step, Step::Ready);
+        if ready && self.core.pending.is_empty() && !self.core.broadcasting() {
             return self.hand_over();
         }
+        if matches!(u.step, Step::SendingAhead { .. }) {
+            if let Err(e) = self.send_ahead() {
+                self.abandon_upgrade(format!("did not take the sockets sent ahead: {e}"));
+                return false;
+            }
+        }
+        let Some(u) = &self.handover.upgrade else {
+            return false;
+        };
         if now >= u.deadline {
             let why = format!("was not ready within {} ms", u.timeout.as_millis());
             self.abandon_upgrade(why);
@@ -244,9 +417,14 @@ impl Server {
         false
     }
 
-    /// When the upgrade next needs the loop (its deadline).
+    /// When the upgrade next needs the loop: its deadline, or soon while
+    /// sockets are being sent ahead (room for more may come without an
+    /// event).
     pub(super) fn upgrade_deadline(&self) -> Option<Instant> {
-        self.handover.upgrade.as_ref().map(|u| u.deadline)
+        self.handover.upgrade.as_ref().map(|u| match u.step {
+            Step::SendingAhead { .. } => u.deadline.min(Instant::now() + Duration::from_millis(1)),
+            _ => u.deadline,
+        })
     }
 
     /// Stops serving and hands everything over. True when the new process
@@ -262,13 +440,18 @@ impl Server {
         };
         match result {
             Ok(acked) => {
+                let ms = |d: Duration| d.as_secs_f64() * 1e3;
                 info!(
                     "upgrade: handed {} connections ({} logged in) and the listeners to pid {} \
-                     in {:.1} ms; {} TLS connections told to reconnect; pid {} exits",
+                     in {:.1} ms (export {:.1}, send {:.1}, import until Ack {:.1}); \
+                     {} TLS connections told to reconnect; pid {} exits",
                     acked.conns,
                     acked.online,
                     u.child.id(),
-                    stopped.elapsed().as_secs_f64() * 1e3,
+                    ms(stopped.elapsed()),
+                    ms(acked.exported),
+                    ms(acked.sent),
+                    ms(acked.imported),
                     acked.tls.len(),
                     std::process::id()
                 );
@@ -299,13 +482,20 @@ impl Server {
             return Err(HandoverError::Channel(ChannelError::Closed));
         };
         let deadline = Instant::now() + u.timeout;
+        // The newest format both read; a process that reads none of ours
+        // refuses the newest.
         let version = test_hook()
             .and_then(|h| h.strip_prefix("state-version=").map(str::to_string))
             .and_then(|v| v.parse().ok())
-            .unwrap_or(state::VERSION);
+            .unwrap_or(match u.version {
+                v if v >= state::OLDEST => v.min(state::VERSION),
+                _ => state::VERSION,
+            });
         let stopped_at = self.core.clock().micros(stopped);
-        let export = export::export(self, checks, stopped_at, version)
+        let started = Instant::now();
+        let export = export::export(self, checks, &u.ahead, stopped_at, version)
             .ok_or(HandoverError::ShuttingDown)??;
+        let exported = Instant::now();
         let pieces = export
             .record
             .len()
@@ -324,6 +514,7 @@ impl Server {
             let fds = batches.next().unwrap_or_default();
             u.channel.send(kind, data, fds, deadline)?;
         }
+        let sent = Instant::now();
         let answer = u.channel.recv(deadline)?;
         match answer.kind {
             Kind::Ack => {}
@@ -338,6 +529,9 @@ impl Server {
             online: export.online,
             tls: export.tls,
             deadline,
+            exported: exported - started,
+            sent: sent - exported,
+            imported: sent.elapsed(),
         })
     }
 
@@ -377,6 +571,9 @@ impl Server {
             .deregister(&mut SourceFd(&u.channel.raw_fd()));
         let pid = u.child.id();
         let status = stop(&mut u.child);
+        // The new process is gone and the upgrade socket with it (`u` is
+        // dropped below): the sockets sent ahead are this process's alone.
+        self.core.share_sockets(false);
         warn!(
             "upgrade failed: pid {pid} {why} ({status}); pid {} serves on, every client kept",
             std::process::id()
@@ -402,6 +599,15 @@ fn stop(child: &mut Child) -> String {
             Err(e) => return format!("exit status unknown: {e}"),
         }
     }
+}
+
+/// The newest state format a `Hello` says the new process reads (a new
+/// process of the first releases sent its one format the same way).
+fn hello_version(payload: &[u8]) -> u32 {
+    payload
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .map_or(0, u32::from_le_bytes)
 }
 
 fn test_hook() -> Option<String> {
@@ -473,29 +679,67 @@ fn receive(
     timeout: Duration,
 ) -> Result<Server, HandoverError> {
     let deadline = Instant::now() + timeout;
-    channel.send(Kind::Hello, &state::VERSION.to_le_bytes(), &[], deadline)?;
+    // A new process of the release before says 3 (tests pose as one).
+    let reads = test_hook()
+        .and_then(|h| {
+            h.strip_prefix("hello-version=")
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(state::VERSION);
+    channel.send(Kind::Hello, &u32::to_le_bytes(reads), &[], deadline)?;
     // The old process waits for Hello up to its timeout, then has as long
     // again to send: allow both.
     let deadline = deadline + timeout;
+    // Sockets sent ahead come first, while the old process still serves;
+    // each is registered as it arrives. Then the state.
+    let poll = mio::Poll::new().map_err(|e| Box::new(ImportError::from(ServerError::Poll(e))))?;
+    let mut ahead = HashMap::new();
     let mut record = Vec::new();
     let mut fds = Vec::new();
+    let mut first_piece = None;
     loop {
         let m = channel.recv(deadline)?;
+        match m.kind {
+            Kind::Sockets if first_piece.is_none() => {
+                import::sent_ahead(&poll, &m.payload, m.fds, &mut ahead).map_err(Box::new)?;
+                continue;
+            }
+            Kind::SocketsEnd if first_piece.is_none() => {
+                if let Some(ms) = test_hook()
+                    .as_deref()
+                    .and_then(|h| h.strip_prefix("pause-after-sockets="))
+                {
+                    let ms = ms.parse().unwrap_or(0);
+                    warn!(
+                        "{TEST_HOOK_ENV}: pausing {ms} ms with {} sockets sent ahead",
+                        ahead.len()
+                    );
+                    std::thread::sleep(Duration::from_millis(ms));
+                    warn!("{TEST_HOOK_ENV}: the pause with sockets sent ahead is over");
+                }
+                channel.send(Kind::Registered, &[], &[], deadline)?;
+                continue;
+            }
+            Kind::State | Kind::StateEnd => {}
+            other => return Err(HandoverError::Unexpected(other, "State")),
+        }
+        first_piece.get_or_insert_with(Instant::now);
         record.extend_from_slice(&m.payload);
         fds.extend(m.fds);
         // An unknown version is refused on its first bytes.
         state::record_len(&record)?;
-        match m.kind {
-            Kind::State => {}
-            Kind::StateEnd => break,
-            other => return Err(HandoverError::Unexpected(other, "State")),
+        if m.kind == Kind::StateEnd {
+            break;
         }
     }
+    let received = Instant::now();
     let state = state::decode(&record)?;
     drop(record);
+    let decoded = Instant::now();
     let from = state.from_pid;
     let stopped_at = state.stopped_at;
-    let mut server = import::import(config, registry, state, fds).map_err(Box::new)?;
+    let mut server = import::import(config, registry, state, fds, poll, ahead).map_err(Box::new)?;
+    let imported = Instant::now();
     match test_hook().as_deref() {
         Some("exit-after-import") => {
             warn!("{TEST_HOOK_ENV}=exit-after-import: exiting without an answer");
@@ -528,15 +772,24 @@ fn receive(
     server.handover.taken_over_from = Some(from);
     let now = server.core.clock_mut().read();
     let unserved = server.core.clock().micros(now).saturating_sub(stopped_at);
+    let ms = |from: Instant, to: Instant| (to - from).as_secs_f64() * 1e3;
     info!(
         "upgrade: pid {} took over {} connections ({} logged in) from pid {from}, listening on {}; \
-         clients went unserved for {:.1} ms",
+         clients went unserved for {:.1} ms (receive {:.1}, decode {:.1}, import {:.1}, \
+         Ack to Go {:.1})",
         std::process::id(),
         server.core.clients().len(),
         server.core.online(),
         server.local_addr(),
-        unserved as f64 / 1e3
+        unserved as f64 / 1e3,
+        ms(first_piece.unwrap_or(received), received),
+        ms(received, decoded),
+        ms(decoded, imported),
+        ms(imported, now),
     );
-    server.handover.catching_up = true;
+    server.handover.catching_up = Some(CatchUp {
+        since: Instant::now(),
+        events: 0,
+    });
     Ok(server)
 }

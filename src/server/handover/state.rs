@@ -4,7 +4,9 @@
 //! the body's length (u64, little-endian), then the body, [`State`] as
 //! postcard (serde). A reader refuses a version it does not know, so an
 //! older binary never misreads a newer one's state (the old process then
-//! keeps serving). postcard writes fields in declaration order with no
+//! keeps serving). The new process says in `Hello` the newest version it
+//! reads, and the old one writes that one when it can ([`OLDEST`] on):
+//! upgrading from the release before, and back, both work. postcard writes fields in declaration order with no
 //! names: adding, removing or reordering a field changes the format, so
 //! every such change bumps [`VERSION`]; adding a field is then one line in
 //! the struct here plus where export.rs fills it and import.rs applies it.
@@ -22,13 +24,22 @@ use serde::{Deserialize, Serialize};
 
 /// Marks a Lifeline state record.
 pub const MAGIC: [u8; 8] = *b"LLSTATE\0";
-/// The format this binary writes and the only one it reads.
+/// The newest format this binary writes and reads.
 ///
 /// 2: the granted heartbeat interval per connection; push events
 /// (`queued`, `expired`); the push ids' run prefix; unacked at-least-once
 /// pushes and redelivery counts; remembered `Idempotency-Key` answers; TLS
 /// connections ended at the hand-over.
-pub const VERSION: u32 = 3;
+/// 4: the same layout as 3; a connection's `fd` may be [`SENT_AHEAD`].
+pub const VERSION: u32 = 4;
+/// The oldest format this binary reads (and writes, for a new process
+/// that reads no newer one).
+pub const OLDEST: u32 = 3;
+/// The first format in which sockets may be sent ahead of the state.
+pub const SENDS_AHEAD: u32 = 4;
+/// A connection's `fd` when its socket was sent ahead (`Kind::Sockets`),
+/// named there by its key and generation.
+pub const SENT_AHEAD: u32 = u32::MAX;
 const HEADER_LEN: usize = 8 + 4 + 8;
 /// A record larger than this is refused unread (19,000 connections with
 /// full outbound queues stay far below it).
@@ -67,7 +78,7 @@ pub struct State {
 /// One client connection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConnState {
-    /// Descriptor index of its socket.
+    /// Descriptor index of its socket, or [`SENT_AHEAD`].
     pub fd: u32,
     /// Slab key and generation: its `ConnRef` (and mio token) stay the same.
     pub key: u32,
@@ -272,7 +283,7 @@ pub struct EndedConn {
 pub enum FormatError {
     #[error("not a Lifeline state record")]
     Magic,
-    #[error("state format version {found}; this binary reads version {VERSION} only")]
+    #[error("state format version {found}; this binary reads versions {OLDEST} to {VERSION}")]
     Version { found: u32 },
     #[error("the state record is cut short ({have} bytes, {need} expected)")]
     Truncated { have: u64, need: u64 },
@@ -307,7 +318,7 @@ pub fn record_len(head: &[u8]) -> Result<Option<u64>, FormatError> {
     let mut version = [0u8; 4];
     version.copy_from_slice(&head[8..12]);
     let found = u32::from_le_bytes(version);
-    if found != VERSION {
+    if !(OLDEST..=VERSION).contains(&found) {
         return Err(FormatError::Version { found });
     }
     let mut len = [0u8; 8];
@@ -473,6 +484,19 @@ mod tests {
         );
         assert_eq!(record_len(&record[..19]).unwrap(), None);
         assert_eq!(decode(&record).unwrap(), state);
+    }
+
+    #[test]
+    fn the_release_before_writes_a_record_this_one_reads() {
+        // Version 3 (no socket sent ahead) is the layout of version 4.
+        let state = sample();
+        let record = encode(&state, OLDEST).unwrap();
+        assert_eq!(decode(&record).unwrap(), state);
+        let too_old = encode(&state, OLDEST - 1).unwrap();
+        assert!(matches!(
+            decode(&too_old),
+            Err(FormatError::Version { found }) if found == OLDEST - 1
+        ));
     }
 
     #[test]
