@@ -67,6 +67,22 @@ impl Peer {
     }
 }
 
+/// One pass of the client loop: reads what arrived (waiting up to `wait`
+/// for it) and sends every ping that is due.
+fn pump(poll: &mut Poll, events: &mut Events, peers: &mut [Peer], wait: Duration) {
+    poll.poll(events, Some(wait)).unwrap();
+    let now = Instant::now();
+    for event in events.iter() {
+        peers[event.token().0].read_all(now);
+    }
+    for peer in peers.iter_mut() {
+        if !peer.silent && peer.closed_at.is_none() && peer.welcomed && now >= peer.next_ping {
+            peer.send("<heartbeat mode=\"ping\"/>", now);
+            peer.next_ping = now + PING_EVERY;
+        }
+    }
+}
+
 #[test]
 fn two_thousand_heartbeating_clients_then_half_silenced() {
     let server = ServerProc::start(&[
@@ -101,28 +117,16 @@ fn two_thousand_heartbeating_clients_then_half_silenced() {
         };
         peer.send(&format!("<login id=\"scale-{i}\"/>"), now);
         peers.push(peer);
+        // The clients already in keep heartbeating while the rest connect,
+        // however long the ramp takes: none may be silent for a deadline.
+        pump(&mut poll, &mut events, &mut peers, Duration::ZERO);
     }
 
     // Runs the client loop until `done` or `limit`.
     let mut drive = |peers: &mut Vec<Peer>, limit: Duration, done: &dyn Fn(&[Peer]) -> bool| {
         let until = Instant::now() + limit;
         while Instant::now() < until && !done(peers) {
-            poll.poll(&mut events, Some(Duration::from_millis(1)))
-                .unwrap();
-            let now = Instant::now();
-            for event in events.iter() {
-                peers[event.token().0].read_all(now);
-            }
-            for peer in peers.iter_mut() {
-                if !peer.silent
-                    && peer.closed_at.is_none()
-                    && peer.welcomed
-                    && now >= peer.next_ping
-                {
-                    peer.send("<heartbeat mode=\"ping\"/>", now);
-                    peer.next_ping = now + PING_EVERY;
-                }
-            }
+            pump(&mut poll, &mut events, peers, Duration::from_millis(1));
         }
     };
 

@@ -395,7 +395,11 @@ fn closed_after(server: &ServerProc, bytes: &[u8]) -> Vec<u8> {
 #[test]
 fn bad_input_is_closed_cleanly_logged_at_a_bounded_rate_and_harms_no_bystander() {
     let pki = Pki::new();
-    let server = start(&pki, &fast(&[]));
+    // The bystander is silent across 30 bad connections in a row: a 400 ms
+    // deadline would time it out on a slow machine. Bad input is closed at
+    // once, not at a deadline (`closed_after` allows 5 s), so a long
+    // heartbeat keeps what the test proves.
+    let server = start(&pki, &fast(&[("LIFELINE_HEARTBEAT_MS", "60000")]));
     let mut bystander = TlsClient::login(server.addr, &ClientOpts::new(&pki), "bystander");
     let mut seq = 0;
     let mut heartbeat = |b: &mut TlsClient| {
@@ -620,7 +624,10 @@ fn the_rust_client_library_speaks_tls_with_a_ca_file_and_a_client_certificate() 
     let pki = Pki::new();
     let server = start(
         &pki,
-        &fast(&[("LIFELINE_TLS_CLIENT_CA", &path(&pki.ca_pem))]),
+        &fast(&[
+            ("LIFELINE_TLS_CLIENT_CA", &path(&pki.ca_pem)),
+            ("LIFELINE_HEARTBEAT_MAX_MS", "60000"),
+        ]),
     );
     let cert = pki.issue_client("lib-client", &[], false);
     let tls = ClientTls::builder("localhost")
@@ -635,8 +642,17 @@ fn the_rust_client_library_speaks_tls_with_a_ca_file_and_a_client_certificate() 
     .unwrap();
     wait_event(&client, |e| matches!(e, ClientEvent::Connected { .. }));
 
+    // The peer is silent while the library receives and answers, so it asks
+    // for a long interval (the library keeps the server's 200 ms one).
     let peer_cert = pki.issue_client("peer", &[], false);
-    let mut peer = TlsClient::login(server.addr, &ClientOpts::new(&pki).cert(&peer_cert), "peer");
+    let mut peer = TlsClient::connect(server.addr, &ClientOpts::new(&pki).cert(&peer_cert))
+        .expect("TLS handshake");
+    peer.send("<login id=\"peer\" interval=\"60000\"/>");
+    let welcome = peer.expect_frame();
+    assert!(
+        welcome.starts_with("<welcome id=\"peer\" interval=\"60000\""),
+        "{welcome}"
+    );
     peer.send("<msg to=\"lib-client\" id=\"p1\">to the library</msg>");
     let ClientEvent::Message { from, body, .. } =
         wait_event(&client, |e| matches!(e, ClientEvent::Message { .. }))

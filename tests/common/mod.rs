@@ -321,6 +321,18 @@ impl Client {
             .unwrap_or_else(|| panic!("no frame within {WAIT:?}"))
     }
 
+    /// The next frame within `WAIT` that is not a server probe (see
+    /// [`is_probe`]); panics otherwise. For a client that may sit silent for
+    /// an interval while the test does other work.
+    pub fn next_non_probe(&mut self) -> String {
+        loop {
+            let frame = self.expect_frame();
+            if !is_probe(&frame) {
+                return frame;
+            }
+        }
+    }
+
     /// The next complete top-level frame, or `None` if none came in `timeout`
     /// (or the connection closed).
     pub fn frame_within(&mut self, timeout: Duration) -> Option<String> {
@@ -365,6 +377,12 @@ impl Client {
         self.buf.drain(..end);
         Some(frame)
     }
+}
+
+/// A server probe (`<heartbeat mode="ping">`): sent to any client silent
+/// for an interval, so it may come between any two frames a test expects.
+pub fn is_probe(frame: &str) -> bool {
+    frame.starts_with("<heartbeat mode=\"ping\"")
 }
 
 /// The length of the complete top-level XML element `text` starts with;

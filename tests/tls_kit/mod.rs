@@ -20,7 +20,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 
-use crate::common::{first_element_len, Closed};
+use crate::common::{first_element_len, is_probe, Closed};
 
 static DIRS: AtomicU32 = AtomicU32::new(0);
 
@@ -265,16 +265,27 @@ impl TlsClient {
         self.tls.flush().expect("flush TLS");
     }
 
-    /// A ping answered by its pong.
+    /// A ping answered by its pong (server probes before it are skipped:
+    /// the client may have been silent for an interval).
     pub fn ping(&mut self, seq: u32) {
         self.send(&format!("<heartbeat mode=\"ping\" seq=\"{seq}\"/>"));
-        let pong = self.expect_frame();
+        let pong = self.next_non_probe();
         assert_eq!(pong, format!("<heartbeat mode=\"pong\" seq=\"{seq}\"/>"));
     }
 
     pub fn expect_frame(&mut self) -> String {
         self.frame_within(Duration::from_secs(5))
             .expect("a frame within 5 s")
+    }
+
+    /// The next frame within 5 s that is not a server probe.
+    pub fn next_non_probe(&mut self) -> String {
+        loop {
+            let frame = self.expect_frame();
+            if !is_probe(&frame) {
+                return frame;
+            }
+        }
     }
 
     pub fn frame_within(&mut self, timeout: Duration) -> Option<String> {

@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::common::{self, poll_until, tcp_queues, Client, ServerProc, WAIT};
+use crate::common::{self, is_probe, poll_until, tcp_queues, Client, ServerProc, WAIT};
 use lifeline_wire::ws::{self, Opcode};
 
 /// Heartbeat settings short enough to watch deadlines in a test.
@@ -192,20 +192,9 @@ impl Answer {
     }
 }
 
-/// A server probe (`<heartbeat mode="ping">`): sent to any client silent
-/// for an interval, so it may come between any two frames of these tests.
-pub fn is_probe(frame: &str) -> bool {
-    frame.starts_with("<heartbeat mode=\"ping\"")
-}
-
 /// The next frame that is not a probe.
 pub fn next(c: &mut Client) -> String {
-    loop {
-        let frame = c.expect_frame();
-        if !is_probe(&frame) {
-            return frame;
-        }
-    }
+    c.next_non_probe()
 }
 
 pub fn ping(c: &mut Client, seq: u64) {
