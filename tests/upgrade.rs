@@ -261,7 +261,12 @@ fn clients_that_come_and_go_while_sockets_are_sent_ahead_are_handed_over_right()
 /// record of that format, and clients see nothing either.
 #[test]
 fn a_new_binary_that_reads_the_format_of_the_release_before_gets_everything_with_the_state() {
-    let mut server = Upgraded::start(&[("LIFELINE_TEST_UPGRADE", "hello-version=3")]);
+    // Not about deadlines: a heartbeat long enough that a slow machine's
+    // upgrade never probes these idle clients.
+    let mut server = Upgraded::start(&[
+        ("LIFELINE_HEARTBEAT_MS", "60000"),
+        ("LIFELINE_TEST_UPGRADE", "hello-version=3"),
+    ]);
     let mut a = server.first.login("a");
     let mut b = server.first.login("b");
     ping(&mut a, 1);
