@@ -131,18 +131,52 @@ pub struct ClientConn {
     /// 0 before login, when the server's own interval applies. Four bytes
     /// that fit the entry's padding: the entry stays 168 bytes.
     pub interval_ms: u32,
-    /// Its read budget ran out with bytes left in the socket, and the loop
-    /// will come back to it (an edge-triggered socket would not say so again).
-    pub read_pending: bool,
-    /// Registered for writable readiness too. Only once a write would block:
-    /// most connections never need it, and a socket registered writable
-    /// reports so at once, an event for nothing (for each accept, and for
-    /// every socket an upgrade hands over).
-    pub write_watched: bool,
+    /// What the loop keeps of the socket's readiness.
+    pub flags: SocketFlags,
     /// On a TLS listener, the connection's TLS state: everything above
     /// (transport, buffers) then sees plaintext. Boxed so that a plaintext
     /// connection pays 8 bytes and one predictable branch per read.
     pub tls: Option<Box<TlsConn>>,
+}
+
+/// What the loop keeps of a socket's readiness, in one byte: the entry has
+/// no other byte to spare (see the size test below).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SocketFlags(u8);
+
+impl SocketFlags {
+    const READ_PENDING: u8 = 1;
+    const WRITE_WATCHED: u8 = 2;
+
+    /// Its read budget ran out with bytes left in the socket, and the loop
+    /// will come back to it (an edge-triggered socket would not say so again).
+    pub fn read_pending(self) -> bool {
+        self.0 & Self::READ_PENDING != 0
+    }
+
+    pub fn set_read_pending(&mut self, on: bool) {
+        self.set(Self::READ_PENDING, on);
+    }
+
+    /// Registered for writable readiness too. Only once a write would block:
+    /// most connections never need it, and a socket registered writable
+    /// reports so at once, an event for nothing (for each accept, and for
+    /// every socket an upgrade hands over).
+    pub fn write_watched(self) -> bool {
+        self.0 & Self::WRITE_WATCHED != 0
+    }
+
+    pub fn set_write_watched(&mut self, on: bool) {
+        self.set(Self::WRITE_WATCHED, on);
+    }
+
+    fn set(&mut self, bit: u8, on: bool) {
+        if on {
+            self.0 |= bit;
+        } else {
+            self.0 &= !bit;
+        }
+    }
 }
 
 impl ClientConn {
@@ -160,8 +194,7 @@ impl ClientConn {
             outbound: BytesMut::new(),
             pushes_unwritten: 0,
             interval_ms: 0,
-            read_pending: false,
-            write_watched: false,
+            flags: SocketFlags::default(),
             tls: None,
         }
     }

@@ -79,8 +79,8 @@ impl Core {
     /// Marks `conn` as waiting for another read; false if it already was.
     pub fn mark_read_pending(&mut self, conn: ConnRef) -> bool {
         match self.clients.get_mut(conn) {
-            Some(c) if !c.read_pending => {
-                c.read_pending = true;
+            Some(c) if !c.flags.read_pending() => {
+                c.flags.set_read_pending(true);
                 true
             }
             _ => false,
@@ -89,7 +89,7 @@ impl Core {
 
     pub fn clear_read_pending(&mut self, conn: ConnRef) {
         if let Some(c) = self.clients.get_mut(conn) {
-            c.read_pending = false;
+            c.flags.set_read_pending(false);
         }
     }
 

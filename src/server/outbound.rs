@@ -389,7 +389,7 @@ impl Outbound {
                         self.stats.pushes_delivered +=
                             u64::from(std::mem::take(&mut c.pushes_unwritten));
                     }
-                    Flushed::Blocked if !c.write_watched => self.watch_writable(conn, c)?,
+                    Flushed::Blocked if !c.flags.write_watched() => self.watch_writable(conn, c)?,
                     Flushed::Blocked => {}
                 }
                 Ok(())
@@ -410,7 +410,7 @@ impl Outbound {
                 Interest::READABLE | Interest::WRITABLE,
             )
             .map_err(|_| WriteFailed::Io)?;
-        c.write_watched = true;
+        c.flags.set_write_watched(true);
         Ok(())
     }
 

@@ -116,8 +116,9 @@ impl Clients {
         let mut slab = Vec::with_capacity(conns.len());
         for (conn, mut c, registered) in conns {
             // Writable too for one with bytes queued: its flush is due.
-            c.write_watched = !c.outbound.is_empty();
-            match (registered, c.write_watched) {
+            let write_watched = !c.outbound.is_empty();
+            c.flags.set_write_watched(write_watched);
+            match (registered, write_watched) {
                 (Registered::Readable, false) => {}
                 (Registered::Readable, true) => registry.reregister(
                     &mut c.stream,
