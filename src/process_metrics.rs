@@ -5,6 +5,20 @@
 
 use std::fmt::Write as _;
 
+/// Open descriptors. Linux 6.2 and later give the count as the size of
+/// `/proc/self/fd`, read in microseconds; listing the directory instead
+/// costs about a microsecond per descriptor, on the loop (16 ms per scrape
+/// at 16,700 connections). Older kernels say 0 there, and are listed.
+fn open_fds() -> u64 {
+    match std::fs::metadata("/proc/self/fd") {
+        Ok(m) if m.len() > 0 => m.len(),
+        // The directory's own descriptor is open while it is read: not counted.
+        _ => std::fs::read_dir("/proc/self/fd")
+            .map(|d| d.count().saturating_sub(1) as u64)
+            .unwrap_or(0),
+    }
+}
+
 /// One reading of the process.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ProcessStats {
@@ -29,10 +43,7 @@ impl ProcessStats {
         let boot_time = std::fs::read_to_string("/proc/stat")
             .ok()
             .and_then(|s| boot_time(&s))?;
-        // The directory's own descriptor is open while it is read: not counted.
-        let open_fds = std::fs::read_dir("/proc/self/fd")
-            .map(|d| d.count().saturating_sub(1) as u64)
-            .unwrap_or(0);
+        let open_fds = open_fds();
         let max_fds = rlimit::Resource::NOFILE.get().map_or(0, |(soft, _)| soft);
         Some(ProcessStats {
             cpu_seconds: (fields.utime + fields.stime) as f64 / ticks,
@@ -148,6 +159,26 @@ mod tests {
         assert_eq!(
             boot_time("cpu 1 2 3\nbtime 1700000000\n"),
             Some(1_700_000_000)
+        );
+    }
+
+    #[test]
+    fn the_descriptor_count_agrees_with_a_listing() {
+        // Other tests of this binary open and close files meanwhile: the two
+        // counts are compared with room for them, around 300 opened here.
+        let held: Vec<std::fs::File> = (0..300)
+            .map(|_| std::fs::File::open("/dev/null").expect("open /dev/null"))
+            .collect();
+        let counted = open_fds();
+        let listed = std::fs::read_dir("/proc/self/fd").unwrap().count() as u64 - 1;
+        assert!(
+            counted >= held.len() as u64,
+            "{counted} with {} held",
+            held.len()
+        );
+        assert!(
+            counted.abs_diff(listed) < 50,
+            "counted {counted}, listed {listed}"
         );
     }
 
