@@ -22,6 +22,19 @@
 # At the end: the memory model inputs (per-connection user RSS, kernel socket
 # memory from /proc/net/sockstat, Redis used_memory per online id).
 #
+# Each process's /metrics is read once per sample (nodes and the standalone
+# alike), so the scrapes cost every process the same.
+#
+# SILENT=N adds N clients (from their own load process, on 127.0.0.240-247)
+# of which half fall silent one interval after login: every node's close
+# lateness (how long after a deadline the server closed, its own
+# lifeline_close_lateness_seconds) is printed at the end.
+#
+# CONTROL=1 starts the same nodes without LIFELINE_REDIS_URL (standalone
+# processes sharing the SO_REUSEPORT port): what the same number of
+# processes on 2 cores costs per heartbeat without cluster mode, to tell
+# that apart from what cluster mode costs. The Redis columns are then void.
+#
 #   cargo build --release && tools/bench/cluster.sh           # the full run (>= 5 min)
 #   CONNS=600 NODES=3 DURATION=20 SAMPLE=2 LOADS=2 tools/bench/cluster.sh   # smoke
 #
@@ -46,7 +59,7 @@ ADMIN=${ADMIN:-29090}
 REDIS_PORT=${REDIS_PORT:-26379}
 ALONE_PORT=$((PORT + 1))
 ALONE_ADMIN=$((ADMIN + 100))
-OUT=${OUT:-$(mktemp -d /tmp/lifeline-cluster.XXXXXX)}
+OUT=${OUT:-$(mktemp -d /tmp/lifeline-cluster.XXXXXX)}; mkdir -p "$OUT"
 KILL_AT=${KILL_AT:-$((DURATION * 2 / 3))}
 PROBE_AT=${PROBE_AT:-$((DURATION / 3))}
 PIDS=()
@@ -68,8 +81,10 @@ for _ in $(seq 100); do [ "$(rcli PING 2>/dev/null)" = PONG ] && break; sleep 0.
 rcli FLUSHALL >/dev/null
 
 NODE_PIDS=()
+CLUSTER_URL=redis://127.0.0.1:$REDIS_PORT/0
+[ "${CONTROL:-0}" = 1 ] && CLUSTER_URL=
 for i in $(seq 0 $((NODES - 1))); do
-  LIFELINE_REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0 LIFELINE_NODE_ID=n$i \
+  LIFELINE_REDIS_URL=$CLUSTER_URL LIFELINE_NODE_ID=n$i \
   LIFELINE_NODE_TTL_MS=$TTL_MS LIFELINE_REUSEPORT=1 LIFELINE_LISTEN=127.0.0.1:$PORT \
   LIFELINE_ADMIN_ADDR=127.0.0.1:$((ADMIN + i)) LIFELINE_HEARTBEAT_MS=$HEARTBEAT_MS \
   LIFELINE_LOG=warn "$BIN/lifeline" >"$OUT/node$i.log" 2>&1 &
@@ -96,10 +111,33 @@ for l in $(seq 0 $((LOADS - 1))); do
     --duration "$DURATION" --json >"$OUT/load$l.json" 2>"$OUT/load$l.err" &
   PIDS+=($!)
 done
-# The standalone node gets one node's share, from its own load process.
-"$BIN/lifeline-load" --target 127.0.0.1:$ALONE_PORT --conns $((CONNS / NODES)) --workers 1 \
+# The standalone node gets one node's share, from its own load process,
+# spread over as many load workers as a node's share comes from: a node
+# reads its heartbeats from LOADS x LOAD_WORKERS senders, and how many
+# arrive per wake-up moves CPU per heartbeat by ~20 % (CONTROL=1 showed it).
+"$BIN/lifeline-load" --target 127.0.0.1:$ALONE_PORT --conns $((CONNS / NODES)) \
+  --workers $((LOADS * LOAD_WORKERS)) \
   --source-ips 127.0.0.200-127.0.0.215 --ramp 4000 --duration "$DURATION" --json \
   >"$OUT/alone-load.json" 2>"$OUT/alone-load.err" & PIDS+=($!)
+
+SILENT=${SILENT:-0}
+if [ "$SILENT" -gt 0 ]; then
+  "$BIN/lifeline-load" --target 127.0.0.1:$PORT --conns "$SILENT" --workers 1 \
+    --source-ips 127.0.0.240-127.0.0.247 --ramp 4000 --mode silent --silent-fraction 0.5 \
+    --id-prefix silent --duration "$DURATION" --json >"$OUT/silent.json" 2>"$OUT/silent.err" &
+  PIDS+=($!)
+fi
+lateness() { # per node: silent clients closed, within 5 / 10 ms, the latest (last 5 min)
+  echo "--- close lateness (server-measured) per node"
+  for i in "${LIVE[@]}"; do
+    curl -s -m 2 "http://127.0.0.1:$((ADMIN + i))/metrics" | awk -v n="n$i" '
+      /^lifeline_close_lateness_seconds_bucket\{le="0.005"\}/ {a = $2}
+      /^lifeline_close_lateness_seconds_bucket\{le="0.01"\}/ {b = $2}
+      /^lifeline_close_lateness_seconds_count/ {c = $2}
+      /^lifeline_close_lateness_max_seconds/ {m = $2}
+      END {printf "%s: %d closed at their deadline, %d within 5 ms, %d within 10 ms, latest %.1f ms\n", n, c, a, b, m * 1000}'
+  done | tee "$OUT/lateness.txt"
+}
 
 memory_model() { # under load, before the kill
   echo "--- memory model inputs"
@@ -115,15 +153,19 @@ memory_model() { # under load, before the kill
       END {printf "%d sockets, rmem_alloc %.0f B, wmem_alloc %.0f B, fwd_alloc %.0f B, queued %.0f B per socket", n, s["r"]/n, s["t"]/n, s["f"]/n, s["w"]/n}')" | tee -a "$OUT/memory.txt"
   echo "redis: used_memory $(rcli INFO memory | awk -F: '/^used_memory:/ {print $2}' | tr -d '\r') for $(rcli HLEN ll:presence) ids" | tee -a "$OUT/memory.txt"
 }
-heartbeats() { local s=0 v; for i in "$@"; do v=$(metric $((ADMIN + i)) lifeline_heartbeats_received_total); s=$((s + ${v:-0})); done; echo $s; }
-online_sum() { local s=0 v; for i in "$@"; do v=$(metric $((ADMIN + i)) lifeline_clients_online); s=$((s + ${v:-0})); done; echo $s; }
+# One read of every node's /metrics per sample; the figures come from it.
+scrape() { for i in "$@"; do curl -s -m 2 "http://127.0.0.1:$((ADMIN + i))/metrics" >"$OUT/metrics.n$i"; done; }
+scraped() { awk -v n="$2" '$1 == n {print $2; exit}' "$OUT/metrics.n$1"; }
+heartbeats() { local s=0 v; for i in "$@"; do v=$(scraped "$i" lifeline_heartbeats_received_total); s=$((s + ${v:-0})); done; echo $s; }
+online_sum() { local s=0 v; for i in "$@"; do v=$(scraped "$i" lifeline_clients_online); s=$((s + ${v:-0})); done; echo $s; }
 timeouts() { local s=0 v; for i in "$@"; do
-  v=$(curl -s -m 2 "http://127.0.0.1:$((ADMIN + i))/metrics" | awk '$1 ~ /lifeline_connections_closed_total\{reason="timeout"\}/ {print $2}')
+  v=$(awk '$1 ~ /lifeline_connections_closed_total\{reason="timeout"\}/ {print $2}' "$OUT/metrics.n$i")
   s=$((s + ${v:-0})); done; echo $s; }
 redis_calls() { rcli INFO commandstats | awk -F'[=,]' '/^cmdstat_/ {s += $2} END {print s + 0}'; }
 
 LIVE=($(seq 0 $((NODES - 1))))
 START=$(date +%s)
+scrape "${LIVE[@]}"
 prev_t=$START; prev_hb=$(heartbeats "${LIVE[@]}"); prev_calls=$(redis_calls)
 declare -A PREV_CPU; for i in "${LIVE[@]}"; do PREV_CPU[$i]=$(cpu_ticks "${NODE_PIDS[$i]}"); done
 prev_alone_cpu=$(cpu_ticks "$ALONE"); prev_alone_hb=$(metric $ALONE_ADMIN lifeline_heartbeats_received_total)
@@ -133,12 +175,13 @@ echo "t_s hlen sum_online equal redis_cmds_per_hb redis_cmds_per_s cpu_us_per_hb
 while [ $(( $(date +%s) - START )) -lt "$DURATION" ]; do
   sleep "$SAMPLE"
   t=$(date +%s)
+  scrape "${LIVE[@]}"
   hlen=$(rcli HLEN ll:presence); sum=$(online_sum "${LIVE[@]}")
   hb=$(heartbeats "${LIVE[@]}"); calls=$(redis_calls)
   dhb=$((hb - prev_hb)); dcalls=$((calls - prev_calls))
   per_node=""
   for i in "${LIVE[@]}"; do
-    c=$(cpu_ticks "${NODE_PIDS[$i]}"); h=$(metric $((ADMIN + i)) lifeline_heartbeats_received_total)
+    c=$(cpu_ticks "${NODE_PIDS[$i]}"); h=$(scraped "$i" lifeline_heartbeats_received_total)
     eval "ph=\${PREV_HB_$i:-0}"
     d=$((h - ph)); [ "$d" -gt 0 ] && per_node="$per_node $(echo "scale=2; ($c - ${PREV_CPU[$i]}) * 1000000 / $TCK / $d" | bc)"
     PREV_CPU[$i]=$c; eval "PREV_HB_$i=$h"
@@ -187,6 +230,7 @@ while [ $(( $(date +%s) - START )) -lt "$DURATION" ]; do
   fi
 done
 rcli INFO commandstats >"$OUT/commandstats.txt"
+[ "$SILENT" -gt 0 ] && lateness && echo "silent load: $(cat "$OUT/silent.json" 2>/dev/null)"
 cat "$OUT/xmsg.txt" 2>/dev/null
 echo "push (cross-node for (NODES-1)/NODES of them): $(grep -o '"push_latency_[a-z0-9_]*":[0-9]*' "$OUT/push.json" 2>/dev/null | tr '\n' ' ')"
 for l in $(seq 0 $((LOADS - 1))); do echo "load $l: $(cat "$OUT/load$l.json" 2>/dev/null)"; done
