@@ -7,7 +7,9 @@ senders with receivers on OTHER nodes, then for --duration seconds sends
 --rate messages per second (all pairs together), each carrying its send
 time; receivers record the one-way delay (same host, same clock). Every
 client also heartbeats every --interval-ms so none times out. Prints
-p50/p99/max in ms and the count, sent vs received. Bounded in time and
+p50/p99/max in ms and the count, sent vs received (after the sending window
+it reads on, up to 3 s, for the messages still in flight) and any error
+frames the senders got. Bounded in time and
 count; loopback only; stops by itself.
 
   tools/bench/xmsg.py --target 127.0.0.1:7070 --admin http://127.0.0.1:9090 \
@@ -67,13 +69,19 @@ def main():
                 break
     if not pairs:
         sys.exit("no cross-node pair: are the clients on one node only?")
-    delays, sent, seq, closed = [], 0, 0, 0
+    delays, sent, seq, closed, errors = [], 0, 0, 0, []
     start = time.time()
     next_send = start
     step = 1.0 / a.rate
-    while time.time() - start < a.duration:
+    # After the sending window, read on (no more sends) until every message
+    # sent has arrived or DRAIN_S has passed: the last ones are in flight.
+    drain_s = 3.0
+    while True:
         now = time.time()
-        while next_send <= now:
+        sending = now - start < a.duration
+        if not sending and (len(delays) >= sent or now - start >= a.duration + drain_s):
+            break
+        while sending and next_send <= now:
             s, r = pairs[seq % len(pairs)]
             seq += 1
             try:
@@ -89,7 +97,8 @@ def main():
                     c["sock"].send(b'<heartbeat mode="ping" seq="1"/>')
                 except (BlockingIOError, OSError):
                     pass
-        for key, _ in sel.select(timeout=max(0.0, min(next_send - time.time(), 0.05))):
+        wait = min(next_send - time.time(), 0.05) if sending else 0.05
+        for key, _ in sel.select(timeout=max(0.0, wait)):
             c = conns[key.data]
             try:
                 chunk = c["sock"].recv(65536)
@@ -109,6 +118,10 @@ def main():
                     delays.append((got - float(body)) * 1000)
                 except ValueError:
                     pass
+            # An error frame (offline, unavailable) names a message that was
+            # refused: kept to be reported, not dropped with the heartbeats.
+            for err in c["buf"].split(b"<error")[1:]:
+                errors.append(err.split(b"/>", 1)[0].decode(errors="replace"))
             # Heartbeat replies and probes: answer probes, drop the rest.
             if b'mode="ping"' in c["buf"]:
                 c["sock"].send(b'<heartbeat mode="pong" seq="0"/>')
@@ -118,7 +131,9 @@ def main():
     q = lambda f: delays[min(len(delays) - 1, int(f * len(delays)))] if delays else float("nan")
     print(f"xmsg pairs={len(pairs)} sent={sent} received={len(delays)} "
           f"p50_ms={q(0.5):.3f} p99_ms={q(0.99):.3f} max_ms={(delays[-1] if delays else float('nan')):.3f} "
-          f"closed_by_server={closed}")
+          f"closed_by_server={closed} errors={len(errors)}")
+    for err in errors[:5]:
+        print(f"  error:{err}")
     for c in conns.values():
         try:
             c["sock"].send(b"<bye/>")
