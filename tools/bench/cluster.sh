@@ -28,7 +28,10 @@
 # SILENT=N adds N clients (from their own load process, on 127.0.0.240-247)
 # of which half fall silent one interval after login: every node's close
 # lateness (how long after a deadline the server closed, its own
-# lifeline_close_lateness_seconds) is printed at the end.
+# lifeline_close_lateness_seconds) is printed at the end. The samples'
+# last column (timeouts the nodes counted) then includes those closes: the
+# wrong timeouts are the load processes' own count (wrong_timeouts in
+# their JSON at the end).
 #
 # CONTROL=1 starts the same nodes without LIFELINE_REDIS_URL (standalone
 # processes sharing the SO_REUSEPORT port): what the same number of
