@@ -118,21 +118,17 @@ impl Clients {
             // Writable too for one with bytes queued: its flush is due.
             let write_watched = !c.outbound.is_empty();
             c.flags.set_write_watched(write_watched);
-            match (registered, write_watched) {
-                (Registered::Readable, false) => {}
-                (Registered::Readable, true) => registry.reregister(
-                    &mut c.stream,
-                    conn.token(),
-                    Interest::READABLE | Interest::WRITABLE,
-                )?,
-                (Registered::No, false) => {
-                    registry.register(&mut c.stream, conn.token(), Interest::READABLE)?
+            let interest = if write_watched {
+                Interest::READABLE | Interest::WRITABLE
+            } else {
+                Interest::READABLE
+            };
+            match registered {
+                Registered::No => registry.register(&mut c.stream, conn.token(), interest)?,
+                Registered::Readable if write_watched => {
+                    registry.reregister(&mut c.stream, conn.token(), interest)?
                 }
-                (Registered::No, true) => registry.register(
-                    &mut c.stream,
-                    conn.token(),
-                    Interest::READABLE | Interest::WRITABLE,
-                )?,
+                Registered::Readable => {}
             }
             slab.push((conn.key as usize, c));
         }

@@ -255,18 +255,22 @@ fn listener(fd: OwnedFd) -> mio::net::TcpListener {
 
 /// A key and generation the old process's table can have given.
 fn check_name(conn: ConnRef) -> Result<(), ImportError> {
-    let bad = |why| ImportError::Connection {
+    if conn.generation == 0 || conn.generation > GENERATION_MASK {
+        return Err(bad(conn, "a generation no connection can have"));
+    }
+    if conn.key >= MAX_KEY {
+        return Err(bad(conn, "a slab key no table can have"));
+    }
+    Ok(())
+}
+
+/// What is wrong with connection `conn` in the state.
+fn bad(conn: ConnRef, why: &'static str) -> ImportError {
+    ImportError::Connection {
         key: conn.key,
         generation: conn.generation,
         why,
-    };
-    if conn.generation == 0 || conn.generation > GENERATION_MASK {
-        return Err(bad("a generation no connection can have"));
     }
-    if conn.key >= MAX_KEY {
-        return Err(bad("a slab key no table can have"));
-    }
-    Ok(())
 }
 
 /// The descriptor is the same open socket (non-blocking already: that flag
@@ -282,11 +286,7 @@ fn connection(s: ConnState, stream: TcpStream) -> Result<(ConnRef, ClientConn, u
     };
     check_name(conn)?;
     if s.interval_ms > MAX_INTERVAL_MS {
-        return Err(ImportError::Connection {
-            key: s.key,
-            generation: s.generation,
-            why: "a heartbeat interval no login can be granted",
-        });
+        return Err(bad(conn, "a heartbeat interval no login can be granted"));
     }
     let mut c = ClientConn::new(stream, s.generation, s.peer, s.connected_at);
     c.last_seen = s.last_seen;
@@ -320,11 +320,7 @@ fn connection(s: ConnState, stream: TcpStream) -> Result<(ConnRef, ClientConn, u
                 utf8_pending: d.utf8_pending,
                 utf8_pending_len: d.utf8_pending_len,
             })
-            .ok_or(ImportError::Connection {
-                key: conn.key,
-                generation: conn.generation,
-                why: "a WebSocket decoder state no decoder can have",
-            })?;
+            .ok_or(bad(conn, "a WebSocket decoder state no decoder can have"))?;
             Transport::WebSocket(Box::new(WsState {
                 decoder,
                 xml_tail: bytes(xml_tail),
